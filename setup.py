@@ -24,6 +24,9 @@ setup(
         "tifffile>=2023.7",
         "numpy>=1.24",
         "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "fire>=0.5",
+        "pyyaml>=6",
     ],
     extras_require={
         # MONAI Label 0.8.5 fails to import with pydicom 3 (see ARCHITECTURE.md).

@@ -1,0 +1,39 @@
+"""CAM extractors (CAM, GradCAM, GradCAM++, LayerCAM) and the stored-CAM cache of a source model."""
+
+from monai_pixelcam.cams.extractors import (
+    CAM,
+    CAM_METHODS,
+    BaseCAM,
+    GradCAM,
+    GradCAMpp,
+    LayerCAM,
+    build_cam,
+    canonical_method_name,
+    normalize_maps,
+)
+from monai_pixelcam.cams.store import (
+    CAMStore,
+    LoadStoredCAMD,
+    LoadStoredCAMd,
+    LoadStoredCAMDict,
+    StaleCAMStoreError,
+    sha256_file,
+)
+
+__all__ = [
+    "BaseCAM",
+    "CAM",
+    "GradCAM",
+    "GradCAMpp",
+    "LayerCAM",
+    "CAM_METHODS",
+    "build_cam",
+    "canonical_method_name",
+    "normalize_maps",
+    "CAMStore",
+    "StaleCAMStoreError",
+    "LoadStoredCAMd",
+    "LoadStoredCAMD",
+    "LoadStoredCAMDict",
+    "sha256_file",
+]

@@ -1,0 +1,36 @@
+"""Encoders, WSOL heads, the pixel head, PixelCAMNet and weight loading (torch + MONAI, no torchvision)."""
+
+from .encoders import BasicBlock, Bottleneck, ResNetEncoder, VGG16Encoder, ViTTinyEncoder, resnet18, resnet50
+from .factory import ENCODERS, HEADS, build_classifier, build_encoder, build_head, build_pixelcam
+from .heads import CAMHead, DeepMILHead, PixelHead
+from .pixelcam import PixelCAMLocalizer, PixelCAMNet, foreground_map
+from .weights import WEIGHT_CONTAINER_KEYS, load_checkpoint, load_torchvision_weights, read_state_dict
+from .wsol import WSOLClassifier, encoder_head_param_groups
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ResNetEncoder",
+    "VGG16Encoder",
+    "ViTTinyEncoder",
+    "resnet18",
+    "resnet50",
+    "ENCODERS",
+    "HEADS",
+    "build_classifier",
+    "build_encoder",
+    "build_head",
+    "build_pixelcam",
+    "CAMHead",
+    "DeepMILHead",
+    "PixelHead",
+    "PixelCAMLocalizer",
+    "PixelCAMNet",
+    "foreground_map",
+    "WEIGHT_CONTAINER_KEYS",
+    "load_checkpoint",
+    "load_torchvision_weights",
+    "read_state_dict",
+    "WSOLClassifier",
+    "encoder_head_param_groups",
+]

@@ -1,0 +1,36 @@
+"""MONAI transforms for H&E histology: stain and colour augmentation (array and dictionary versions) and
+the training / evaluation chains."""
+
+from .array import (
+    HED_FROM_RGB,
+    RGB_FROM_HED,
+    MacenkoNormalize,
+    RandColorJitter,
+    RandHEDJitter,
+    RandStainAugment,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    hed_to_rgb,
+    hsv_to_rgb,
+    macenko_stain_matrix,
+    optical_density,
+    rgb_to_hed,
+    rgb_to_hsv,
+)
+from .dictionary import (
+    MacenkoNormalizeD,
+    MacenkoNormalized,
+    MacenkoNormalizeDict,
+    RandColorJitterD,
+    RandColorJitterd,
+    RandColorJitterDict,
+    RandHEDJitterD,
+    RandHEDJitterd,
+    RandHEDJitterDict,
+    RandStainAugmentD,
+    RandStainAugmentd,
+    RandStainAugmentDict,
+)
+from .pipelines import eval_transforms, train_transforms

@@ -1,0 +1,399 @@
+"""Reading histology images and masks, and the MONAI loading transforms built on them.
+
+Every reader here is the boundary between files and the rest of the package: a missing, unreadable,
+corrupt or truncated file raises :class:`~monai_pixelcam.data.datalist.DatalistError` whose message
+names the file, never a bare PIL, tifffile or numpy traceback.
+
+Conversion rules (one place, used by the transforms, the validator and the converters):
+
+* images (:func:`read_rgb`) become ``uint8 H x W x 3`` RGB:
+  grayscale and 1-bit images are replicated to three channels; palette images go through their
+  palette; CMYK, YCbCr, LAB and HSV are converted by PIL; 16-bit data are scaled by 255 / 65535,
+  float data in [0, 1] by 255 (other floats are clipped to [0, 255]); an alpha channel is
+  **composited on white** (transparent pixels of a slide crop are glass, i.e. white background; an
+  opaque image is unchanged, exactly as if alpha were dropped).
+* masks (:func:`read_mask`) become ``uint8 H x W`` in {0, 1}: for integer data, foreground is
+  value > 0, which serves 0/1 and 0/255 binary masks and instance-id label maps alike (GlaS
+  annotations: gland id > 0); RGB masks are foreground where any colour channel > 0; an alpha
+  channel, when present, additionally marks transparent pixels as background; palette masks are read
+  by palette **index** (the label-map convention of instance-id and PASCAL VOC annotations), not
+  colour; float masks are foreground where value > ``threshold``.
+
+TIFF files are read with PIL and, when PIL cannot decode them (tiled, planar, multi-sample 16-bit,
+...), with tifffile (first page).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import ensure_tuple
+from PIL import Image
+
+from .datalist import DatalistError
+
+__all__ = [
+    "read_rgb",
+    "read_mask",
+    "read_pixels",
+    "image_to_rgb",
+    "mask_to_binary",
+    "write_png_atomic",
+    "read_csv_table",
+    "LoadHistologyImage",
+    "LoadHistologyMask",
+    "LoadHistologyd",
+    "LoadHistologyD",
+    "LoadHistologyDict",
+]
+
+_TIFF_SUFFIXES = {".tif", ".tiff"}
+_PIL_CONVERT_TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"}
+
+
+def _describe(e: BaseException) -> str:
+    msg = str(e).strip() or "no details"
+    return f"{type(e).__name__}: {msg}"
+
+
+def _pil_pixels(img: Image.Image, palette_as_index: bool) -> tuple[np.ndarray, bool]:
+    """Decoded PIL image -> (array H x W or H x W x C, last channel is alpha)."""
+    mode = img.mode
+    if mode == "P" or mode == "PA":
+        if palette_as_index:
+            arr = np.asarray(img)
+            if mode == "PA":  # PIL keeps the index in channel 0 and alpha in channel 1
+                return arr, True
+            return arr, False
+        has_alpha = mode == "PA" or "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+        mode = img.mode
+    elif mode in _PIL_CONVERT_TO_RGB:
+        img = img.convert("RGBA" if mode in ("RGBa", "La") else "RGB")
+        mode = img.mode
+    elif mode == "L" and "transparency" in img.info:
+        img = img.convert("LA")
+        mode = "LA"
+    arr = np.asarray(img)
+    if arr.dtype.byteorder == ">":  # I;16B
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr, mode in ("RGBA", "LA")
+
+
+def _tiff_pixels(path: Path) -> tuple[np.ndarray, bool]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        arr = page.asarray()
+        photometric = int(getattr(page, "photometric", 0) or 0)
+        extrasamples = tuple(getattr(page, "extrasamples", ()) or ())
+    if arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4) and arr.shape[-1] not in (1, 2, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar (C x H x W) storage
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if photometric == 5 and arr.ndim == 3 and arr.shape[-1] >= 4:  # SEPARATED: CMYK
+        c, m, y, k = (arr[..., i].astype(np.float64) / _full_scale(arr) for i in range(4))
+        arr = np.stack([(1 - c) * (1 - k), (1 - m) * (1 - k), (1 - y) * (1 - k)], axis=-1)
+        return np.round(arr * 255).astype(np.uint8), False
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (2, 3, 4)):
+        raise ValueError(f"unsupported TIFF pixel layout {arr.shape}")
+    has_alpha = arr.ndim == 3 and arr.shape[-1] in (2, 4) and (bool(extrasamples) or arr.shape[-1] == 4)
+    return arr, has_alpha
+
+
+def _full_scale(arr: np.ndarray) -> float:
+    if np.issubdtype(arr.dtype, np.integer):
+        return float(np.iinfo(arr.dtype).max)
+    return 1.0
+
+
+def read_pixels(path: str | os.PathLike, *, palette_as_index: bool = False) -> tuple[np.ndarray, bool]:
+    """Decode a 2D image file completely, without any value conversion.
+
+    Args:
+        path: image file (PNG, BMP, JPEG, TIFF, ... anything PIL reads; TIFF also via tifffile).
+        palette_as_index: return palette images as their index map (masks) instead of colours (images).
+
+    Returns:
+        ``(pixels, has_alpha)``: ``pixels`` is ``H x W`` or ``H x W x C`` (C in 2..4) of the file's dtype
+        (bool, uint8, uint16, int32 or float32); ``has_alpha`` tells whether the last channel is alpha.
+
+    Raises:
+        DatalistError: the file is missing, is not an image, or is corrupt or truncated; names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatalistError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise DatalistError(f"{path}: empty file (0 bytes)")
+    pil_error: BaseException | None = None
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode everything now: truncated or corrupt data fails here, not later
+            arr, has_alpha = _pil_pixels(img, palette_as_index)
+    except Exception as e:  # noqa: BLE001 - the boundary: any decoder failure becomes a named-file error
+        pil_error = e
+    if pil_error is None:
+        if arr.ndim not in (2, 3) or arr.size == 0:
+            raise DatalistError(f"{path}: unsupported image layout {arr.shape}")
+        return arr, has_alpha
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        try:
+            return _tiff_pixels(path)
+        except Exception as e:  # noqa: BLE001
+            raise DatalistError(
+                f"{path}: cannot read image (PIL: {_describe(pil_error)}; tifffile: {_describe(e)})"
+            ) from None
+    raise DatalistError(f"{path}: cannot read image ({_describe(pil_error)})") from None
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale any pixel dtype to uint8 (see the module docstring for the rule)."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if arr.max(initial=0.0) <= 1.0:
+            arr = arr * 255.0
+        return np.clip(np.round(arr), 0, 255).astype(np.uint8)
+    # 16-bit data: PIL gives I;16 (uint16) or, for some files, I (int32); int32 holding only 0..255 is
+    # taken as 8-bit values, anything wider as the 16-bit range
+    if arr.dtype.itemsize == 2 or arr.max(initial=0) > 255:
+        arr = np.clip(arr, 0, 65535).astype(np.float64) * (255.0 / 65535.0)
+        return np.round(arr).astype(np.uint8)
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def image_to_rgb(pixels: np.ndarray, has_alpha: bool) -> np.ndarray:
+    """Pixels from :func:`read_pixels` -> ``uint8 H x W x 3`` RGB (alpha composited on white)."""
+    arr = _to_uint8(pixels)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    alpha = None
+    if has_alpha:
+        arr, alpha = arr[..., :-1], arr[..., -1:].astype(np.float32) / 255.0
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] != 3:
+        raise ValueError(f"cannot convert {arr.shape[-1]} colour channels to RGB")
+    if alpha is not None and alpha.min() < 1.0:
+        arr = np.round(arr.astype(np.float32) * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def mask_to_binary(pixels: np.ndarray, has_alpha: bool, threshold: float = 0.5) -> np.ndarray:
+    """Pixels from :func:`read_pixels` (palette as index) -> ``uint8 H x W`` in {0, 1}.
+
+    Integer data: foreground = value > 0 in any colour channel; float data: value > ``threshold``;
+    an alpha channel marks transparent pixels as background.
+    """
+    arr = pixels
+    alpha = None
+    if has_alpha and arr.ndim == 3:
+        arr, alpha = arr[..., :-1], arr[..., -1]
+    if np.issubdtype(arr.dtype, np.floating):
+        fg = np.nan_to_num(arr, nan=0.0) > threshold
+    else:
+        fg = arr > 0
+    if fg.ndim == 3:
+        fg = fg.any(axis=-1)
+    if alpha is not None:
+        fg &= alpha > 0
+    return fg.astype(np.uint8)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as ``uint8 H x W x 3`` RGB (conversion rules in the module docstring).
+
+    Raises:
+        DatalistError: missing, unreadable, corrupt or truncated file, or an unsupported pixel layout;
+            the message names the file.
+    """
+    pixels, has_alpha = read_pixels(path)
+    try:
+        return image_to_rgb(pixels, has_alpha)
+    except ValueError as e:
+        raise DatalistError(f"{path}: cannot convert image of shape {pixels.shape} to RGB ({e})") from None
+
+
+def read_mask(path: str | os.PathLike, threshold: float = 0.5) -> np.ndarray:
+    """Read a mask file as ``uint8 H x W`` in {0, 1}.
+
+    Foreground is value > 0 for integer masks (0/1, 0/255, instance-id label maps), any channel > 0 for
+    RGB masks, palette index > 0 for palette masks, and value > ``threshold`` for float masks (e.g. a
+    float TIFF in [0, 1]). This does not judge whether the file is a plausible mask; the validator does
+    (:func:`monai_pixelcam.data.validate.mask_problem`).
+
+    Raises:
+        DatalistError: missing, unreadable, corrupt or truncated file; the message names the file.
+    """
+    pixels, has_alpha = read_pixels(path, palette_as_index=True)
+    return mask_to_binary(pixels, has_alpha, threshold)
+
+
+def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write ``array`` as a PNG at ``path`` atomically (temporary name in the same folder, then rename).
+
+    Args:
+        array: ``H x W`` (uint8, uint16 or bool; bool is written as 0/255), ``H x W x 3`` or
+            ``H x W x 4`` uint8.
+    """
+    path = Path(path)
+    arr = np.asarray(array)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    ok = (arr.ndim == 2 and arr.dtype in (np.uint8, np.uint16)) or (
+        arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8
+    )
+    if not ok:
+        raise ValueError(f"{path}: cannot write a PNG from an array of shape {arr.shape} and dtype {arr.dtype}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_csv_table(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Read a CSV file with a header row as a list of row dicts, tolerant of hand-made files.
+
+    Column names are stripped, lower-cased and have inner runs of spaces collapsed (``" Patient  ID"``
+    -> ``"patient id"``); values are stripped; missing trailing cells are ""; blank lines are skipped; a
+    UTF-8 byte-order mark is ignored. Each row dict also holds ``"_line"``, its line number, for messages.
+
+    Raises:
+        DatalistError: the file is missing, not text, has no header, or a row has more cells than the
+            header; names the file (and line).
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except FileNotFoundError:
+        raise DatalistError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatalistError(f"{path}: cannot read CSV ({_describe(e)})") from None
+    numbered = [(n, r) for n, r in enumerate(rows, start=1) if any(c.strip() for c in r)]
+    if not numbered:
+        raise DatalistError(f"{path}: empty CSV (expected a header row)")
+    header = [" ".join(c.split()).lower() for c in numbered[0][1]]
+    table, problems = [], []
+    for n, row in numbered[1:]:
+        if len(row) > len(header):
+            problems.append(f"{path}, line {n}: {len(row)} cells but the header has {len(header)}")
+            continue
+        cells = [c.strip() for c in row] + [""] * (len(header) - len(row))
+        table.append({**dict(zip(header, cells)), "_line": str(n)})
+    if problems:
+        raise DatalistError(problems)
+    return table
+
+
+def _meta_tensor(array: np.ndarray, path: str | os.PathLike) -> MetaTensor:
+    """``C x H x W`` float array -> MetaTensor carrying the source file name, as MONAI's LoadImage does.
+
+    Every tensor made here has the same meta keys, so that batches mixing loaded and empty masks collate.
+    """
+    meta = {"filename_or_obj": str(path), "spatial_shape": np.asarray(array.shape[1:]), "original_channel_dim": 0}
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), meta=meta)
+
+
+class LoadHistologyImage(Transform):
+    """Load an image file as ``float32 3 x H x W`` in [0, 1] (a MetaTensor with ``filename_or_obj``).
+
+    Rows stay rows (H x W order, no transpose, unlike MONAI's default PILReader). Conversion to RGB
+    follows :func:`read_rgb`; bad files raise :class:`DatalistError` naming the file.
+    """
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        rgb = read_rgb(path)
+        return _meta_tensor(rgb.transpose(2, 0, 1).astype(np.float32) / 255.0, path)
+
+
+class LoadHistologyMask(Transform):
+    """Load a mask file as ``float32 1 x H x W`` in {0, 1} (foreground rule of :func:`read_mask`).
+
+    Args:
+        threshold: foreground threshold for float-valued mask files only.
+    """
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = threshold
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        mask = read_mask(path, self.threshold)
+        return _meta_tensor(mask[None].astype(np.float32), path)
+
+
+class LoadHistologyd(MapTransform):
+    """Dictionary version: load ``image`` keys as ``3 x H x W`` float [0, 1] and ``mask`` keys as ``1 x H x W``
+    float {0, 1}.
+
+    A mask key whose value is None, or that is absent, becomes an all-zero ``1 x H x W`` mask of the
+    size of the first image loaded from the same dict (images without a region of interest, e.g.
+    CAMELYON16 normal patches, have no mask file). Values that are already tensors or arrays are left
+    as they are, so the transform is idempotent.
+
+    Args:
+        keys: keys to load; those in ``mask_keys`` load as masks, the others as images.
+        mask_keys: which of ``keys`` are masks.
+        threshold: foreground threshold for float-valued mask files only.
+        allow_missing_keys: skip absent image keys instead of raising KeyError (absent mask keys always
+            become empty masks).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "mask"),
+        mask_keys: KeysCollection = ("mask",),
+        threshold: float = 0.5,
+        allow_missing_keys: bool = True,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.mask_keys = set(ensure_tuple(mask_keys))
+        self.load_image = LoadHistologyImage()
+        self.load_mask = LoadHistologyMask(threshold)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image_keys = [k for k in self.keys if k not in self.mask_keys]
+        mask_keys = [k for k in self.keys if k in self.mask_keys]
+        size = None
+        for key in self.key_iterator(d):
+            if key in self.mask_keys:
+                continue
+            if isinstance(d[key], (str, os.PathLike)):
+                d[key] = self.load_image(d[key])
+            if size is None:
+                size = tuple(d[key].shape[-2:])
+        for key in mask_keys:
+            value = d.get(key)
+            if isinstance(value, (str, os.PathLike)) and str(value):
+                d[key] = self.load_mask(value)
+            elif value is None or (isinstance(value, str) and not value):
+                if size is None:
+                    raise KeyError(f"cannot make an empty '{key}' mask: no image key among {image_keys} was loaded")
+                d[key] = _meta_tensor(np.zeros((1, *size), dtype=np.float32), "")
+            if size is not None and tuple(d[key].shape[-2:]) != size:
+                where = d.get("id", getattr(d[key], "meta", {}).get("filename_or_obj", key))
+                raise DatalistError(f"{where}: mask '{key}' is {tuple(d[key].shape[-2:])} but image is {size} (H, W)")
+        return d
+
+
+LoadHistologyD = LoadHistologyDict = LoadHistologyd

@@ -1,0 +1,75 @@
+"""One entry point from "what the user has" to a validated datalist: the bundle's first step."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .datalist import DatalistError, load_datalist
+
+__all__ = ["DATASETS", "prepare_datalist"]
+
+DATASETS = ("synthetic_glas", "synthetic_camelyon", "glas", "camelyon")
+logger = logging.getLogger(__name__)
+
+
+def prepare_datalist(
+    dataset: str = "synthetic_glas",
+    dataset_dir: str | os.PathLike = "data",
+    datalist: str | os.PathLike | None = None,
+    seed: int = 0,
+    image_size: int = 256,
+    n_images: int | None = None,
+    validate: bool = True,
+) -> str:
+    """Return the path of a validated datalist JSON, creating it when needed.
+
+    Args:
+        dataset: ``synthetic_glas`` / ``synthetic_camelyon`` generate the embedded synthetic data into
+            ``dataset_dir`` when it holds no ``datalist.json`` yet; ``glas`` converts a Warwick QU folder
+            (``train_N.bmp``, ``Grade.csv``, ...) found in ``dataset_dir``; ``camelyon`` converts a folder
+            with a CSV of ``image, mask, label`` rows. The converted datalist is written to
+            ``dataset_dir/datalist.json`` unless that folder is read-only, then next to the bundle run in
+            ``./datalist_<dataset>.json``.
+        dataset_dir: the data folder.
+        datalist: an existing datalist JSON; when given, ``dataset`` and ``dataset_dir`` are ignored.
+        seed: split seed (and generator seed for synthetic data).
+        image_size, n_images: synthetic data only.
+        validate: check every file before training (fails fast, naming each bad file).
+
+    Raises:
+        DatalistError: unknown dataset name, missing folder, or any invalid file (all listed at once).
+    """
+    from .validate import validate_datalist
+
+    if datalist:
+        path = Path(datalist)
+    else:
+        if dataset not in DATASETS:
+            raise DatalistError(f"unknown dataset {dataset!r}; choose one of {DATASETS} or pass a datalist JSON")
+        root = Path(dataset_dir)
+        path = root / "datalist.json"
+        if dataset.startswith("synthetic_"):
+            if not path.exists():
+                from .synthetic import synthesize
+
+                logger.info(f"generating synthetic {dataset[10:]} data into {root}")
+                path = Path(synthesize(dataset[10:], root, n_images=n_images, image_size=image_size, seed=seed))
+        else:
+            if not root.is_dir():
+                raise DatalistError(f"dataset_dir {root} is not a folder (dataset={dataset!r})")
+            if not os.access(root, os.W_OK):
+                path = Path(f"datalist_{dataset}.json").resolve()
+            if dataset == "glas":
+                from .glas import convert_glas
+
+                convert_glas(root, path, seed=seed)
+            else:
+                from .camelyon import convert_camelyon
+
+                convert_camelyon(root, path, seed=seed)
+    data = load_datalist(path)
+    if validate:
+        validate_datalist(data)
+    return str(path)

@@ -1,0 +1,91 @@
+"""Final evaluation by the WSOL protocol: threshold chosen on valpx, applied unchanged to test."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from monai_pixelcam.metrics import LocalizationDice, PxAP, ThresholdSelection
+
+from .workflows import build_evaluator, roi_transform
+
+__all__ = ["evaluate_localization", "write_json_atomic"]
+
+
+def evaluate_localization(
+    network: torch.nn.Module,
+    inferer,
+    valpx_loader,
+    test_loader,
+    class_names: Sequence[str],
+    negative_classes: Sequence[int] = (),
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Evaluate one model and one map method on test, Choe et al. (2020) style.
+
+    1. valpx: pool the maps of its images, choose the threshold maximising mIoU (never chosen on test).
+    2. test: accuracy on every image; PxAP pooled over the images with a region of interest and per class;
+       foreground Dice and mIoU at the valpx threshold and at 0.5.
+
+    Args:
+        network: the model (a ``WSOLClassifier`` with a CAM inferer, or a ``PixelCAMNet``).
+        inferer: returns ``{"cls": B x K, "map": B x 1 x H x W}``.
+        valpx_loader, test_loader: non-shuffled loaders whose items carry masks.
+        class_names: names of the classes, for per-class keys.
+        negative_classes: labels without a region of interest, excluded from localization figures.
+
+    Returns:
+        dict of floats in percent (0..100) except ``threshold`` in [0, 1]: ``accuracy``, ``pxap``,
+        ``pxap_<class>``, ``dice``, ``miou`` (at the valpx threshold), ``dice@0.5``, ``miou@0.5``,
+        ``valpx_pxap``; plus ``curve`` = ``(precision, recall)`` lists of the pooled test PR curve.
+    """
+    negative = [int(c) for c in negative_classes]
+    selector = ThresholdSelection(output_transform=roi_transform(negative))
+    valpx = build_evaluator(
+        network, valpx_loader, inferer, "valpx", device=device, negative_classes=negative,
+        extra_metrics={"valpx_threshold": selector},
+    )
+    valpx.run()
+    threshold = float(valpx.state.metrics["valpx_threshold_threshold"])
+
+    positives = [c for c in range(len(class_names)) if c not in negative]
+    per_class = {
+        f"test_pxap_{class_names[c]}": PxAP(output_transform=roi_transform([o for o in range(len(class_names)) if o != c]))
+        for c in positives
+    } if len(positives) > 1 else {}
+    at_valpx = LocalizationDice(threshold, output_transform=roi_transform(negative))
+    at_half = LocalizationDice(0.5, output_transform=roi_transform(negative))
+    test = build_evaluator(
+        network, test_loader, inferer, "test", device=device, negative_classes=negative,
+        extra_metrics={**per_class, "test_at_valpx": at_valpx, "test_at_half": at_half},
+    )
+    test.run()
+    m = test.state.metrics
+    result = {
+        "accuracy": 100 * float(m["test_accuracy"]),
+        "pxap": 100 * float(m["test_pxap"]),
+        **{k[len("test_"):]: 100 * float(v) for k, v in m.items() if k.startswith("test_pxap_")},
+        "dice": 100 * float(m["test_at_valpx_dice"]),
+        "miou": 100 * float(m["test_at_valpx_miou"]),
+        "dice@0.5": 100 * float(m["test_at_half_dice"]),
+        "miou@0.5": 100 * float(m["test_at_half_miou"]),
+        "threshold": threshold,
+        "valpx_pxap": 100 * float(valpx.state.metrics["valpx_pxap"]),
+    }
+    precision, recall, _ = test.pxap_handler.metric_fn.curve()
+    result["curve"] = {"precision": [float(v) for v in precision], "recall": [float(v) for v in recall]}
+    return result
+
+
+def write_json_atomic(payload: dict, path: str | os.PathLike) -> Path:
+    """Write ``payload`` as indented JSON to ``path`` through a temporary name and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+    return path

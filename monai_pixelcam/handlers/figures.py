@@ -1,0 +1,128 @@
+"""Pictures a person looks at: map grids (image | ground truth | maps) and precision-recall curves."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["heatmap", "map_grid", "save_png", "save_map_grid", "save_pr_curves"]
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+
+
+def heatmap(score: np.ndarray) -> np.ndarray:
+    """``H x W`` scores in [0, 1] -> ``H x W x 3`` float RGB in [0, 1] with the 'jet' colour map."""
+    from matplotlib import colormaps
+
+    return colormaps["jet"](np.clip(score, 0.0, 1.0))[..., :3].astype(np.float32)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of a binary ``H x W`` mask (4-neighbourhood)."""
+    m = mask > 0.5
+    inner = m.copy()
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
+
+
+def map_grid(images, masks, maps: Sequence, alpha: float = 0.5) -> np.ndarray:
+    """One row per image: the image with its mask outlined in green, then each map blended over the image.
+
+    Args:
+        images: ``N x 3 x H x W`` in [0, 1].
+        masks: ``N x 1 x H x W`` in {0, 1}, or None to skip outlines.
+        maps: sequence of ``N x 1 x H x W`` score maps in [0, 1] (any size; resized to the image).
+        alpha: weight of the heat map in the blend.
+
+    Returns:
+        ``uint8 (N*H) x ((1+M)*W) x 3`` RGB image.
+    """
+    images = _np(images)
+    n, _, h, w = images.shape
+    rows = []
+    for i in range(n):
+        img = np.transpose(np.clip(images[i], 0, 1), (1, 2, 0))
+        first = img.copy()
+        if masks is not None:
+            first[_outline(_np(masks)[i, 0])] = (0.0, 1.0, 0.0)
+        tiles = [first]
+        for m in maps:
+            m = torch.as_tensor(_np(m)[i : i + 1])
+            if m.shape[-2:] != (h, w):
+                m = torch.nn.functional.interpolate(m, size=(h, w), mode="bilinear")
+            tiles.append((1 - alpha) * img + alpha * heatmap(m[0, 0].numpy()))
+        rows.append(np.concatenate(tiles, axis=1))
+    return (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a ``uint8`` image atomically (temporary name, then rename)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def save_map_grid(path, images, masks, maps: Mapping[str, object]) -> Path:
+    """:func:`map_grid` with a header naming each column (``image``, then the keys of ``maps``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = map_grid(images, masks, list(maps.values()))
+    cols = ["image + mask", *maps.keys()]
+    fig_w = max(4.0, 2.0 * len(cols))
+    fig = plt.figure(figsize=(fig_w, fig_w * grid.shape[0] / grid.shape[1] + 0.4), dpi=150)
+    ax = fig.add_axes((0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    ax.imshow(grid)
+    ax.set_axis_off()
+    step = grid.shape[1] / len(cols)
+    for j, name in enumerate(cols):
+        fig.text((j + 0.5) * step / grid.shape[1], 1 - 0.2 / fig.get_figheight(), name, ha="center", va="center")
+    return _save_figure(fig, path)
+
+
+def save_pr_curves(path, curves: Mapping[str, tuple], title: str = "pixel precision-recall") -> Path:
+    """Precision-recall curves, one per method.
+
+    Args:
+        curves: name -> ``(precision, recall, ap)`` with arrays in [0, 1] and ``ap`` in [0, 1].
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    for name, (precision, recall, ap) in curves.items():
+        ax.plot(_np(recall), _np(precision), label=f"{name} (PxAP {100 * ap:.1f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,95 @@
+"""Build networks by name; these are the ``_target_`` entry points of the bundle configs.
+
+Arguments stay plain (strings, numbers, paths) so that a config can say, e.g.::
+
+    "network_def": {"_target_": "monai_pixelcam.networks.build_classifier",
+                    "encoder": "resnet18", "head": "cam", "num_classes": 2, "base_width": 16}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch.nn as nn
+
+from .encoders import VGG16Encoder, ViTTinyEncoder, resnet18, resnet50
+from .heads import CAMHead, DeepMILHead
+from .pixelcam import PixelCAMNet
+from .weights import load_checkpoint, load_torchvision_weights
+from .wsol import WSOLClassifier
+
+__all__ = ["ENCODERS", "HEADS", "build_encoder", "build_head", "build_classifier", "build_pixelcam"]
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "vgg16": VGG16Encoder,
+    "vit_tiny": ViTTinyEncoder,
+}
+
+HEADS: dict[str, Callable[..., nn.Module]] = {"cam": CAMHead, "deepmil": DeepMILHead}
+
+
+def _lookup(table: dict[str, Callable[..., nn.Module]], name: str, what: str) -> Callable[..., nn.Module]:
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; valid names: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def build_encoder(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+    """Encoder ``name`` (``resnet18``, ``resnet50``, ``vgg16``, ``vit_tiny``) built with ``kwargs``.
+
+    ``pretrained``: path of a local torchvision checkpoint to load (see
+    :func:`~monai_pixelcam.networks.weights.load_torchvision_weights`); None or "" trains from scratch.
+    """
+    encoder = _lookup(ENCODERS, name, "encoder")(**kwargs)
+    if pretrained:
+        load_torchvision_weights(encoder, pretrained)
+    return encoder
+
+
+def build_head(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
+    """Image head ``name`` (``cam`` or ``deepmil``) on ``in_channels`` features, ``num_classes`` logits."""
+    return _lookup(HEADS, name, "head")(in_channels, num_classes, **kwargs)
+
+
+def build_classifier(
+    encoder: str = "resnet18",
+    head: str = "cam",
+    num_classes: int = 2,
+    pretrained: str | os.PathLike | None = None,
+    head_kwargs: dict | None = None,
+    **encoder_kwargs,
+) -> WSOLClassifier:
+    """WSOL source classifier: encoder ``encoder`` (kwargs ``encoder_kwargs``, optional torchvision
+    ``pretrained`` file) and image head ``head`` (kwargs ``head_kwargs``) with ``num_classes`` outputs."""
+    enc = build_encoder(encoder, pretrained=pretrained, **encoder_kwargs)
+    return WSOLClassifier(enc, build_head(head, enc.out_channels, num_classes, **(head_kwargs or {})))
+
+
+def build_pixelcam(
+    encoder: str = "resnet18",
+    head: str = "cam",
+    num_classes: int = 2,
+    source_checkpoint: str | os.PathLike | None = None,
+    source_key: str | None = None,
+    pretrained: str | os.PathLike | None = None,
+    pixel_hidden_channels: int | None = None,
+    freeze_backbone: bool = False,
+    head_kwargs: dict | None = None,
+    **encoder_kwargs,
+) -> PixelCAMNet:
+    """PixelCAM network with the architecture of ``build_classifier(encoder, head, num_classes, ...)``.
+
+    ``source_checkpoint``: path of the trained source classifier's checkpoint
+    (its state dict, directly or under ``source_key`` / a usual container key);
+    encoder and image head start from it, strictly checked, and the pixel head
+    is fresh. Without it, encoder and head start from ``pretrained`` or scratch.
+    ``pixel_hidden_channels`` selects the MLP pixel head; ``freeze_backbone`` the
+    two-step variant (only the pixel head trains).
+    """
+    source = build_classifier(encoder, head, num_classes, pretrained=pretrained, head_kwargs=head_kwargs, **encoder_kwargs)
+    if source_checkpoint:
+        load_checkpoint(source, source_checkpoint, key=source_key)
+    return PixelCAMNet.from_source(source, freeze_backbone=freeze_backbone, pixel_hidden_channels=pixel_hidden_channels)

@@ -1,0 +1,198 @@
+"""Dictionary-based wrappers of the transforms in :py:mod:`monai_pixelcam.transforms.array`.
+
+Class names end with 'd' (aliases 'D' and 'Dict'), as in MONAI. The random ones draw once per call and
+apply that one draw to every listed key (typically only ``"image"``: masks and CAMs must not be
+recoloured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.data.meta_obj import get_track_meta
+from monai.transforms.transform import MapTransform, RandomizableTransform
+from monai.utils.type_conversion import convert_to_tensor
+
+from .array import MacenkoNormalize, RandColorJitter, RandHEDJitter, RandStainAugment
+
+__all__ = [
+    "RandHEDJitterd",
+    "RandHEDJitterD",
+    "RandHEDJitterDict",
+    "RandStainAugmentd",
+    "RandStainAugmentD",
+    "RandStainAugmentDict",
+    "RandColorJitterd",
+    "RandColorJitterD",
+    "RandColorJitterDict",
+    "MacenkoNormalized",
+    "MacenkoNormalizeD",
+    "MacenkoNormalizeDict",
+]
+
+
+class _RandSharedDrawd(RandomizableTransform, MapTransform):
+    """One draw of the wrapped array transform (held in ``self.transform`` with ``prob=1``) per call,
+    applied to all keys; ``prob`` is decided here."""
+
+    transform: RandHEDJitter | RandStainAugment | RandColorJitter
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        self.transform.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            for key in self.key_iterator(d):
+                d[key] = convert_to_tensor(d[key], track_meta=get_track_meta())
+            return d
+        self.transform.randomize(None)
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key], randomize=False)
+        return d
+
+
+class RandHEDJitterd(_RandSharedDrawd):
+    """Dictionary-based version of :py:class:`monai_pixelcam.transforms.RandHEDJitter`.
+
+    Args:
+        keys: keys of the ``3 x H x W`` RGB images to jitter (one draw for all of them).
+        prob, sigma, bias, max_value: see :py:class:`~monai_pixelcam.transforms.RandHEDJitter`.
+        allow_missing_keys: don't raise exception if key is missing.
+    """
+
+    backend = RandHEDJitter.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 1.0,
+        sigma: float = 0.05,
+        bias: float = 0.05,
+        max_value: float | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.transform = RandHEDJitter(prob=1.0, sigma=sigma, bias=bias, max_value=max_value)
+
+
+class RandStainAugmentd(_RandSharedDrawd):
+    """Dictionary-based version of :py:class:`monai_pixelcam.transforms.RandStainAugment`.
+
+    The perturbation is drawn once per call; each key's stain basis is estimated from its own image.
+
+    Args:
+        keys: keys of the ``3 x H x W`` RGB images to augment (one draw for all of them).
+        prob, stain_sigma, sigma, bias, od_threshold, percentile, min_tissue_fraction, min_stain_angle,
+            max_value: see :py:class:`~monai_pixelcam.transforms.RandStainAugment`.
+        allow_missing_keys: don't raise exception if key is missing.
+    """
+
+    backend = RandStainAugment.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 1.0,
+        stain_sigma: float = 0.05,
+        sigma: float = 0.2,
+        bias: float = 0.05,
+        od_threshold: float = 0.15,
+        percentile: float = 1.0,
+        min_tissue_fraction: float = 0.01,
+        min_stain_angle: float = 0.05,
+        max_value: float | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.transform = RandStainAugment(
+            prob=1.0,
+            stain_sigma=stain_sigma,
+            sigma=sigma,
+            bias=bias,
+            od_threshold=od_threshold,
+            percentile=percentile,
+            min_tissue_fraction=min_tissue_fraction,
+            min_stain_angle=min_stain_angle,
+            max_value=max_value,
+        )
+
+
+class RandColorJitterd(_RandSharedDrawd):
+    """Dictionary-based version of :py:class:`monai_pixelcam.transforms.RandColorJitter`.
+
+    Args:
+        keys: keys of the ``3 x H x W`` RGB images to jitter (one draw for all of them).
+        brightness, contrast, saturation, hue, prob, max_value: see
+            :py:class:`~monai_pixelcam.transforms.RandColorJitter`.
+        allow_missing_keys: don't raise exception if key is missing.
+    """
+
+    backend = RandColorJitter.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        brightness: float | Sequence[float] = 0.0,
+        contrast: float | Sequence[float] = 0.0,
+        saturation: float | Sequence[float] = 0.0,
+        hue: float | Sequence[float] = 0.0,
+        prob: float = 1.0,
+        max_value: float | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.transform = RandColorJitter(
+            brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, prob=1.0, max_value=max_value
+        )
+
+
+class MacenkoNormalized(MapTransform):
+    """Dictionary-based version of :py:class:`monai_pixelcam.transforms.MacenkoNormalize` (the
+    channel-first adapter of MONAI's ``NormalizeHEStains``).
+
+    Args:
+        keys: keys of the ``3 x H x W`` RGB images to normalise.
+        tli, alpha, beta, target_he, max_cref, max_value: see
+            :py:class:`~monai_pixelcam.transforms.MacenkoNormalize`.
+        allow_missing_keys: don't raise exception if key is missing.
+    """
+
+    backend = MacenkoNormalize.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        tli: float = 240,
+        alpha: float = 1,
+        beta: float = 0.15,
+        target_he: tuple | np.ndarray = ((0.5626, 0.2159), (0.7201, 0.8012), (0.4062, 0.5581)),
+        max_cref: tuple | np.ndarray = (1.9705, 1.0308),
+        max_value: float | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.normalizer = MacenkoNormalize(
+            tli=tli, alpha=alpha, beta=beta, target_he=target_he, max_cref=max_cref, max_value=max_value
+        )
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.normalizer(d[key])
+        return d
+
+
+RandHEDJitterD = RandHEDJitterDict = RandHEDJitterd
+RandStainAugmentD = RandStainAugmentDict = RandStainAugmentd
+RandColorJitterD = RandColorJitterDict = RandColorJitterd
+MacenkoNormalizeD = MacenkoNormalizeDict = MacenkoNormalized

@@ -1,0 +1,197 @@
+"""Training and evaluation transform chains for dataset items ``{"image", "mask", "cam", ...}``.
+
+Shapes after the chain: image ``float32 3 x S x S`` in [0, 1], mask ``float32 1 x S x S`` in {0, 1},
+cam ``float32 1 x S x S`` in [0, 1], with ``S`` the crop size (training) or the evaluation size.
+
+Spatial transforms are MONAI dictionary transforms listing the image, mask and CAM keys together, so one
+random draw (crop window, flips, quarter turns) moves all three alike; that is what keeps the stored CAM,
+from which PixelCAM draws its pixel seeds, aligned with the augmented image. Colour and stain transforms
+and noise touch the image only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.transforms import (
+    CenterSpatialCropd,
+    Compose,
+    EnsureTyped,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandRotate90d,
+    RandSpatialCropd,
+    Resized,
+    ScaleIntensityRanged,
+)
+
+from ..data.io import LoadHistologyd
+from .dictionary import MacenkoNormalized, RandColorJitterd, RandHEDJitterd, RandStainAugmentd
+
+__all__ = ["train_transforms", "eval_transforms"]
+
+_STAIN_AUGMENTS = ("hed", "macenko")
+
+
+def _check_size(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _load_and_resize(
+    size: int,
+    image_key: str,
+    mask_key: str | None,
+    cam_key: str | None,
+    load: bool,
+    cam_loader: Callable | None,
+    stain_normalize: bool,
+) -> list[Callable]:
+    """Load (image, mask), add the CAM, optionally stain-normalise, resize everything to ``size x size``."""
+    chain: list[Callable] = []
+    if load:
+        chain.append(LoadHistologyd(keys=[image_key] + ([mask_key] if mask_key else []), allow_missing_keys=True))
+    if cam_loader is not None:
+        chain.append(cam_loader)
+    if stain_normalize:
+        # at full resolution, before resizing mixes pixels: the stain estimate sees the original colours
+        chain.append(MacenkoNormalized(keys=image_key))
+    smooth_keys = [image_key] + ([cam_key] if cam_key else [])
+    # the CAM may come at feature resolution (e.g. 28 x 28): resizing it straight to the target size
+    # along with the image keeps it aligned; antialiasing only acts when shrinking
+    chain.append(Resized(keys=smooth_keys, spatial_size=(size, size), mode="bilinear", anti_aliasing=True))
+    if mask_key:
+        chain.append(Resized(keys=mask_key, spatial_size=(size, size), mode="nearest"))
+    return chain
+
+
+def train_transforms(
+    image_size: int = 256,
+    crop_size: int | None = 224,
+    stain_augment: bool | str = True,
+    color_augment: bool = True,
+    with_cam: bool = False,
+    with_mask: bool = True,
+    *,
+    load: bool = True,
+    cam_loader: Callable | None = None,
+    stain_normalize: bool = False,
+    noise_prob: float = 0.1,
+    smooth_prob: float = 0.1,
+    image_key: str = "image",
+    mask_key: str = "mask",
+    cam_key: str = "cam",
+) -> Compose:
+    """Training chain: load, resize to ``image_size``, random ``crop_size`` crop, flips, quarter turns
+    (one draw for image, mask and CAM), then stain and colour jitter, blur and noise on the image.
+
+    Args:
+        image_size: side of the square resize, before cropping (the paper: 256).
+        crop_size: side of the random square crop (the paper: 224); None: no crop, the output is
+            ``image_size``. Must not exceed ``image_size``.
+        stain_augment: True or ``"hed"``: :class:`~monai_pixelcam.transforms.RandHEDJitterd` (Tellez;
+            ``sigma=0.05``, ``bias=0.01``: the published "HED-light" bias of 0.05 changes an H&E tile
+            by about 40/255 on average and tints the glass, 0.01 by about 10/255), probability 0.5;
+            ``"macenko"``: :class:`~monai_pixelcam.transforms.RandStainAugmentd` (its defaults,
+            about 7/255), probability 0.5; False: none.
+        color_augment: add :class:`~monai_pixelcam.transforms.RandColorJitterd` (brightness, contrast,
+            saturation 0.2, hue 0.04 turn, probability 0.8).
+        with_cam: the items carry a CAM under ``cam_key`` (``1 x h x w`` float in [0, 1], any ``h x w``:
+            it is resized with the image).
+        with_mask: the items carry a mask under ``mask_key`` (a path, None for an empty mask, or a
+            ``1 x H x W`` tensor).
+        load: start with :class:`monai_pixelcam.data.io.LoadHistologyd` (paths -> tensors; tensors pass
+            through it unchanged); False when the items already hold tensors.
+        cam_loader: dictionary transform that puts the CAM in the item (e.g. ``LoadStoredCAMd``), run
+            right after loading.
+        stain_normalize: Macenko-normalise the image to MONAI's reference stain first
+            (:class:`~monai_pixelcam.transforms.MacenkoNormalized`); use the same setting for evaluation.
+        noise_prob: probability of additive Gaussian noise (std drawn in [0, 0.02]).
+        smooth_prob: probability of a Gaussian blur (sigma drawn in [0.25, 1.0] pixels).
+        image_key, mask_key, cam_key: item keys.
+
+    Returns:
+        a :class:`monai.transforms.Compose`; ``set_random_state(seed)`` on it makes the chain reproducible.
+    """
+    image_size = _check_size(image_size, "image_size")
+    if crop_size is not None and _check_size(crop_size, "crop_size") > image_size:
+        raise ValueError(f"crop_size {crop_size} is larger than image_size {image_size}")
+    if stain_augment not in (True, False, None, *_STAIN_AUGMENTS):
+        raise ValueError(f"stain_augment must be a bool or one of {_STAIN_AUGMENTS}, got {stain_augment!r}")
+    m_key = mask_key if with_mask else None
+    c_key = cam_key if with_cam else None
+    keys = [k for k in (image_key, m_key, c_key) if k]
+
+    chain = _load_and_resize(image_size, image_key, m_key, c_key, load, cam_loader, stain_normalize)
+    if crop_size is not None:
+        chain.append(RandSpatialCropd(keys=keys, roi_size=(crop_size, crop_size), random_size=False))
+    chain += [
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+        RandRotate90d(keys=keys, prob=0.5, max_k=3),
+    ]
+    if stain_augment in (True, "hed"):
+        chain.append(RandHEDJitterd(keys=image_key, prob=0.5, sigma=0.05, bias=0.01))
+    elif stain_augment == "macenko":
+        chain.append(RandStainAugmentd(keys=image_key, prob=0.5))
+    if color_augment:
+        chain.append(
+            RandColorJitterd(keys=image_key, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.04, prob=0.8)
+        )
+    if smooth_prob > 0:
+        chain.append(
+            RandGaussianSmoothd(keys=image_key, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0), prob=smooth_prob)
+        )
+    if noise_prob > 0:
+        chain += [
+            RandGaussianNoised(keys=image_key, prob=noise_prob, std=0.02),
+            # noise leaves [0, 1]; an identity rescale with clipping brings it back
+            ScaleIntensityRanged(keys=image_key, a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    chain.append(EnsureTyped(keys=keys, dtype=torch.float32))
+    return Compose(chain)
+
+
+def eval_transforms(
+    image_size: int = 224,
+    crop_size: int | None = None,
+    with_cam: bool = False,
+    with_mask: bool = True,
+    *,
+    load: bool = True,
+    cam_loader: Callable | None = None,
+    stain_normalize: bool = False,
+    image_key: str = "image",
+    mask_key: str = "mask",
+    cam_key: str = "cam",
+) -> Compose:
+    """Evaluation chain: load, resize to ``image_size`` (bilinear image and CAM, nearest mask), optional
+    centre crop. No randomness.
+
+    The WSOL benchmarks' test protocol (Choe et al. 2020, and the histology benchmark PixelCAM uses)
+    resizes test images straight to the training crop size: ``eval_transforms(224)``. For a resize then
+    centre crop, as ImageNet-style evaluation does, give ``image_size=256, crop_size=224``.
+
+    Args:
+        image_size: side of the square resize.
+        crop_size: side of a centre crop after the resize; None: no crop.
+        with_cam, with_mask, load, cam_loader, stain_normalize, image_key, mask_key, cam_key: as in
+            :func:`train_transforms`.
+
+    Returns:
+        a :class:`monai.transforms.Compose`.
+    """
+    image_size = _check_size(image_size, "image_size")
+    if crop_size is not None and _check_size(crop_size, "crop_size") > image_size:
+        raise ValueError(f"crop_size {crop_size} is larger than image_size {image_size}")
+    m_key = mask_key if with_mask else None
+    c_key = cam_key if with_cam else None
+    keys: Sequence[str] = [k for k in (image_key, m_key, c_key) if k]
+    chain = _load_and_resize(image_size, image_key, m_key, c_key, load, cam_loader, stain_normalize)
+    if crop_size is not None:
+        chain.append(CenterSpatialCropd(keys=keys, roi_size=(crop_size, crop_size)))
+    chain.append(EnsureTyped(keys=keys, dtype=torch.float32))
+    return Compose(chain)
