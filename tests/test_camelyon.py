@@ -52,7 +52,8 @@ def test_convert_camelyon_drawn_splits(tmp_path):
     ids = _ids(dl)
     assert sum(len(v) for v in ids.values()) == 24 and len(set().union(*ids.values())) == 24  # no overlap
     labels = {it["id"]: it["label"] for s in SPLITS for it in dl[s]}
-    assert labels["normal_000"] == 0 and labels["normal_001"] == 0 and labels["tumor_000"] == 1 and labels["tumor_001"] == 1
+    # "0" / "1" and "normal" / "tumor" alternate in the CSV
+    assert [labels[i] for i in ("normal_000", "normal_001", "tumor_000", "tumor_001")] == [0, 0, 1, 1]
     # tumor patches without a mask stay in train / valcl; valpx and test tumors have masks
     for s in ("valpx", "test"):
         assert all(it["mask"] for it in dl[s] if it["label"] == 1)
@@ -86,9 +87,11 @@ def test_convert_camelyon_split_column_and_absolute_paths(tmp_path):
     ids = _ids(dl)
     assert ids["test"] == {f"{k}_{i:03d}" for k in ("normal", "tumor") for i in (9, 10, 11)}
     assert ids["train"] == {f"{k}_{i:03d}" for k in ("normal", "tumor") for i in range(6)}
-    # no valpx rows in the CSV: valpx drawn from 'val' (valcl) rows that have a mask
+    # no valpx rows in the CSV: valpx drawn from 'val' (valcl) rows, 2 per class; normal patches qualify
+    # without a mask file (their mask is empty), tumor patches need one
     assert ids["valcl"] | ids["valpx"] == {f"{k}_{i:03d}" for k in ("normal", "tumor") for i in (6, 7, 8)}
-    assert len(ids["valpx"]) == 2 and all(i.startswith("tumor") for i in ids["valpx"])
+    assert sorted(i.split("_")[0] for i in ids["valpx"]) == ["normal", "normal", "tumor", "tumor"]
+    assert all(it["mask"] for it in dl["valpx"] if it["label"] == 1)
 
 
 def test_convert_camelyon_errors_listed_together(tmp_path):

@@ -128,12 +128,14 @@ def test_class_index_resolution(cam_model, images):
     assert isinstance(build_cam("GradCAMpp", cam_model), GradCAMpp)
 
 
-def _monai_raw(cls, model, x, class_idx):
-    """monai.visualize map at feature resolution, without its inverting normaliser, one sample at a time."""
-    extractor = cls(
-        nn_module=copy.deepcopy(model), target_layers="encoder", upsampler=lambda size: (lambda t: t),
-        postprocessing=lambda t: t,
-    )
+def _monai_maps(cls, model, x, class_idx, raw=True):
+    """monai.visualize maps, one sample at a time (a batch with class_idx=None mixes samples).
+
+    raw: at feature resolution without post-processing; else monai's defaults (bilinear upsampling to the
+    input, then its normaliser that maps (min, max) to (1, 0)).
+    """
+    kwargs = {"upsampler": lambda size: (lambda t: t), "postprocessing": lambda t: t} if raw else {}
+    extractor = cls(nn_module=copy.deepcopy(model), target_layers="encoder", **kwargs)
     return torch.cat([extractor(x[i : i + 1], class_idx=int(class_idx[i])) for i in range(x.shape[0])]).detach()
 
 
@@ -145,19 +147,20 @@ MONAI_HOOK_WARNING = "ignore:Full backward hook is firing"  # monai's own hook o
 def test_agrees_with_monai_visualize_cam_head(ours, theirs, images):
     model = make_model("cam", seed=2, head_weight=2.0)
     class_idx = torch.tensor([0, 1, 2, 1])
-    expected = normalize_maps(_monai_raw(theirs, model, images, class_idx))
+    expected = normalize_maps(_monai_maps(theirs, model, images, class_idx))
     got = ours(model)(images, class_idx=class_idx)
     assert got.flatten(1).std(1).min() > 0.05  # informative maps, not all-zero
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
-    # both upsampled, then normalised
-    up = F.interpolate(_monai_raw(theirs, model, images, class_idx), size=(SIZE, SIZE), mode="bilinear")
-    torch.testing.assert_close(ours(model)(images, class_idx=class_idx, upsample=True), normalize_maps(up), atol=1e-4, rtol=0)
+    # monai's defaults: upsampled, then inverted min-max
+    inverted = _monai_maps(theirs, model, images, class_idx, raw=False)
+    got_up = ours(model)(images, class_idx=class_idx, upsample=True)
+    torch.testing.assert_close(got_up, 1 - inverted.float(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.filterwarnings(MONAI_HOOK_WARNING)
 def test_gradcam_agrees_with_monai_visualize_deepmil(mil_model, images):
     class_idx = torch.tensor([2, 1, 0, 0])
-    expected = normalize_maps(_monai_raw(MonaiGradCAM, mil_model, images, class_idx))
+    expected = normalize_maps(_monai_maps(MonaiGradCAM, mil_model, images, class_idx))
     torch.testing.assert_close(GradCAM(mil_model)(images, class_idx=class_idx), expected, atol=1e-4, rtol=0)
 
 

@@ -285,7 +285,10 @@ def test_validate_accepts_valid_datalist_and_json_path(tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    ["corrupt", "truncated", "missing", "size", "nonbinary", "label", "label_type", "empty", "dup", "keys", "valpx_mask"],
+    [
+        "corrupt", "truncated", "missing", "size", "nonbinary",
+        "label", "label_type", "empty", "dup", "keys", "valpx_mask",
+    ],
 )
 def test_validate_single_problem_named(tmp_path, case):
     dl = _dataset(tmp_path)

@@ -71,14 +71,17 @@ def test_pxap_exact_on_scores_on_the_grid(maps):
     np.testing.assert_allclose(recall, r_ref[:-1], atol=1e-12)
 
 
-def test_every_grid_value_lands_in_its_own_bin():
-    # float32 values of k / 1000 (float32(k/1000) * 1000 floors to k - 1 for some k without the edge margin)
-    grid = torch.from_numpy((np.arange(1001) / 1000).astype(np.float32)).view(1, 1, 1, -1)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bins_compare_exactly_like_scores_ge_threshold(dtype):
+    # the grid values k / 1000 in the scores' dtype reach threshold k (float32(k/1000) * 1000 floors to k - 1
+    # for some k), and the next value below them does not
+    grid = torch.from_numpy((np.arange(1001) / 1000).astype(dtype)).view(1, 1, 1, -1)
+    ones = torch.ones(1001, dtype=torch.long)
     counts = PixelHistogram()(grid, torch.ones_like(grid))
-    assert torch.equal(counts[1], torch.ones(1001, dtype=torch.long))
-    assert counts[0].sum() == 0
-    below = torch.nextafter(grid[..., 1:], torch.zeros(())) - 1e-4  # clearly below a threshold: bin under it
-    assert torch.equal(PixelHistogram()(below, torch.zeros_like(below))[0][:1000], torch.ones(1000, dtype=torch.long))
+    assert torch.equal(counts[1], ones) and counts[0].sum() == 0
+    below = torch.nextafter(grid[..., 1:], torch.zeros((), dtype=grid.dtype))
+    counts = PixelHistogram()(below, torch.zeros_like(below))
+    assert torch.equal(counts[0][:1000], ones[:1000]) and counts[0][1000] == 0
 
 
 def test_pxap_extreme_maps():
@@ -86,8 +89,9 @@ def test_pxap_extreme_maps():
     assert pxap(y.clone(), y) == pytest.approx(1.0, abs=1e-12)
     assert pxap(y.bool(), y.bool()) == pytest.approx(1.0, abs=1e-12)
     # a constant map predicts everything at every threshold up to it: precision = positive fraction
-    assert pxap(torch.full_like(y, 0.3), y) == pytest.approx(y.mean().item(), rel=1e-9)
-    assert pxap(1 - y, y) == pytest.approx(y.mean().item(), rel=1e-9)  # inverted: worst ranking
+    positive_fraction = y.double().mean().item()
+    assert pxap(torch.full_like(y, 0.3), y) == pytest.approx(positive_fraction, rel=1e-12)
+    assert pxap(1 - y, y) == pytest.approx(positive_fraction, rel=1e-12)  # inverted: worst ranking
     assert pxap(1 - y, y) < 0.5
 
 

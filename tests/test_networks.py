@@ -19,6 +19,7 @@ from monai_pixelcam.networks import (
     build_classifier,
     build_encoder,
     build_head,
+    build_localizer,
     build_pixelcam,
     load_checkpoint,
     load_torchvision_weights,
@@ -345,7 +346,8 @@ def test_param_groups_heads_at_ten_times():
     groups = net.param_groups(0.002, head_lr_mult=5)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(net.parameters()))
-    assert set(map(id, groups[1]["params"])) == set(map(id, [*net.image_head.parameters(), *net.pixel_head.parameters()]))
+    heads = [*net.image_head.parameters(), *net.pixel_head.parameters()]
+    assert set(map(id, groups[1]["params"])) == set(map(id, heads))
     assert groups[1]["lr"] == pytest.approx(0.01)
     torch.optim.SGD(groups, lr=0.002, momentum=0.9, nesterov=True, weight_decay=1e-4)
 
@@ -353,6 +355,7 @@ def test_param_groups_heads_at_ten_times():
 # ------------------------------------------------------------------------------------------ TorchScript / MONAI
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # expected: traced shape branches
 def test_localizer_returns_tensor_traces_and_scripts():
     net = build_pixelcam("resnet18", "deepmil", 2, base_width=16).eval()
     loc = PixelCAMLocalizer(net).eval()
@@ -368,6 +371,7 @@ def test_localizer_returns_tensor_traces_and_scripts():
         torch.testing.assert_close(scripted(x2), loc(x2))
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_vit_localizer_scripts_and_traces():
     loc = PixelCAMLocalizer(build_pixelcam("vit_tiny", "cam", 2, img_size=64, num_layers=2)).eval()
     x = torch.rand(1, 3, 64, 64)
@@ -377,6 +381,7 @@ def test_vit_localizer_scripts_and_traces():
         torch.testing.assert_close(torch.jit.script(loc)(x2), loc(x2))
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_monai_convert_to_torchscript_and_verify_net_in_out(tmp_path):
     from monai.bundle import verify_net_in_out
     from monai.networks.utils import convert_to_torchscript
@@ -390,8 +395,11 @@ def test_monai_convert_to_torchscript_and_verify_net_in_out(tmp_path):
 
     config = {
         "network_def": {
-            "_target_": "monai_pixelcam.networks.PixelCAMLocalizer",
-            "net": {"_target_": "monai_pixelcam.networks.build_pixelcam", "encoder": "resnet18", "base_width": 16},
+            "_target_": "monai_pixelcam.networks.build_localizer",
+            "encoder": "resnet18",
+            "head": "deepmil",
+            "num_classes": 2,
+            "base_width": 16,
         }
     }
     meta = {
@@ -408,6 +416,21 @@ def test_monai_convert_to_torchscript_and_verify_net_in_out(tmp_path):
         config_file=str(tmp_path / "inference.json"),
         device="cpu",
     )
+    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 2  # the check itself can fail
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="output channel number"):
+        verify_net_in_out(
+            net_id="network_def",
+            meta_file=str(tmp_path / "metadata.json"),
+            config_file=str(tmp_path / "inference.json"),
+            device="cpu",
+        )
+
+
+def test_build_localizer_state_dict_is_pixelcam_under_net():
+    loc = build_localizer(encoder="resnet18", num_classes=2, base_width=16)
+    assert isinstance(loc, PixelCAMLocalizer) and isinstance(loc.net, PixelCAMNet)
+    assert set(loc.state_dict()) == {f"net.{k}" for k in loc.net.state_dict()}
 
 
 def test_bundle_config_instantiates_classifier():

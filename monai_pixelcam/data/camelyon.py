@@ -44,7 +44,14 @@ __all__ = ["CAMELYON_CLASSES", "convert_camelyon", "find_camelyon_csv"]
 
 CAMELYON_CLASSES = ["normal", "tumor"]
 _NO_MASK = {"", "none", "null", "nan"}
-_SPLIT_NAMES = {"train": "train", "valcl": "valcl", "val": "valcl", "validation": "valcl", "valpx": "valpx", "test": "test"}
+_SPLIT_NAMES = {
+    "train": "train",
+    "valcl": "valcl",
+    "val": "valcl",
+    "validation": "valcl",
+    "valpx": "valpx",
+    "test": "test",
+}
 
 
 def find_camelyon_csv(src: str | os.PathLike) -> Path:
@@ -163,13 +170,20 @@ def convert_camelyon(
         splits = {s: [it for it, sp, _ in items if sp == s] for s in ("train", "valcl", "valpx", "test")}
         if not splits["valpx"]:
             # make_splits with every image in the validation part only moves valpx images out of valcl
-            drawn = make_splits(splits["valcl"], valcl_fraction=1.0, valpx_per_class=valpx_per_class, seed=seed)
+            drawn = make_splits(
+                splits["valcl"], valcl_fraction=1.0, valpx_per_class=valpx_per_class, seed=seed, negative_classes=[0]
+            )
             splits["valcl"], splits["valpx"] = drawn["valcl"], drawn["valpx"]
     else:
         evaluable = [it for it, _, _ in items if it["label"] == 0 or it["mask"]]
         train_only = [it for it, _, _ in items if it["label"] == 1 and not it["mask"]]
         splits = make_splits(
-            evaluable, test_fraction=test_fraction, valcl_fraction=valcl_fraction, valpx_per_class=valpx_per_class, seed=seed
+            evaluable,
+            test_fraction=test_fraction,
+            valcl_fraction=valcl_fraction,
+            valpx_per_class=valpx_per_class,
+            seed=seed,
+            negative_classes=[0],
         )
         if train_only:
             extra = make_splits(train_only, valcl_fraction=valcl_fraction, valpx_per_class=0, seed=seed)

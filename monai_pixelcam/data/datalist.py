@@ -46,6 +46,7 @@ def make_splits(
     valcl_fraction: float = 0.2,
     valpx_per_class: int = 3,
     seed: int = 0,
+    negative_classes: Sequence[int] = (),
 ) -> dict[str, list[dict]]:
     """Split items into ``train``, ``valcl``, ``valpx``, ``test``: stratified by label, deterministic from ``seed``.
 
@@ -54,10 +55,14 @@ def make_splits(
         test_items: a fixed test split (e.g. GlaS testA + testB); when None, ``test_fraction`` of each
             class is drawn from ``items`` instead.
         test_fraction: in [0, 1), used only when ``test_items`` is None.
-        valcl_fraction: in [0, 1), fraction of each class's non-test items that go to ``valcl``.
-        valpx_per_class: images per class moved from ``valcl`` to ``valpx``; only images with a mask
-            qualify. As in the GlaS WSOL folds, valpx images come out of the validation split.
+        valcl_fraction: in [0, 1], fraction of each class's non-test items that go to the validation
+            images (``valcl`` plus ``valpx``); at least ``valpx_per_class + 1`` of them when the class has
+            twice that many items, so that ``valcl`` never ends up empty.
+        valpx_per_class: images per class moved from the validation images to ``valpx``; only images with a
+            mask qualify, or any image of a ``negative_classes`` label (no mask means an empty mask). As in
+            the GlaS WSOL folds, valpx images come out of the validation split.
         seed: the split depends on nothing else (input order is normalised by ``id``).
+        negative_classes: labels whose images hold no region of interest (e.g. CAMELYON ``normal``).
 
     Returns:
         dict split name -> list of items; no id appears in two splits.
@@ -79,9 +84,9 @@ def make_splits(
             n_test = int(round(test_fraction * len(group)))
             out["test"].extend(group[:n_test])
             group = group[n_test:]
-        n_val = max(int(round(valcl_fraction * len(group))), min(valpx_per_class, len(group) // 2))
+        n_val = max(int(round(valcl_fraction * len(group))), min(valpx_per_class + 1, len(group) // 2))
         val, train = group[:n_val], group[n_val:]
-        with_mask = [it for it in val if it.get("mask")]
+        with_mask = [it for it in val if it.get("mask") or label in negative_classes]
         px = with_mask[:valpx_per_class]
         px_ids = {it["id"] for it in px}
         out["valpx"].extend(px)
@@ -144,8 +149,10 @@ def load_datalist(path: str | os.PathLike) -> dict:
     data.setdefault("negative_classes", [])
     for split in SPLITS:
         for it in data[split]:
+            if not isinstance(it, dict):
+                continue  # validate_datalist reports malformed items with their split and index
             for key in ("image", "mask"):
-                if it.get(key):
-                    it[key] = str((base / it[key]).resolve()) if not os.path.isabs(it[key]) else it[key]
+                if isinstance(it.get(key), str) and it[key] and not os.path.isabs(it[key]):
+                    it[key] = str((base / it[key]).resolve())
             it.setdefault("mask", None)
     return data

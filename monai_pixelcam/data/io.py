@@ -380,6 +380,8 @@ class LoadHistologyd(MapTransform):
                 continue
             if isinstance(d[key], (str, os.PathLike)):
                 d[key] = self.load_image(d[key])
+            elif not hasattr(d[key], "shape"):
+                raise DatalistError(f"{d.get('id', key)}: '{key}' must be an image path or array, got {d[key]!r}")
             if size is None:
                 size = tuple(d[key].shape[-2:])
         for key in mask_keys:

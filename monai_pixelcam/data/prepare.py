@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .datalist import DatalistError, load_datalist
 
-__all__ = ["DATASETS", "prepare_datalist"]
+__all__ = ["DATASETS", "prepare_datalist", "class_names"]
 
 DATASETS = ("synthetic_glas", "synthetic_camelyon", "glas", "camelyon")
 logger = logging.getLogger(__name__)
@@ -73,3 +73,18 @@ def prepare_datalist(
     if validate:
         validate_datalist(data)
     return str(path)
+
+
+def class_names(datalist: dict, num_classes: int) -> list[str]:
+    """The datalist's class names, checked against the ``num_classes`` the networks are built with.
+
+    Raises:
+        DatalistError: the datalist names a different number of classes.
+    """
+    names = list(datalist["classes"])
+    if len(names) != int(num_classes):
+        raise DatalistError(
+            f"the datalist has {len(names)} classes {names} but the network is configured for num_classes="
+            f"{num_classes}; pass --num_classes {len(names)}"
+        )
+    return names

@@ -46,6 +46,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from monai_pixelcam.data.datalist import make_splits, save_datalist
+from monai_pixelcam.data.io import read_mask, read_rgb, write_png_atomic
 
 __all__ = ["KINDS", "SyntheticKind", "render_tile", "synthesize", "save_preview", "main"]
 
@@ -75,7 +76,7 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], cell: float) -> np.
     h, w = shape
     cell = max(float(cell), 1.0)
     gh, gw = int(math.ceil(h / cell)) + 3, int(math.ceil(w / cell)) + 3
-    coarse = rng.standard_normal((gh, gw)).astype(np.float32)
+    coarse = rng.standard_normal((gh, gw), dtype=np.float32)
     big = np.asarray(
         Image.fromarray(coarse).resize((round(gw * cell), round(gh * cell)), Image.Resampling.BICUBIC)
     )
@@ -283,7 +284,7 @@ def _benign_glands(rng, shape, s, target):
     h, w = shape
     mask = np.zeros(shape, bool)
     thickness = np.zeros(shape, np.float32)
-    for _ in range(80):
+    for _ in range(250):  # tightly packed crypts need many tries; the area must not give the class away
         if mask.mean() >= target:
             break
         r = rng.uniform(16, 40) * s
@@ -333,7 +334,7 @@ def _malignant_glands(rng, shape, s, target):
 def _glas_tissue(label, shape, s, rng, shared):
     h, w = shape
     hh, e = _colon_stroma(shared, shape, s)
-    target = shared.uniform(0.18, 0.5)
+    target = shared.uniform(0.15, 0.45)
     # outer band of every gland (basal cytoplasm): one colour distribution for both classes
     rim_e, rim_h = shared.uniform(0.32, 0.42), shared.uniform(0.18, 0.24)
     rim = 1.5 * s + 0.5
@@ -584,7 +585,7 @@ def _to_rgb(hh: np.ndarray, e: np.ndarray, rng: np.random.Generator, s: float, s
     gy, gx = rng.uniform(-0.05, 0.05, 2)
     illum_noise = _noise(rng, shape, 90 * s)
     noise_sd = rng.uniform(1.0, 3.5)
-    pix_noise = rng.standard_normal((*shape, 3)).astype(np.float32)
+    pix_noise = rng.standard_normal((*shape, 3), dtype=np.float32)
 
     conc = np.stack([hh * h_scale, e * e_scale], -1).astype(np.float32)
     conc = ndimage.gaussian_filter(conc, (sigma, sigma, 0), truncate=3.0)
@@ -606,7 +607,7 @@ class SyntheticKind:
 
     ``tissue(label, shape, scale, rng_tissue, rng_shared) -> (hematoxylin, eosin, mask)``.
     ``fixed_test``: the test split is a fixed share of the images, like GlaS testA + testB, instead of a
-    stratified fraction drawn by ``make_splits``.
+    stratified fraction drawn by ``make_splits``. ``min_n``: fewest images that give every split every class.
     """
 
     name: str
@@ -615,12 +616,13 @@ class SyntheticKind:
     default_n: int
     test_fraction: float
     fixed_test: bool
+    min_n: int
     tissue: Callable
 
 
 KINDS: dict[str, SyntheticKind] = {
-    "glas": SyntheticKind("glas", ("benign", "malignant"), (), 165, 80 / 165, True, _glas_tissue),
-    "camelyon": SyntheticKind("camelyon", ("normal", "tumor"), (0,), 400, 0.3, False, _camelyon_tissue),
+    "glas": SyntheticKind("glas", ("benign", "malignant"), (), 165, 80 / 165, True, 15, _glas_tissue),
+    "camelyon": SyntheticKind("camelyon", ("normal", "tumor"), (0,), 400, 0.3, False, 12, _camelyon_tissue),
 }
 _KIND_CODE = {"glas": 1, "camelyon": 2}
 
@@ -666,12 +668,6 @@ def render_tile(
     return rgb, mask.astype(np.uint8)
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def _plan(spec: SyntheticKind, n: int, seed: int) -> tuple[list[int], int]:
     """Labels of images 0..n-1 (balanced, shuffled) and how many of the first images form a fixed test set."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _KIND_CODE[spec.name], 7]))
@@ -694,7 +690,7 @@ def _split(spec: SyntheticKind, items: list[dict], n_test: int, seed: int) -> di
             return splits
     raise ValueError(
         f"{len(items)} images are too few for {spec.name}: every split (train, valcl, valpx, test) needs "
-        f"every class; use n_images >= {20 if spec.fixed_test else 24}"
+        f"every class; use n_images >= {spec.min_n}"
     )
 
 
@@ -727,8 +723,11 @@ def synthesize(
     """
     spec = _kind(kind)
     n = spec.default_n if n_images is None else int(n_images)
-    if n < 2:
-        raise ValueError(f"n_images must be at least 2, got {n_images}")
+    if n < spec.min_n:
+        raise ValueError(
+            f"n_images={n} is too few for {kind}: every split (train, valcl, valpx, test) needs every class; "
+            f"use n_images >= {spec.min_n}"
+        )
     stain = _check_stain(stain)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -750,8 +749,8 @@ def synthesize(
 
     for i, it in enumerate(tqdm(items, desc=f"synthesize {kind}", unit="img", disable=not progress)):
         rgb, mask = render_tile(kind, it["label"], image_size, seed=seed, index=i, stain=stain)
-        _write_png(Path(it["image"]), rgb)
-        _write_png(Path(it["mask"]), mask * np.uint8(255))
+        write_png_atomic(it["image"], rgb)
+        write_png_atomic(it["mask"], mask * np.uint8(255))
     datalist = {"classes": list(spec.classes), "negative_classes": list(spec.negative_classes), **splits}
     path = save_datalist(datalist, out / "datalist.json")
     save_preview(items, out / "preview.png", classes=spec.classes)
@@ -773,10 +772,9 @@ def save_preview(
         chosen = [it for it in sorted(items, key=lambda d: d["id"]) if it["label"] == label][:per_class]
         row = []
         for it in chosen:
-            img = np.asarray(Image.open(it["image"]).convert("RGB").resize((tile, tile), Image.Resampling.BILINEAR))
-            img = img.copy()
+            img = np.array(Image.fromarray(read_rgb(it["image"])).resize((tile, tile), Image.Resampling.BILINEAR))
             if it.get("mask"):
-                m = np.asarray(Image.open(it["mask"]).convert("L").resize((tile, tile), Image.Resampling.NEAREST)) > 127
+                m = np.asarray(Image.fromarray(read_mask(it["mask"])).resize((tile, tile), Image.Resampling.NEAREST)) > 0
                 edge = m & ~ndimage.binary_erosion(m, iterations=1, border_value=1)
                 edge = ndimage.binary_dilation(edge)
                 img[edge] = (0, 230, 0)
@@ -787,9 +785,7 @@ def save_preview(
             row.append(np.asarray(pil))
         row += [np.full((tile, tile, 3), 255, np.uint8)] * (per_class - len(row))
         rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in row], 1))
-    path = Path(path)
-    _write_png(path, np.concatenate(rows, 0))
-    return path
+    return write_png_atomic(path, np.concatenate(rows, 0))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

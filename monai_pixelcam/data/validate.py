@@ -33,7 +33,13 @@ import numpy as np
 from .datalist import SPLITS, DatalistError, load_datalist, save_datalist
 from .io import read_pixels, read_rgb
 
-__all__ = ["validate_datalist", "save_validated_datalist", "print_problems", "mask_problem", "MAX_LABEL_MAP_EDGE_FRACTION"]
+__all__ = [
+    "validate_datalist",
+    "save_validated_datalist",
+    "print_problems",
+    "mask_problem",
+    "MAX_LABEL_MAP_EDGE_FRACTION",
+]
 
 #: A label map (binary or instance ids) is piecewise constant: only region borders change value. In a
 #: photograph nearly every pair of neighbouring pixels differs (sensor noise, texture). GlaS instance
@@ -198,7 +204,8 @@ def _structure_problems(datalist: Mapping, splits: Sequence[str]) -> tuple[list[
                 mask = None
             if split in ("valpx", "test") and mask is None and not (label_ok and label in negative):
                 problems.append(
-                    f"{where}: {split} items need a mask (only labels in negative_classes {sorted(negative)} may omit it)"
+                    f"{where}: {split} items need a mask "
+                    f"(only labels in negative_classes {sorted(negative)} may omit it)"
                 )
             image = it.get("image")
             if "image" in it:
@@ -237,7 +244,9 @@ def validate_datalist(
     if isinstance(datalist, (str, os.PathLike)):
         datalist = load_datalist(datalist)
     if not isinstance(datalist, Mapping):
-        raise DatalistError(f"a datalist must be a dict with 'classes' and the splits {SPLITS}, got {type(datalist).__name__}")
+        raise DatalistError(
+            f"a datalist must be a dict with 'classes' and the splits {SPLITS}, got {type(datalist).__name__}"
+        )
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     problems, checkable = _structure_problems(datalist, splits)
 

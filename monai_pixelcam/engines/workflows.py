@@ -17,7 +17,7 @@ import torch
 from ignite.handlers import ProgressBar
 from ignite.metrics import Accuracy
 from monai.data import CacheDataset, DataLoader, Dataset
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines import PrepareBatchDefault, SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointLoader, LrScheduleHandler, StatsHandler, TensorBoardStatsHandler, ValidationHandler
 from torch.utils.data import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
@@ -137,11 +137,11 @@ def build_trainer(
         output_dir: folder for ``<name>_last.pt``.
         name: run name used in file names and logs (e.g. ``"source"``, ``"pixelcam"``).
         validators: evaluators from :func:`build_evaluator`, run every ``val_interval`` epochs.
-        prepare_batch: default ``DictTargetPrepareBatch(("label",))`` giving ``(image, {"label": ...})``.
+        prepare_batch: default MONAI's ``PrepareBatchDefault`` giving ``(image, label)``; PixelCAM uses
+            ``DictTargetPrepareBatch(("label", "cam"))``.
         handlers: extra Ignite handlers with an ``attach(engine)`` method.
     """
     rank0 = idist.get_rank() == 0
-    prepare_batch = prepare_batch or DictTargetPrepareBatch(("label",))
     trainer = SupervisedTrainer(
         device=device,
         max_epochs=max_epochs,
@@ -149,7 +149,7 @@ def build_trainer(
         network=network,
         optimizer=optimizer,
         loss_function=loss_function,
-        prepare_batch=prepare_batch,
+        prepare_batch=prepare_batch or PrepareBatchDefault(),
         amp=amp,
         decollate=False,  # predictions are dicts of tensors; nothing downstream needs per-item lists
     )

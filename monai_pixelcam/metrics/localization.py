@@ -53,9 +53,10 @@ class PixelHistogram:
     wsolevaluation's ``np.histogram`` bins do). This is Choe et al.'s wsolevaluation ``MaskEvaluator`` layout,
     whose extra ``[1, 2)`` bin is our last bin.
 
-    Bin edges sit one part per million below the grid values, so a score within ``1e-6 * t_k`` below ``t_k``
-    counts as reaching it: a map saved with 3 decimals, whose float32 values are a rounding error away from
-    the grid, then falls exactly into its own bin (plain ``floor(s * 1000)`` puts some of them one bin low).
+    Comparisons are exact in the scores' dtype: ``t_k`` is ``k / num_bins`` rounded to float32 (float64 for
+    float64 maps), as in ``scores >= t`` on the tensor, so a map saved with 3 decimals falls exactly into its
+    own bins and Dice at ``t`` equals Dice of ``AsDiscrete(threshold=t)``. (A plain ``floor(s * 1000)`` puts
+    some float32 grid values one bin low.)
 
     Counts are a ``2 x (num_bins + 1)`` int64 array: row 0 ground-truth negatives, row 1 positives.
 
@@ -68,6 +69,8 @@ class PixelHistogram:
             raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
         self.num_bins = int(num_bins)
         self.thresholds = np.arange(self.num_bins + 1, dtype=np.float64) / self.num_bins
+        # bin = floor(s * scale), then one step down where s < t_bin. The scale is 1 ppm above num_bins so that
+        # float rounding can only put a score one bin too high (near an edge), never too low.
         self._scale = self.num_bins * (1.0 + 2.0**-20)
 
     @property
@@ -100,11 +103,13 @@ class PixelHistogram:
                 "resize masks with nearest-neighbour interpolation or threshold them first"
             )
         dtype = torch.float64 if y_pred.dtype == torch.float64 else torch.float32
-        # one fused key per pixel, bin + (num_bins + 1) * label, so that a single bincount gives both rows
-        key = y_pred.to(dtype).clamp(0.0, 1.0)  # out of place: the caller's tensor is never modified
-        if torch.isnan(key).any():
+        scores = y_pred.to(dtype).clamp(0.0, 1.0)  # out of place: the caller's tensor is never modified
+        if torch.isnan(scores).any():
             raise ValueError("y_pred contains NaN; score maps must be finite values in [0, 1]")
-        key.mul_(self._scale).floor_()
+        key = torch.mul(scores, self._scale).floor_()
+        # k / num_bins in the scores' dtype is the correctly rounded t_k, the value `scores >= t_k` compares with
+        key.sub_(torch.lt(scores, key / self.num_bins).to(dtype))
+        # one key per pixel, bin + (num_bins + 1) * label, so that a single bincount gives both rows
         key.add_(y.to(dtype), alpha=self.num_bins + 1)
         counts = torch.bincount(key.reshape(-1).long(), minlength=2 * (self.num_bins + 1))
         return counts.view(2, self.num_bins + 1)
@@ -154,16 +159,18 @@ class PixelHistogram:
         return {"tp": tp, "fp": fp, "fn": n_pos - tp, "tn": n_neg - fp}
 
     def pr_curve(self, counts: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pixel precision and recall at the grid thresholds where at least one pixel is predicted positive.
+        """Pixel precision and recall at the grid thresholds, for a PR-curve figure.
+
+        One point per non-empty bin (a threshold between two occupied bins repeats the point above it).
 
         Returns:
             ``(precision, recall, thresholds)``, float64 arrays of equal length, thresholds increasing
-            (recall decreasing), as sklearn's ``precision_recall_curve`` orders them but without its final
-            ``(precision 1, recall 0)`` sentinel.
+            (recall decreasing); for scores on the grid these are sklearn's ``precision_recall_curve`` points
+            without its final ``(precision 1, recall 0)`` sentinel.
         """
         c = self.confusion(counts)
         predicted = c["tp"] + c["fp"]
-        keep = predicted > 0
+        keep = -np.diff(predicted, append=0.0) > 0  # pixels in bin k
         precision = c["tp"][keep] / predicted[keep]
         recall = c["tp"][keep] / (c["tp"][0] + c["fn"][0])
         return precision, recall, self.thresholds[keep]

@@ -1,7 +1,7 @@
 """Encoders, WSOL heads, the pixel head, PixelCAMNet and weight loading (torch + MONAI, no torchvision)."""
 
 from .encoders import BasicBlock, Bottleneck, ResNetEncoder, VGG16Encoder, ViTTinyEncoder, resnet18, resnet50
-from .factory import ENCODERS, HEADS, build_classifier, build_encoder, build_head, build_pixelcam
+from .factory import ENCODERS, HEADS, build_classifier, build_encoder, build_head, build_localizer, build_pixelcam
 from .heads import CAMHead, DeepMILHead, PixelHead
 from .pixelcam import PixelCAMLocalizer, PixelCAMNet, foreground_map
 from .weights import WEIGHT_CONTAINER_KEYS, load_checkpoint, load_torchvision_weights, read_state_dict
@@ -20,6 +20,7 @@ __all__ = [
     "build_classifier",
     "build_encoder",
     "build_head",
+    "build_localizer",
     "build_pixelcam",
     "CAMHead",
     "DeepMILHead",

@@ -180,7 +180,9 @@ def resnet50(**kwargs) -> ResNetEncoder:
 
 
 # torchvision's VGG16 configuration "D": channel counts, "M" = 2x2 max-pool.
-_VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+_VGG16_CFG: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"
+)  # fmt: skip
 
 
 class VGG16Encoder(nn.Module):
@@ -324,7 +326,7 @@ class ViTTinyEncoder(nn.Module):
         nn.init.trunc_normal_(self.cls_pos_embedding, std=0.02)
         mlp_dim = 4 * hidden_size if mlp_dim is None else mlp_dim
         self.blocks = nn.ModuleList(
-            [TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias=True) for _ in range(num_layers)]
+            TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias=True) for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(hidden_size)
         self.out_channels = int(hidden_size)

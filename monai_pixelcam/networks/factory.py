@@ -15,11 +15,19 @@ import torch.nn as nn
 
 from .encoders import VGG16Encoder, ViTTinyEncoder, resnet18, resnet50
 from .heads import CAMHead, DeepMILHead
-from .pixelcam import PixelCAMNet
+from .pixelcam import PixelCAMLocalizer, PixelCAMNet
 from .weights import load_checkpoint, load_torchvision_weights
 from .wsol import WSOLClassifier
 
-__all__ = ["ENCODERS", "HEADS", "build_encoder", "build_head", "build_classifier", "build_pixelcam"]
+__all__ = [
+    "ENCODERS",
+    "HEADS",
+    "build_encoder",
+    "build_head",
+    "build_classifier",
+    "build_pixelcam",
+    "build_localizer",
+]
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
@@ -89,7 +97,20 @@ def build_pixelcam(
     ``pixel_hidden_channels`` selects the MLP pixel head; ``freeze_backbone`` the
     two-step variant (only the pixel head trains).
     """
-    source = build_classifier(encoder, head, num_classes, pretrained=pretrained, head_kwargs=head_kwargs, **encoder_kwargs)
+    source = build_classifier(
+        encoder, head, num_classes, pretrained=pretrained, head_kwargs=head_kwargs, **encoder_kwargs
+    )
     if source_checkpoint:
         load_checkpoint(source, source_checkpoint, key=source_key)
-    return PixelCAMNet.from_source(source, freeze_backbone=freeze_backbone, pixel_hidden_channels=pixel_hidden_channels)
+    return PixelCAMNet.from_source(
+        source, freeze_backbone=freeze_backbone, pixel_hidden_channels=pixel_hidden_channels
+    )
+
+
+def build_localizer(**kwargs) -> PixelCAMLocalizer:
+    """:class:`PixelCAMLocalizer` around ``build_pixelcam(**kwargs)``: ``B x 3 x H x W -> B x 1 x H x W`` in [0, 1].
+
+    The tensor-returning ``network_def`` that MONAI's ``verify_net_in_out`` and
+    TorchScript export need; its state dict is the PixelCAMNet's under ``net.``.
+    """
+    return PixelCAMLocalizer(build_pixelcam(**kwargs))

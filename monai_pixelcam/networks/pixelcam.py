@@ -120,7 +120,10 @@ class PixelCAMLocalizer(nn.Module):
     """Tensor-returning inference wrapper: ``forward(x: B x 3 x H x W) -> B x 1 x H x W`` in [0, 1].
 
     For MONAI's ``verify_net_in_out``, sliding-window inference and TorchScript
-    export, which need a network that returns one tensor.
+    export, which need a network that returns one tensor. ``torch.jit.script``
+    works for every encoder and keeps inputs of any size; a ``torch.jit.trace``
+    of a ViT-based localizer is fixed to the traced input size (the position
+    embedding resize is a Python branch), so script that one.
     """
 
     def __init__(self, net: PixelCAMNet) -> None:

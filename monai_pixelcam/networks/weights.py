@@ -46,7 +46,9 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused (not weights-only), truncated or foreign file
-        raise ValueError(f"{path}: cannot be read as a weights-only torch checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"{path}: cannot be read as a weights-only torch checkpoint ({type(e).__name__}: {e})"
+        ) from e
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             found = sorted(obj) if isinstance(obj, Mapping) else type(obj).__name__

@@ -53,7 +53,8 @@ def _load_and_resize(
     """Load (image, mask), add the CAM, optionally stain-normalise, resize everything to ``size x size``."""
     chain: list[Callable] = []
     if load:
-        chain.append(LoadHistologyd(keys=[image_key] + ([mask_key] if mask_key else []), allow_missing_keys=True))
+        keys = [image_key] + ([mask_key] if mask_key else [])
+        chain.append(LoadHistologyd(keys=keys, mask_keys=[mask_key] if mask_key else [], allow_missing_keys=True))
     if cam_loader is not None:
         chain.append(cam_loader)
     if stain_normalize:

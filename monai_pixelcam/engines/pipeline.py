@@ -1,0 +1,157 @@
+"""The steps of the PixelCAM pipeline that sit between engines: CAM storing, evaluation report, model export.
+
+The bundle's ``train_source`` and ``train_pixelcam`` steps are trainers built by :mod:`.workflows`; the steps
+here are plain functions of already-built networks and loaders, so the bundle configs only wire them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from monai_pixelcam.cams import CAMStore
+from monai_pixelcam.handlers.figures import save_map_grid, save_pr_curves
+from monai_pixelcam.networks.weights import load_checkpoint
+
+from .evaluation import evaluate_localization, write_json_atomic
+from .inferers import CAMInferer, PixelCAMInferer
+
+__all__ = ["store_cams", "evaluate_pipeline", "export_model", "SELECTIONS"]
+
+logger = logging.getLogger(__name__)
+
+#: checkpoint selections: B-LOC (best valpx PxAP) and B-CL (best valcl accuracy)
+SELECTIONS = ("bloc", "bcl")
+
+
+def store_cams(
+    network: torch.nn.Module, checkpoint: str | os.PathLike, loader, store_dir: str | os.PathLike, method: str,
+    device: str | torch.device = "cpu",
+) -> CAMStore:
+    """Load the source ``checkpoint`` into ``network`` and store the true-class CAM of every image of
+    ``loader`` (deterministic eval transforms) under ``store_dir``; the manifest records the checkpoint's
+    sha256 and ``method`` so that a later stage cannot read stale maps."""
+    load_checkpoint(network, checkpoint)
+    store = CAMStore(store_dir).build(network, loader, method, checkpoint, device=device)
+    logger.info(f"stored {len(store)} {method} maps of {checkpoint} in {store_dir}")
+    return store
+
+
+def _first_roi_batch(loader, negative_classes: Sequence[int], n: int) -> dict:
+    """The first ``n`` items of ``loader`` whose class has a region of interest, as one batch."""
+    images, masks, labels = [], [], []
+    for batch in loader:
+        keep = [i for i, y in enumerate(torch.as_tensor(batch["label"]).reshape(-1).tolist()) if y not in negative_classes]
+        images.append(batch["image"][keep])
+        masks.append(batch["mask"][keep])
+        labels.append(torch.as_tensor(batch["label"]).reshape(-1)[keep])
+        if sum(len(x) for x in images) >= n:
+            break
+    return {"image": torch.cat(images)[:n], "mask": torch.cat(masks)[:n], "label": torch.cat(labels)[:n]}
+
+
+def evaluate_pipeline(
+    source_network: torch.nn.Module,
+    pixelcam_network: torch.nn.Module,
+    checkpoint_dir: str | os.PathLike,
+    valpx_loader,
+    test_loader,
+    class_names: Sequence[str],
+    negative_classes: Sequence[int] = (),
+    cam_methods: Sequence[str] = ("cam", "gradcam", "gradcampp", "layercam"),
+    output_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    n_figure_images: int = 6,
+    tag: str = "test",
+) -> dict:
+    """Evaluate the source model (every CAM method) and PixelCAM, B-LOC and B-CL checkpoints, on test.
+
+    Reads ``source_{bloc,bcl}.pt`` and ``pixelcam_{bloc,bcl}.pt`` from ``checkpoint_dir``; the threshold of
+    every model and method is chosen on ``valpx_loader`` (the in-distribution valpx also for an
+    out-of-distribution ``test_loader``). Writes into ``output_dir`` (default ``checkpoint_dir``):
+    ``metrics.json`` (``{"source": {method: {selection: figures}}, "pixelcam": {selection: figures}}``,
+    figures as :func:`evaluate_localization` returns them, without curves), ``figures/pr_curves.png``
+    (B-LOC models) and ``figures/maps.png`` (image+mask | source CAMs | PixelCAM for test images with a
+    region of interest).
+
+    Returns:
+        the ``metrics.json`` dict.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    output_dir = Path(output_dir) if output_dir is not None else checkpoint_dir
+    negative = [int(c) for c in negative_classes]
+    results: dict = {"split": tag, "classes": list(class_names), "source": {}, "pixelcam": {}}
+    curves: dict = {}
+    figure_batch = _first_roi_batch(test_loader, negative, n_figure_images)
+    figure_maps: dict = {}
+    runs = [("source", m, CAMInferer(m), source_network) for m in cam_methods]
+    runs.append(("pixelcam", None, PixelCAMInferer(), pixelcam_network))
+    for stage, method, inferer, network in runs:
+        for selection in SELECTIONS:
+            ckpt = checkpoint_dir / f"{stage}_{selection}.pt"
+            if not ckpt.exists():
+                raise FileNotFoundError(f"evaluate: no checkpoint {ckpt}; run the training steps first")
+            load_checkpoint(network, ckpt)
+            network.to(device)
+            figures = evaluate_localization(
+                network, inferer, valpx_loader, test_loader, class_names, negative, device=device
+            )
+            curve = figures.pop("curve")
+            name = "PixelCAM" if method is None else f"source {method}"
+            entry = results["pixelcam"] if method is None else results["source"].setdefault(method, {})
+            entry[selection] = figures
+            logger.info(f"{tag} {name} {selection}: " + ", ".join(f"{k}={v:.2f}" for k, v in figures.items()))
+            if selection == "bloc":
+                curves[name] = (curve["precision"], curve["recall"], figures["pxap"] / 100)
+                if len(figure_batch["image"]):
+                    with torch.no_grad():
+                        maps = inferer(
+                            figure_batch["image"].to(device), network, labels=figure_batch["label"].to(device)
+                        )["map"]
+                    figure_maps[name] = maps.cpu()
+    write_json_atomic(results, output_dir / "metrics.json")
+    save_pr_curves(output_dir / "figures" / "pr_curves.png", curves, title=f"{tag}: pixel precision-recall (B-LOC)")
+    if figure_maps:
+        save_map_grid(output_dir / "figures" / "maps.png", figure_batch["image"], figure_batch["mask"], figure_maps)
+    return results
+
+
+def export_model(
+    checkpoint: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    network_kwargs: Mapping,
+    class_names: Sequence[str],
+    negative_classes: Sequence[int],
+    threshold: float,
+    image_size: int,
+) -> Path:
+    """Publish a PixelCAM checkpoint for inference: ``model.pt`` (state dict) and ``model_meta.json``
+    (``network`` kwargs of :func:`monai_pixelcam.networks.factory.build_pixelcam`, classes, threshold chosen
+    on valpx, image size), each written atomically, the weights first so the metadata never names a model
+    that is not there."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / ".model.pt.tmp"
+    shutil.copyfile(checkpoint, tmp)
+    os.replace(tmp, model_dir / "model.pt")
+    meta = {
+        "network": dict(network_kwargs),
+        "classes": list(class_names),
+        "negative_classes": [int(c) for c in negative_classes],
+        "threshold": float(threshold),
+        "image_size": int(image_size),
+        "source_checkpoint": str(checkpoint),
+    }
+    write_json_atomic(meta, model_dir / "model_meta.json")
+    return model_dir / "model.pt"
+
+
+def read_threshold(metrics_json: str | os.PathLike, selection: str = "bloc") -> float:
+    """The valpx threshold of PixelCAM ``selection`` recorded in a ``metrics.json``."""
+    return float(json.loads(Path(metrics_json).read_text())["pixelcam"][selection]["threshold"])

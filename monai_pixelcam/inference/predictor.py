@@ -1,0 +1,261 @@
+"""A trained PixelCAM model as a predictor: RGB images in, class probabilities and localization maps out.
+
+The predictor prepares images exactly as evaluation does (:func:`monai_pixelcam.transforms.eval_transforms`):
+``float32 3 x H x W`` in [0, 1] without mean/std normalisation, optionally Macenko stain-normalised at full
+resolution, then resized to ``image_size x image_size`` with MONAI's ``Resize(mode="bilinear",
+anti_aliasing=True)``. One forward pass gives the image logits and the pixel head's logits; the softmax
+foreground channel is upsampled bilinearly from feature resolution straight to the image's own size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from monai.transforms import Resize
+from monai.utils import convert_to_tensor
+
+from ..data.io import image_to_rgb
+from ..networks.factory import build_pixelcam
+from ..networks.pixelcam import foreground_map
+from ..networks.weights import load_checkpoint
+
+__all__ = ["PixelCAMPredictor", "MODEL_FILE", "META_FILE"]
+
+logger = logging.getLogger(__name__)
+
+#: Files of a trained bundle's model folder (written by the training pipeline).
+MODEL_FILE = "model.pt"
+META_FILE = "model_meta.json"
+
+# build_pixelcam arguments that point at weight files used to *start* training; model.pt holds every
+# weight, so at inference they are dropped instead of requiring those files to exist on this machine.
+_TRAINING_ONLY_KWARGS = ("pretrained", "source_checkpoint", "source_key")
+
+_TRAIN_HINT = (
+    "train the bundle first (python -m monai.bundle run training --config_file "
+    "bundles/pixelcam/configs/train.json) or point model_dir at a trained model folder"
+)
+
+
+def _as_rgb_uint8(image: np.ndarray, index: int) -> np.ndarray:
+    """``H x W x 3`` uint8 passes through; grayscale, RGBA (composited on white) and 16-bit/float images are
+    converted by the package's one conversion rule (:func:`monai_pixelcam.data.io.image_to_rgb`)."""
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[-1] == 3:
+        return arr
+    if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1:
+        raise ValueError(f"image {index}: expected an H x W x 3 RGB array, got shape {arr.shape}")
+    try:
+        return image_to_rgb(arr, has_alpha=arr.ndim == 3 and arr.shape[-1] in (2, 4))
+    except ValueError as e:
+        raise ValueError(f"image {index}: expected an H x W x 3 RGB array, got shape {arr.shape} ({e})") from None
+
+
+class PixelCAMPredictor:
+    """Class probabilities and foreground maps of a trained :class:`~monai_pixelcam.networks.PixelCAMNet`.
+
+    Args:
+        network: module whose ``forward(x: B x 3 x S x S)`` returns ``{"cls": B x K, "pix": B x 2 x h x w}``
+            logits; it is moved to ``device`` and put in eval mode.
+        classes: the ``K`` class names, in label order.
+        threshold: foreground threshold in [0, 1] for the binary mask (a pixel is foreground when its map
+            value is ``>= threshold``, as in :class:`~monai_pixelcam.metrics.LocalizationDiceMetric`);
+            training stores the one chosen on valpx.
+        image_size: side ``S`` the network sees (the evaluation size); every image is resized to
+            ``S x S`` for the forward pass and its map is resized back to the image's size.
+        device: torch device for the forward pass.
+        negative_classes: label indices whose images contain no region of interest (e.g. CAMELYON16
+            "normal"); results report whether the predicted class is one of them. The map itself is not
+            altered, as in the evaluation protocol.
+        stain_normalize: Macenko-normalise each image at full resolution before resizing; must match the
+            training setting (``train_transforms(stain_normalize=...)``).
+        batch_size: most images per forward pass in :meth:`predict`.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        classes: Sequence[str],
+        threshold: float = 0.5,
+        image_size: int = 224,
+        device: str | torch.device = "cpu",
+        negative_classes: Sequence[int] = (),
+        stain_normalize: bool = False,
+        batch_size: int = 16,
+    ) -> None:
+        classes = [str(c) for c in classes]
+        if not classes:
+            raise ValueError("classes must name at least one class")
+        threshold = float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        if isinstance(image_size, bool) or int(image_size) != image_size or int(image_size) < 1:
+            raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        negative = [int(c) for c in negative_classes]
+        bad = [c for c in negative if c not in range(len(classes))]
+        if bad:
+            raise ValueError(f"negative_classes {bad} are not label indices of classes {classes}")
+        head = getattr(network, "image_head", None)
+        k = getattr(head, "num_classes", None)
+        if k is not None and int(k) != len(classes):
+            raise ValueError(f"the network's image head has {k} outputs but {len(classes)} classes are named: {classes}")
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.classes = classes
+        self.threshold = threshold
+        self.image_size = int(image_size)
+        self.negative_classes = tuple(negative)
+        self.batch_size = int(batch_size)
+        self.stain_normalize = bool(stain_normalize)
+        # the evaluation chain's resize (transforms.pipelines._load_and_resize), so inputs match evaluation
+        self._resize = Resize(spatial_size=(self.image_size, self.image_size), mode="bilinear", anti_aliasing=True)
+        self._stain = None
+        if self.stain_normalize:
+            from ..transforms import MacenkoNormalize
+
+            self._stain = MacenkoNormalize()
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None, **kwargs):
+        """Load a trained bundle's model folder: ``model.pt`` (PixelCAMNet state dict) and ``model_meta.json``.
+
+        ``model_meta.json`` holds ``network`` (keyword arguments of
+        :func:`~monai_pixelcam.networks.build_pixelcam`), ``classes``, and optionally ``negative_classes``,
+        ``threshold`` (default 0.5, with a warning), ``image_size`` (default 224) and ``stain_normalize``.
+        Weights are read with ``torch.load(weights_only=True)`` and loaded strictly.
+
+        Args:
+            device: None picks CUDA when available, else CPU.
+            kwargs: override the meta file's predictor settings (e.g. ``threshold=0.5``, ``batch_size``).
+
+        Raises:
+            FileNotFoundError: the folder, ``model.pt`` or ``model_meta.json`` is missing (names the file).
+            ValueError: the meta file is not valid JSON or lacks ``network`` / ``classes``, or the weights do
+                not fit the network it describes (names the file).
+        """
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"model folder not found: {model_dir}; {_TRAIN_HINT}")
+        weights, meta_path = model_dir / MODEL_FILE, model_dir / META_FILE
+        for f in (weights, meta_path):
+            if not f.is_file():
+                raise FileNotFoundError(f"no trained model: {f} is missing; {_TRAIN_HINT}")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{meta_path}: cannot read the model description ({type(e).__name__}: {e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("network"), dict) or not meta.get("classes"):
+            raise ValueError(f"{meta_path}: expected an object with 'network' (build_pixelcam arguments) and 'classes'")
+        net_kwargs = {k: v for k, v in meta["network"].items() if k not in _TRAINING_ONLY_KWARGS}
+        classes = list(meta["classes"])
+        net_kwargs.setdefault("num_classes", len(classes))
+        if int(net_kwargs["num_classes"]) != len(classes):
+            raise ValueError(
+                f"{meta_path}: network.num_classes is {net_kwargs['num_classes']} but {len(classes)} classes are named"
+            )
+        try:
+            network = build_pixelcam(**net_kwargs)
+        except TypeError as e:
+            raise ValueError(f"{meta_path}: 'network' does not describe a PixelCAM network ({e})") from None
+        load_checkpoint(network, weights)
+        if "threshold" not in meta and "threshold" not in kwargs:
+            logger.warning("%s has no 'threshold' (the valpx threshold); using 0.5", meta_path)
+        settings = {
+            "threshold": meta.get("threshold", 0.5),
+            "image_size": meta.get("image_size", 224),
+            "negative_classes": meta.get("negative_classes", ()),
+            "stain_normalize": meta.get("stain_normalize", False),
+        }
+        settings.update(kwargs)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(network, classes, device=device, **settings)
+
+    def _prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """One ``3 x H x W`` float [0, 1] image -> ``3 x S x S`` network input (evaluation preprocessing)."""
+        if self._stain is not None:
+            image = self._stain(image)
+        if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
+            image = self._resize(image)
+        return convert_to_tensor(image, dtype=torch.float32, track_meta=False)
+
+    @torch.inference_mode()
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B x 3 x S x S`` -> (softmax probabilities ``B x K``, pixel logits ``B x 2 x h x w``)."""
+        out = self.network(batch.to(self.device))
+        probs = torch.softmax(out["cls"].float(), dim=1)
+        if probs.shape[1] != len(self.classes):
+            raise ValueError(f"the network returned {probs.shape[1]} class logits for {len(self.classes)} classes")
+        return probs, out["pix"].float()
+
+    @torch.inference_mode()
+    def predict_tensor(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities and maps of a batch of tiles, for sliding-window code.
+
+        Args:
+            batch: ``B x 3 x h x w`` float in [0, 1] (any device).
+
+        Returns:
+            ``(probs, maps)`` on the CPU: ``probs`` ``B x K`` float32 softmax, ``maps`` ``B x 1 x h x w``
+            float32 foreground probability in [0, 1] at the batch's own size.
+        """
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"predict_tensor expects a B x 3 x h x w batch, got shape {tuple(batch.shape)}")
+        size = [int(batch.shape[-2]), int(batch.shape[-1])]
+        x = torch.stack([self._prepare(img.float().cpu()) for img in batch]) if len(batch) else batch
+        probs, pix = self._forward(x)
+        return probs.cpu(), foreground_map(pix, size).cpu()
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> dict | list[dict]:
+        """Predict one image or a list of images (batched forward passes of up to ``batch_size``).
+
+        Args:
+            images: ``H x W x 3`` uint8 RGB array, or a list of them (sizes may differ). Grayscale, RGBA and
+                16-bit arrays are converted to RGB uint8 first.
+
+        Returns:
+            per image a dict: ``"map"`` float32 ``H x W`` in [0, 1] (the image's own size), ``"mask"`` uint8
+            ``H x W`` in {0, 1} (``map >= threshold``), ``"probs"`` float64 ``K`` softmax, ``"label"`` int
+            argmax, ``"class_name"`` str, ``"negative"`` bool (label in ``negative_classes``). One dict for
+            one array, a list for a list.
+        """
+        single = isinstance(images, np.ndarray)
+        arrays = [_as_rgb_uint8(img, i) for i, img in enumerate([images] if single else images)]
+        results: list[dict] = []
+        for start in range(0, len(arrays), self.batch_size):
+            chunk = arrays[start : start + self.batch_size]
+            x = torch.stack(
+                [self._prepare(torch.tensor(a).permute(2, 0, 1).float().div_(255.0)) for a in chunk]
+            )
+            probs, pix = self._forward(x)
+            for i, a in enumerate(chunk):
+                score = foreground_map(pix[i : i + 1], list(a.shape[:2]))[0, 0].cpu().numpy().astype(np.float32)
+                p = probs[i].cpu().double().numpy()
+                label = int(np.argmax(p))
+                results.append(
+                    {
+                        "map": score,
+                        "mask": (score >= self.threshold).astype(np.uint8),
+                        "probs": p,
+                        "label": label,
+                        "class_name": self.classes[label],
+                        "negative": label in self.negative_classes,
+                    }
+                )
+        return results[0] if single else results
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(classes={self.classes}, threshold={self.threshold}, "
+            f"image_size={self.image_size}, device={self.device})"
+        )
