@@ -27,6 +27,7 @@ setup(
         "matplotlib>=3.7",
         "fire>=0.5",
         "pyyaml>=6",
+        "einops>=0.7",
     ],
     extras_require={
         # MONAI Label 0.8.5 fails to import with pydicom 3 (see ARCHITECTURE.md).

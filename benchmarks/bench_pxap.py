@@ -4,8 +4,8 @@
 mask + Gaussian noise, clipped to [0, 1]. Our metric is fed in batches of 20 as an evaluator would feed it;
 sklearn gets the same pixels already pooled into flat arrays (pooling is not timed). Both are timed in the same
 run, in alternation; the speed ratio is sklearn time / our time, each the best of its repeated runs (the usual
-estimate of the uncontended time: other processes on a shared 2-core machine only ever add time, and they hurt
-torch's two-thread kernels more than sklearn's single thread). The load average is recorded with the result.
+estimate of the uncontended time, as other processes on a shared machine only ever add time); the ratio of the
+medians and the load average are recorded too.
 
 Targets (issue 3): ratio >= 20, |PxAP - sklearn AP| <= 0.005. sklearn ranks the exact scores whereas PxAP
 thresholds them on a 0.001 grid; the same comparison on scores rounded to 3 decimals isolates that effect

@@ -119,7 +119,6 @@ def test_mask_follows_threshold():
         np.testing.assert_array_equal(pred["mask"], (pred["map"] >= p.threshold).astype(np.uint8))
     assert a["mask"][:, :30].all() and not a["mask"][:, 50:].any()
     assert b["mask"].sum() < a["mask"].sum()
-    assert a["label"] == 1 or a["probs"][1] >= 0.5 - 1e-6  # as dark as bright: cls logits tie at 0.5
 
 
 def test_predict_tensor_matches_predict(predictor):
@@ -189,7 +188,8 @@ def test_localize_folder_with_bad_files(tmp_path, predictor):
 
     rows = _read_csv(out / "predictions.csv")
     assert [r["image"] for r in rows] == ["a.png", "b.JPG"]
-    assert list(rows[0]) == ["image", "kind", "class", "prob_benign", "prob_malignant", "threshold", "foreground_fraction"]
+    header = ["image", "kind", "class", "prob_benign", "prob_malignant", "threshold", "foreground_fraction"]
+    assert list(rows[0]) == header
     for r in rows:
         ref = predictor.predict(read_rgb(src / r["image"]))
         assert r["kind"] == "image" and r["class"] == ref["class_name"]
@@ -211,12 +211,18 @@ def test_localize_folder_nifti_and_stem_clash(tmp_path, predictor):
     image = random_image(30, 50, 7)
     Image.fromarray(image).save(src / "x.png")
     Image.fromarray(image).save(src / "x.bmp")
+    (src / "sub").mkdir()
+    Image.fromarray(image[:20]).save(src / "sub" / "y.tiff")
     report = localize_folder(src, out, predictor, save_nifti=True)
-    assert sorted(report["processed"]) == ["x.bmp", "x.png"] and not report["failed"]
+    assert sorted(report["processed"]) == ["x.bmp", "x.png"] and not report["failed"]  # not recursive
+    assert np.asarray(Image.open(out / "x_png_mask.png")).shape == (30, 50)
     for stem in ("x_bmp", "x_png"):
         vol = nib.load(out / f"{stem}_map.nii.gz")
         assert vol.shape == (50, 30)  # stored W x H (MONAI's reader layout)
         np.testing.assert_allclose(vol.get_fdata().T, predictor.predict(image)["map"], atol=1e-6)
+    recursive = localize_folder(src, tmp_path / "out2", predictor, recursive=True)
+    assert recursive["processed"] == ["sub/y.tiff", "x.bmp", "x.png"]
+    assert np.asarray(Image.open(tmp_path / "out2" / "sub" / "y_mask.png")).shape == (20, 50)
 
 
 def test_localize_folder_refuses_output_in_place(tmp_path, predictor):
@@ -235,6 +241,13 @@ TISSUE_CELLS = {(0, 0): 1.0, (1, 2): 0.55, (2, 1): 0.8, (3, 0): 0.7, (3, 2): 0.9
 def _downsample2(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[0] // 2, img.shape[1] // 2
     return img[: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).astype(np.float32).mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+def _pool(a: np.ndarray, f: int) -> np.ndarray:
+    """Mean over f x f blocks of the two leading axes."""
+    h, w = a.shape[0] // f, a.shape[1] // f
+    a = np.asarray(a, dtype=np.float64)[: h * f, : w * f]
+    return a.reshape(h, f, w, f, *a.shape[2:]).mean(axis=(1, 3))
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +279,8 @@ def test_tile_grid_and_tissue_mask():
     inside = np.zeros(mask.shape, dtype=bool)
     inside[10:30, 20:50] = True
     assert mask[12:28, 22:48].all() and not mask[~inside].any() and 0.02 <= t <= 0.15
-    all_tissue = np.random.default_rng(0).integers(0, 60, (40, 40, 3), dtype=np.uint8) + np.array([150, 60, 140], np.uint8)
+    pink = np.array([150, 60, 140], dtype=np.uint8)
+    all_tissue = np.random.default_rng(0).integers(0, 60, (40, 40, 3), dtype=np.uint8) + pink
     assert tissue_mask(all_tissue)[0].all()  # clamped Otsu does not split tissue-only thumbnails
 
 
@@ -292,6 +306,21 @@ def test_wsi_readers_agree_on_levels_and_regions(slide):
         b.close()
 
 
+def test_read_thumbnail_in_blocks(slide, monkeypatch):
+    from monai_pixelcam.inference import read_thumbnail, wsi
+
+    path, levels = slide
+    reader = TiledTiffWSIReader()
+    handle = reader.read(str(path))
+    try:
+        whole, factor = read_thumbnail(reader, handle, 2)
+        assert factor == 1 and np.array_equal(whole, levels[2])
+        monkeypatch.setattr(wsi, "_BLOCK", 100)  # several blocks, and blocks not aligned with the image
+        small, factor = read_thumbnail(reader, handle, 0, max_pixels=256 * 192)
+    finally:
+        handle.close()
+    assert factor == 4 and small.shape == (256, 192, 3)
+    assert np.abs(small.astype(int) - _pool(levels[0], 4).round()).max() <= 1
 def test_localize_slide_tissue_tiles_and_heatmap_placement(slide, tmp_path):
     path, levels = slide
     assert is_whole_slide(path)
@@ -316,10 +345,12 @@ def test_localize_slide_tissue_tiles_and_heatmap_placement(slide, tmp_path):
     # darker cells give higher maps: the tile maps landed on their own cells
     order = sorted(TISSUE_CELLS, key=TISSUE_CELLS.get)
     assert [means[k] for k in order] == sorted(means.values(), reverse=True)
-    # pixelwise: the heatmap follows the darkness of the level-2 image inside tissue
-    expected = 1.0 / (1.0 + np.exp(-10.0 * ((1.0 - levels[2].mean(axis=-1) / 255.0) - 0.3)))
+    # pixelwise: DarknessNet's map of level 1 (stride 4, so 128 x 96) against the heatmap pooled to that
+    # grid; a shift by one pixel of that grid drops the correlation to about 0.6
+    expected = 1.0 / (1.0 + np.exp(-10.0 * (_pool(1.0 - levels[1].mean(axis=-1) / 255.0, 4) - 0.3)))
+    heat, cov = _pool(res["heatmap"], 2), _pool(res["covered"], 2) == 1
+    assert np.corrcoef(heat[cov], expected[cov])[0, 1] > 0.9
     cov = res["covered"]
-    assert np.corrcoef(res["heatmap"][cov], expected[cov])[0, 1] > 0.8
     np.testing.assert_array_equal(res["mask"], ((res["heatmap"] >= 0.5) & cov).astype(np.uint8))
 
     for name, shape in (("heatmap", (256, 192, 3)), ("mask", (256, 192)), ("tissue", (256, 192))):

@@ -137,6 +137,7 @@ def test_include_flag_excludes_images():
     assert pxap(scores_all, y_all) < pxap(scores, y) - 0.05
     # include as a list of 0/1 flags, and on decollated (list) inputs
     assert pxap(list(scores_all), list(y_all), include=[1, 1, 1, 1, 0, 0]) == pxap(scores, y)
+    assert pxap(scores_all.numpy(), y_all.numpy(), include=include.numpy()) == pxap(scores, y)
     # all excluded: nothing counted, no error until aggregate
     metric = PxAPMetric()
     metric(scores_all[4:], y_all[4:], include=[False, False])
@@ -273,7 +274,8 @@ def test_handler_threshold_can_be_set_between_runs():
 
 def test_from_engine_roi_nested_keys_and_errors():
     batches, _, _ = _engine_data()
-    nested = {"pred": {"map": batches[0]["pred_map"]}, "label": {"mask": batches[0]["mask"], "roi": torch.tensor([1, 0])}}
+    roi = torch.tensor([1, 0])
+    nested = {"pred": {"map": batches[0]["pred_map"]}, "label": {"mask": batches[0]["mask"], "roi": roi}}
     transform = from_engine_roi(pred_key=("pred", "map"), mask_key=("label", "mask"), include_key=("label", "roi"))
     y_pred, y = transform(nested)
     assert torch.equal(y_pred, batches[0]["pred_map"][:1]) and torch.equal(y, batches[0]["mask"][:1])

@@ -381,7 +381,6 @@ def test_vit_localizer_scripts_and_traces():
         torch.testing.assert_close(torch.jit.script(loc)(x2), loc(x2))
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_monai_convert_to_torchscript_and_verify_net_in_out(tmp_path):
     from monai.bundle import verify_net_in_out
     from monai.networks.utils import convert_to_torchscript
@@ -427,10 +426,15 @@ def test_monai_convert_to_torchscript_and_verify_net_in_out(tmp_path):
         )
 
 
-def test_build_localizer_state_dict_is_pixelcam_under_net():
-    loc = build_localizer(encoder="resnet18", num_classes=2, base_width=16)
-    assert isinstance(loc, PixelCAMLocalizer) and isinstance(loc.net, PixelCAMNet)
-    assert set(loc.state_dict()) == {f"net.{k}" for k in loc.net.state_dict()}
+def test_localizer_shares_the_pixelcam_state_dict():
+    net = build_pixelcam(encoder="resnet18", num_classes=2, base_width=16).eval()
+    loc = build_localizer(encoder="resnet18", num_classes=2, base_width=16).eval()
+    assert isinstance(loc, PixelCAMLocalizer)
+    assert set(loc.state_dict()) == set(net.state_dict())
+    loc.load_state_dict(net.state_dict())  # strict: a bundle's model.pt loads into network_def as is
+    x = torch.rand(2, 3, 64, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(loc(x), net.localization_map(x))
 
 
 def test_bundle_config_instantiates_classifier():

@@ -27,6 +27,8 @@ _LAZY = {
     "convert_glas": "glas",
     "convert_camelyon": "camelyon",
     "synthesize": "synthetic",
+    "prepare_datalist": "prepare",
+    "check_class_names": "prepare",
 }
 
 __all__ = [

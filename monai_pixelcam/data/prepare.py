@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .datalist import DatalistError, load_datalist
 
-__all__ = ["DATASETS", "prepare_datalist", "class_names"]
+__all__ = ["DATASETS", "prepare_datalist", "check_class_names"]
 
 DATASETS = ("synthetic_glas", "synthetic_camelyon", "glas", "camelyon")
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def prepare_datalist(
     return str(path)
 
 
-def class_names(datalist: dict, num_classes: int) -> list[str]:
+def check_class_names(datalist: dict, num_classes: int) -> list[str]:
     """The datalist's class names, checked against the ``num_classes`` the networks are built with.
 
     Raises:

@@ -48,7 +48,16 @@ from scipy import ndimage
 from monai_pixelcam.data.datalist import make_splits, save_datalist
 from monai_pixelcam.data.io import read_mask, read_rgb, write_png_atomic
 
-__all__ = ["KINDS", "SyntheticKind", "render_tile", "synthesize", "save_preview", "main"]
+__all__ = [
+    "KINDS",
+    "SyntheticKind",
+    "render_tile",
+    "synthesize",
+    "save_preview",
+    "region_colour_features",
+    "measure_shortcut",
+    "main",
+]
 
 # Ruifrok & Johnston (2001) optical-density vectors, rows: hematoxylin, eosin (RGB order).
 _RJ_H = np.array([0.65, 0.70, 0.29])
@@ -222,6 +231,14 @@ def _blob(shape, cy, cx, r, aspect, theta, harmonics) -> tuple[tuple[slice, slic
     return (slice(y0, y1), slice(x0, x1)), rho < r * bound
 
 
+def _wobble(rng, n, max2, max3):
+    """Outline harmonics for ``_stamp``: n x 4 rows (a2, phase2, a3, phase3), amplitudes up to max2, max3."""
+    two_pi = 2 * math.pi
+    return np.stack(
+        [rng.uniform(0, max2, n), rng.uniform(0, two_pi, n), rng.uniform(0, max3, n), rng.uniform(0, two_pi, n)], 1
+    )
+
+
 def _harmonics(rng, ks, amp_lo, amp_hi):
     return [(k, rng.uniform(amp_lo, amp_hi), rng.uniform(0, 2 * math.pi)) for k in ks]
 
@@ -331,8 +348,89 @@ def _malignant_glands(rng, shape, s, target):
     return mask, arch, thickness
 
 
+class _Gland:
+    """Geometry one GlaS tile's gland painters share: all H x W float32 / bool maps."""
+
+    def __init__(self, mask, depth, lumen, rim):
+        self.mask, self.lumen, self.rim = mask, lumen, rim
+        self.depth = depth  # px inside the gland outline (Euclidean distance transform of the mask)
+        self.gy, self.gx = np.gradient(self.depth)  # points inwards, across the epithelium
+        no_lumen = np.full(mask.shape, 1e3, np.float32)
+        self.lumen_dist = ndimage.distance_transform_edt(~lumen).astype(np.float32) if lumen.any() else no_lumen
+        self.epi = mask & ~lumen
+
+    def inward(self, iy, ix):
+        """Direction (radians, row axis towards column axis) from the gland outline inwards at pixels (iy, ix)."""
+        return np.arctan2(self.gx[iy, ix], self.gy[iy, ix])
+
+
+def _benign_epithelium(rng, g: _Gland, s, texture, gh, ge):
+    """Goblet cells and one basal layer of small, evenly spaced nuclei, elongated across the epithelium."""
+    shape = g.mask.shape
+    band = g.epi & (g.depth > g.rim + 7.0 * s) & (g.lumen_dist > 2.5 * s)
+    cy, cx = _sample_pixels(rng, band, int(band.sum() / (40 * s * s) * rng.uniform(0.4, 1.0)))
+    n = cy.size
+    theta = g.inward(cy.astype(int), cx.astype(int))
+    cov, _ = _stamp(shape, cy, cx, rng.uniform(2.5, 4.0, n) * s, rng.uniform(1.8, 2.6, n) * s, theta)
+    cov *= band
+    ge = ge * (1 - cov) + 0.07 * cov
+    gh = gh * (1 - cov) + 0.16 * cov
+    # nuclei centres on a one-pixel ring at depth d0, every step-th ring pixel in angular order per gland;
+    # d0 keeps the whole nucleus (plus jitter and soft edge) deeper than the shared rim
+    ry_mean = 3.0 * s
+    d0 = g.rim + 1.15 * ry_mean + 1.0
+    ring = g.epi & (np.abs(g.depth - d0) < 0.5) & (g.lumen_dist > ry_mean + s)
+    ys, xs = np.nonzero(ring)
+    if ys.size == 0:
+        return gh, ge
+    lab, n_lab = ndimage.label(g.mask)
+    gid = lab[ys, xs]
+    count = np.maximum(np.bincount(gid, minlength=n_lab + 1), 1)
+    cyg = np.bincount(gid, ys, n_lab + 1) / count
+    cxg = np.bincount(gid, xs, n_lab + 1) / count
+    order = np.lexsort((np.arctan2(xs - cxg[gid], ys - cyg[gid]), gid))
+    step = max(int(round(4.0 * s)), 1)
+    sel = order[(np.arange(order.size) + rng.integers(step)) % step == 0]
+    ys, xs = ys[sel], xs[sel]
+    n = ys.size
+    cov, den = _stamp(
+        shape, ys + rng.normal(0, 0.25 * s, n), xs + rng.normal(0, 0.25 * s, n), ry_mean * rng.uniform(0.85, 1.15, n),
+        rng.uniform(1.3, 1.8, n) * s, g.inward(ys, xs), rng.uniform(1.0, 1.3, n),
+    )
+    _paint(gh, ge, cov, den * texture, 0.12)
+    return gh, ge
+
+
+def _malignant_epithelium(rng, g: _Gland, s, texture, gh, ge):
+    """Crowded, stratified, enlarged, pleomorphic, hyperchromatic nuclei; sometimes necrotic luminal debris.
+
+    Returns gh, ge and the debris mask (kept out of the clear lumen)."""
+    shape = g.mask.shape
+    band = g.epi & (g.depth > g.rim + 2.2 * s + 0.5) & (g.lumen_dist > 2.0 * s)
+    cy, cx = _sample_pixels(rng, band, int(band.sum() / (26 * s * s)))
+    iy, ix = cy.astype(int), cx.astype(int)
+    n = cy.size
+    # the whole nucleus stays deeper than the shared rim: nuclei near the base are smaller
+    ry = np.minimum(rng.uniform(3.2, 5.5, n) * s, g.depth[iy, ix] - g.rim - 0.5)
+    wob = _wobble(rng, n, 0.15, 0.1)
+    cov, den = _stamp(
+        shape, cy, cx, ry, ry * rng.uniform(0.4, 0.7, n), g.inward(iy, ix) + rng.normal(0, 0.4, n),
+        rng.uniform(1.3, 1.8, n), wobble=wob, rim=0.3,
+    )
+    _paint(gh, ge, cov, den * texture, 0.2)
+    debris = np.zeros(shape, bool)
+    if rng.uniform() < 0.35 and g.lumen.any():
+        debris = g.lumen & (g.lumen_dist > 1.5 * s) & (_noise(rng, shape, 4 * s) > 0.5)
+        ge = np.where(debris, 0.42, ge)
+        gh = np.where(debris, 0.12, gh)
+        cy, cx = _sample_pixels(rng, debris, int(debris.sum() / (25 * s * s)))
+        rr = rng.uniform(0.7, 1.3, cy.size) * s
+        cov, den = _stamp(shape, cy, cx, rr, rr, 0.0, rng.uniform(1.2, 1.8, cy.size))
+        _paint(gh, ge, cov, den, 0.2)
+    return gh, ge, debris
+
+
 def _glas_tissue(label, shape, s, rng, shared):
-    h, w = shape
     hh, e = _colon_stroma(shared, shape, s)
     target = shared.uniform(0.15, 0.45)
     # outer band of every gland (basal cytoplasm): one colour distribution for both classes
@@ -341,102 +439,37 @@ def _glas_tissue(label, shape, s, rng, shared):
     texture = _chromatin(rng, shape, s)
     if label == 0:
         mask, thickness = _benign_glands(rng, shape, s, target)
-    else:
-        mask, arch, thickness = _malignant_glands(rng, shape, s, target)
-    depth = ndimage.distance_transform_edt(mask).astype(np.float32)
-    gy, gx = np.gradient(depth)  # points inwards, across the epithelium
-    deep = np.clip((depth - rim) / 1.5, 0, 1)
-    if label == 0:
+        depth = ndimage.distance_transform_edt(mask).astype(np.float32)
+        lumen = mask & (depth > thickness + 0.8 * s * _noise(rng, shape, 14 * s))
         cyt_e, cyt_h = rng.uniform(0.3, 0.4), rng.uniform(0.19, 0.26)
     else:
-        cyt_e, cyt_h = rng.uniform(0.4, 0.52), rng.uniform(0.24, 0.32)
-    ge = rim_e + (cyt_e - rim_e) * deep + 0.04 * _noise(rng, shape, 5 * s) * deep
-    gh = rim_h + (cyt_h - rim_h) * deep
-    if label == 0:
-        lumen = mask & (depth > thickness + 0.8 * s * _noise(rng, shape, 14 * s))
-    else:
+        mask, arch, thickness = _malignant_glands(rng, shape, s, target)
+        depth = ndimage.distance_transform_edt(mask).astype(np.float32)
         lumen = (arch == 1) & (depth > thickness + 3.0 * s * _noise(rng, shape, 6 * s))
-        crib = arch == 2
-        n_holes = int(crib.sum() / (350 * s * s))
-        cy, cx = _sample_pixels(rng, crib & (depth > 11 * s), n_holes)
+        crib = arch == 2  # cribriform: round punched-out lumina inside a solid gland
+        cy, cx = _sample_pixels(rng, crib & (depth > 11 * s), int(crib.sum() / (350 * s * s)))
         rr = rng.uniform(2.5, 6.0, cy.size) * s
         cov, _ = _stamp(shape, cy, cx, rr, rr * rng.uniform(0.7, 1, cy.size), rng.uniform(0, math.pi, cy.size))
         lumen |= crib & (cov > 0.5) & (depth > rim + 4 * s)
-    debris = np.zeros(shape, bool)
-    lumen_dist = (
-        ndimage.distance_transform_edt(~lumen).astype(np.float32) if lumen.any() else np.full(shape, 1e3, np.float32)
-    )
-    epi = mask & ~lumen
+        cyt_e, cyt_h = rng.uniform(0.4, 0.52), rng.uniform(0.24, 0.32)
+    g = _Gland(mask, depth, lumen, rim)
+    deep = np.clip((g.depth - rim) / 1.5, 0, 1)
+    ge = rim_e + (cyt_e - rim_e) * deep + 0.04 * _noise(rng, shape, 5 * s) * deep
+    gh = rim_h + (cyt_h - rim_h) * deep
     # apical (brush) border: a thin eosinophilic line along the lumen
-    ge = ge + 0.1 * np.clip(1.0 - np.abs(lumen_dist - 1.5 * s) / (1.2 * s), 0, 1) * epi
+    ge = ge + 0.1 * np.clip(1.0 - np.abs(g.lumen_dist - 1.5 * s) / (1.2 * s), 0, 1) * g.epi
     if label == 0:
-        # goblet cells: pale mucin between the basal nuclei and the lumen
-        band = epi & (depth > rim + 7.0 * s) & (lumen_dist > 2.5 * s)
-        cy, cx = _sample_pixels(rng, band, int(band.sum() / (40 * s * s) * rng.uniform(0.4, 1.0)))
-        n = cy.size
-        iy, ix = cy.astype(int), cx.astype(int)
-        theta = np.arctan2(gx[iy, ix], gy[iy, ix])
-        cov, _ = _stamp(shape, cy, cx, rng.uniform(2.5, 4.0, n) * s, rng.uniform(1.8, 2.6, n) * s, theta)
-        cov *= band
-        ge = ge * (1 - cov) + 0.07 * cov
-        gh = gh * (1 - cov) + 0.16 * cov
-        # one basal layer of small elongated nuclei, evenly spaced along each gland outline
-        ry_mean = 3.0 * s
-        d0 = rim + 1.15 * ry_mean + 0.4
-        ring = epi & (np.abs(depth - d0) < 0.5) & (lumen_dist > ry_mean + s)
-        ys, xs = np.nonzero(ring)
-        if ys.size:
-            lab, n_lab = ndimage.label(mask)
-            gid = lab[ys, xs]
-            count = np.maximum(np.bincount(gid, minlength=n_lab + 1), 1)
-            cyg = np.bincount(gid, ys, n_lab + 1) / count
-            cxg = np.bincount(gid, xs, n_lab + 1) / count
-            order = np.lexsort((np.arctan2(xs - cxg[gid], ys - cyg[gid]), gid))
-            step = max(int(round(4.0 * s)), 1)
-            sel = order[(np.arange(order.size) + rng.integers(step)) % step == 0]
-            ys, xs = ys[sel], xs[sel]
-            n = ys.size
-            theta = np.arctan2(gx[ys, xs], gy[ys, xs])
-            ry = ry_mean * rng.uniform(0.85, 1.15, n)
-            cov, den = _stamp(
-                shape, ys + rng.normal(0, 0.25 * s, n), xs + rng.normal(0, 0.25 * s, n), ry,
-                rng.uniform(1.3, 1.8, n) * s, theta, rng.uniform(1.0, 1.3, n),
-            )
-            _paint(gh, ge, cov, den * texture, 0.12)
+        gh, ge = _benign_epithelium(rng, g, s, texture, gh, ge)
+        debris = np.zeros(shape, bool)
     else:
-        # crowded, stratified, enlarged, pleomorphic, hyperchromatic nuclei, roughly perpendicular to the base
-        band = epi & (depth > rim + 2.2 * s + 0.5) & (lumen_dist > 2.0 * s)
-        cy, cx = _sample_pixels(rng, band, int(band.sum() / (26 * s * s)))
-        iy, ix = cy.astype(int), cx.astype(int)
-        n = cy.size
-        # the whole nucleus stays deeper than the shared rim: nuclei near the base are smaller
-        ry = np.minimum(rng.uniform(3.2, 5.5, n) * s, depth[iy, ix] - rim - 0.5)
-        theta = np.arctan2(gx[iy, ix], gy[iy, ix]) + rng.normal(0, 0.4, n)
-        wob = np.stack(
-            [rng.uniform(0, 0.15, n), rng.uniform(0, 6.3, n), rng.uniform(0, 0.1, n), rng.uniform(0, 6.3, n)], 1
-        )
-        cov, den = _stamp(
-            shape, cy, cx, ry, ry * rng.uniform(0.4, 0.7, n), theta, rng.uniform(1.3, 1.8, n), wobble=wob, rim=0.3
-        )
-        _paint(gh, ge, cov, den * texture, 0.2)
-        # some lumina hold eosinophilic "dirty" necrotic debris with nuclear dust
-        if rng.uniform() < 0.35 and lumen.any():
-            debris = lumen & (lumen_dist > 1.5 * s) & (_noise(rng, shape, 4 * s) > 0.5)
-            ge = np.where(debris, 0.42, ge)
-            gh = np.where(debris, 0.12, gh)
-            cy, cx = _sample_pixels(rng, debris, int(debris.sum() / (25 * s * s)))
-            rr = rng.uniform(0.7, 1.3, cy.size) * s
-            cov, den = _stamp(shape, cy, cx, rr, rr, 0.0, rng.uniform(1.2, 1.8, cy.size))
-            _paint(gh, ge, cov, den, 0.2)
-    # lumen: nearly empty, sometimes faint secretion
+        gh, ge, debris = _malignant_epithelium(rng, g, s, texture, gh, ge)
+    # lumen: nearly empty, sometimes faint secretion; soft edge towards the epithelium
     clear = ndimage.gaussian_filter((lumen & ~debris).astype(np.float32), 0.7 * s, truncate=2.5)
     ge = ge * (1 - clear) + clear * (0.02 + 0.04 * np.clip(_noise(rng, shape, 12 * s), 0, 2))
     gh = gh * (1 - clear) + clear * 0.01
     # composite: glands over stroma, blending only inside the mask
-    alpha = np.clip((depth - 0.5) / 1.5, 0, 1)
-    hh = hh * (1 - alpha) + gh * alpha
-    e = e * (1 - alpha) + ge * alpha
-    return hh, e, mask
+    alpha = np.clip((g.depth - 0.5) / 1.5, 0, 1)
+    return hh * (1 - alpha) + gh * alpha, e * (1 - alpha) + ge * alpha, mask
 
 
 def _lymph_node(rng, shape, s):
@@ -485,7 +518,7 @@ def _camelyon_tissue(label, shape, s, rng, shared):
         r = rng.uniform(18, 60) * s
         blob = _blob(
             shape, rng.uniform(0, h), rng.uniform(0, w), r, rng.uniform(0.5, 1.0), rng.uniform(0, math.pi),
-            _harmonics(rng, (2, 3, 5, 8), 0.03, 0.16),
+            _harmonics(rng, (2, 3, 4, 6), 0.03, 0.14),
         )
         if blob is not None:
             mask[blob[0]] |= blob[1]
@@ -513,7 +546,7 @@ def _camelyon_tissue(label, shape, s, rng, shared):
     inside = depth[iy, ix] > r + 1.5
     cy, cx, r = cy[inside], cx[inside], r[inside]
     n = cy.size
-    wob = np.stack([rng.uniform(0, 0.15, n), rng.uniform(0, 6.3, n), rng.uniform(0, 0.12, n), rng.uniform(0, 6.3, n)], 1)
+    wob = _wobble(rng, n, 0.15, 0.12)
     theta = rng.uniform(0, math.pi, n)
     ry = r
     rx = r * rng.uniform(0.6, 1.0, n)
@@ -683,9 +716,13 @@ def _split(spec: SyntheticKind, items: list[dict], n_test: int, seed: int) -> di
     k = len(spec.classes)
     for valpx in (3, 2, 1):
         if spec.fixed_test:
-            splits = make_splits(items[n_test:], items[:n_test], valcl_fraction=0.2, valpx_per_class=valpx, seed=seed)
+            splits = make_splits(
+                items[n_test:], items[:n_test], valcl_fraction=0.2, valpx_per_class=valpx, seed=seed
+            )
         else:
-            splits = make_splits(items, test_fraction=spec.test_fraction, valcl_fraction=0.2, valpx_per_class=valpx, seed=seed)
+            splits = make_splits(
+                items, test_fraction=spec.test_fraction, valcl_fraction=0.2, valpx_per_class=valpx, seed=seed
+            )
         if all(len({it["label"] for it in splits[name]}) == k for name in splits):
             return splits
     raise ValueError(
@@ -774,7 +811,8 @@ def save_preview(
         for it in chosen:
             img = np.array(Image.fromarray(read_rgb(it["image"])).resize((tile, tile), Image.Resampling.BILINEAR))
             if it.get("mask"):
-                m = np.asarray(Image.fromarray(read_mask(it["mask"])).resize((tile, tile), Image.Resampling.NEAREST)) > 0
+                m = Image.fromarray(read_mask(it["mask"])).resize((tile, tile), Image.Resampling.NEAREST)
+                m = np.asarray(m) > 0
                 edge = m & ~ndimage.binary_erosion(m, iterations=1, border_value=1)
                 edge = ndimage.binary_dilation(edge)
                 img[edge] = (0, 230, 0)
@@ -786,6 +824,65 @@ def save_preview(
         row += [np.full((tile, tile, 3), 255, np.uint8)] * (per_class - len(row))
         rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in row], 1))
     return write_png_atomic(path, np.concatenate(rows, 0))
+
+
+def region_colour_features(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Colour statistics of the pixels of ``image`` (H x W x 3 uint8) where ``region`` (H x W bool) is set.
+
+    Returns 11 float64 values: mean and std of R, G, B; mean and std of the hematoxylin and eosin
+    optical densities (least-squares unmixing with the Ruifrok-Johnston vectors); fraction of dark
+    pixels (grey level < 100, i.e. mostly nuclei). An empty region gives NaNs.
+    """
+    px = image[region].astype(np.float64)
+    if px.size == 0:
+        return np.full(11, np.nan)
+    od = -np.log((px + 1.0) / 256.0)
+    basis = np.stack([_RJ_H / np.linalg.norm(_RJ_H), _RJ_E / np.linalg.norm(_RJ_E)])
+    he = od @ np.linalg.pinv(basis)
+    dark = (px.mean(1) < 100).mean()
+    return np.concatenate([px.mean(0), px.std(0), he.mean(0), he.std(0), [dark]])
+
+
+def measure_shortcut(kind: str, n_images: int = 100, image_size: int = 128, seed: int = 0) -> dict[str, float]:
+    """How well colour statistics predict the class from outside versus inside the mask.
+
+    A standardised logistic regression on ``region_colour_features`` is scored by stratified 5-fold
+    cross-validation on ``n_images`` tiles (half per class). ``outside`` uses the pixels outside the
+    mask, undilated: it must stay near chance (0.5), or a classifier could learn the class, and a WSOL
+    model could place its map, away from the region of interest. ``inside`` uses the mask pixels and must
+    be clearly above chance; images with an empty mask (CAMELYON normal) borrow the mask of a tumour tile,
+    so the comparison is over the same kind of region. ``mask_area`` scores the mask area fraction alone
+    (only for kinds without negative classes, where an empty mask would give the class away by design).
+
+    Returns:
+        {"outside": accuracy, "inside": accuracy[, "mask_area": accuracy]}, each in [0, 1].
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    spec = _kind(kind)
+    labels = [i % len(spec.classes) for i in range(n_images)]
+    tiles = [render_tile(kind, lab, image_size, seed=seed, index=i) for i, lab in enumerate(labels)]
+    masks = [m.astype(bool) for _, m in tiles]
+    donors = [m for m in masks if m.any()]
+    outside, inside, area = [], [], []
+    for i, ((img, _), m) in enumerate(zip(tiles, masks)):
+        outside.append(region_colour_features(img, ~m))
+        inside.append(region_colour_features(img, m if m.any() else donors[i % len(donors)]))
+        area.append([m.mean()])
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    y = np.asarray(labels)
+
+    def score(x):
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        return float(cross_val_score(model, np.asarray(x), y, cv=cv).mean())
+
+    out = {"outside": score(outside), "inside": score(inside)}
+    if not spec.negative_classes:
+        out["mask_area"] = score(area)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

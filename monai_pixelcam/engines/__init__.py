@@ -2,6 +2,7 @@
 
 from .evaluation import evaluate_localization, write_json_atomic
 from .inferers import CAMInferer, ClassifierInferer, PixelCAMInferer
+from .pipeline import SELECTIONS, evaluate_pipeline, export_model, read_threshold, store_cams
 from .prepare_batch import DictTargetPrepareBatch
 from .workflows import (
     build_dataloader,
@@ -25,4 +26,9 @@ __all__ = [
     "last_checkpoint_path",
     "evaluate_localization",
     "write_json_atomic",
+    "SELECTIONS",
+    "store_cams",
+    "evaluate_pipeline",
+    "export_model",
+    "read_threshold",
 ]

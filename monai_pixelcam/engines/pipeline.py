@@ -22,7 +22,7 @@ from monai_pixelcam.networks.weights import load_checkpoint
 from .evaluation import evaluate_localization, write_json_atomic
 from .inferers import CAMInferer, PixelCAMInferer
 
-__all__ = ["store_cams", "evaluate_pipeline", "export_model", "SELECTIONS"]
+__all__ = ["SELECTIONS", "store_cams", "evaluate_pipeline", "export_model", "read_threshold"]
 
 logger = logging.getLogger(__name__)
 

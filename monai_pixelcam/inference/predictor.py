@@ -107,7 +107,9 @@ class PixelCAMPredictor:
         head = getattr(network, "image_head", None)
         k = getattr(head, "num_classes", None)
         if k is not None and int(k) != len(classes):
-            raise ValueError(f"the network's image head has {k} outputs but {len(classes)} classes are named: {classes}")
+            raise ValueError(
+                f"the network's image head has {k} outputs but {len(classes)} classes are named: {classes}"
+            )
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.classes = classes

@@ -244,7 +244,7 @@ def read_thumbnail(reader, wsi, level: int, max_pixels: int = _THUMBNAIL_PIXELS)
     height, width = reader.get_size(wsi, level)
     ratio = reader.get_downsample_ratio(wsi, level)
     factor = max(1, math.ceil(math.sqrt(height * width / max_pixels)))
-    if factor == 1 and height * width <= _BLOCK * _BLOCK * 4:
+    if factor == 1 and height * width <= _BLOCK * _BLOCK:
         return _read_rgb_region(reader, wsi, (0, 0), (height, width), level), 1
     block = factor * max(1, _BLOCK // factor)
     out = np.empty((math.ceil(height / factor), math.ceil(width / factor), 3), dtype=np.uint8)
@@ -339,7 +339,9 @@ def localize_slide(
     stem = stem or path.stem
     tile_size = int(tile_size or predictor.image_size)
     if tile_size < 1 or not 0 <= int(overlap) < tile_size:
-        raise ValueError(f"need tile_size >= 1 and 0 <= overlap < tile_size, got tile_size={tile_size}, overlap={overlap}")
+        raise ValueError(
+            f"need tile_size >= 1 and 0 <= overlap < tile_size, got tile_size={tile_size}, overlap={overlap}"
+        )
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0.0 <= float(min_tissue_fraction) < 1.0:
@@ -351,7 +353,9 @@ def localize_slide(
     try:
         wsi = reader.read(str(path))
     except Exception as e:  # noqa: BLE001 - the boundary: any backend failure becomes a named-file error
-        raise ValueError(f"{path}: cannot open as a whole-slide image with the {backend} backend ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{path}: cannot open as a whole-slide image with the {backend} backend ({type(e).__name__}: {e})"
+        ) from None
     try:
         n_levels = reader.get_level_count(wsi)
         if heatmap_level is None:
@@ -374,7 +378,8 @@ def localize_slide(
         def thumb_box(r0: float, c0: float, h0: float, w0: float) -> tuple[slice, slice]:
             ra, rb = int(r0 // thumb_ratio), math.ceil((r0 + h0) / thumb_ratio)
             ca, cb = int(c0 // thumb_ratio), math.ceil((c0 + w0) / thumb_ratio)
-            return slice(min(ra, tissue.shape[0] - 1), max(rb, ra + 1)), slice(min(ca, tissue.shape[1] - 1), max(cb, ca + 1))
+            ra, ca = min(ra, tissue.shape[0] - 1), min(ca, tissue.shape[1] - 1)
+            return slice(ra, max(rb, ra + 1)), slice(ca, max(cb, ca + 1))
 
         # 2. tiles at `level` that touch tissue
         stride = tile_size - int(overlap)
@@ -398,7 +403,10 @@ def localize_slide(
         total = np.zeros((heat_h, heat_w), dtype=np.float32)
         weight = np.zeros((heat_h, heat_w), dtype=np.float32)
         tile_rows, all_probs = [], []
-        for batch in _batches(tiles, int(batch_size)):
+        n_batches = math.ceil(len(tiles) / int(batch_size))
+        for b, batch in enumerate(_batches(tiles, int(batch_size)), start=1):
+            if b % max(1, n_batches // 10) == 0 or b == n_batches:
+                logger.info("%s: batch %d/%d", path.name, b, n_batches)
             pixels = torch.full((len(batch), 3, tile_size, tile_size), 1.0)  # white glass around short tiles
             for i, (loc, (h, w), _) in enumerate(batch):
                 rgb = _read_rgb_region(reader, wsi, loc, (h, w), level)

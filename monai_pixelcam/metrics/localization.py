@@ -96,23 +96,31 @@ class PixelHistogram:
             raise ValueError(f"expected B x 1 x H x W score maps and masks, got shape {tuple(y_pred.shape)}")
         if not (y_pred.is_floating_point() or y_pred.dtype == torch.bool):
             raise TypeError(f"y_pred must hold float scores in [0, 1], got dtype {y_pred.dtype}")
-        if y.dtype != torch.bool and ((y != 0) & (y != 1)).any():
-            values = torch.unique(y)[:8].tolist()
+        # Counting runs in numpy on the CPU: on the 2-core dev machine, with other jobs running, it takes 76 ms
+        # for 10M pixels against 217 ms for the same ops in torch on 1 thread and 660 ms on 2 (torch's
+        # bincount is slow and its threaded kernels stall under load). Maps on a GPU cost one copy; the counts
+        # go back to y_pred's device so that distributed gathering works with any backend.
+        if y_pred.dtype not in (torch.float32, torch.float64):
+            y_pred = y_pred.float()  # bool, half, bfloat16
+        scores, mask = y_pred.detach().cpu().numpy(), y.detach().cpu().numpy()
+        if mask.dtype != np.bool_ and ((mask != 0) & (mask != 1)).any():
+            values = np.unique(mask)[:8].tolist()
             raise ValueError(
                 f"masks must be binary with values in {{0, 1}}, got values such as {values}; "
                 "resize masks with nearest-neighbour interpolation or threshold them first"
             )
-        dtype = torch.float64 if y_pred.dtype == torch.float64 else torch.float32
-        scores = y_pred.to(dtype).clamp(0.0, 1.0)  # out of place: the caller's tensor is never modified
-        if torch.isnan(scores).any():
+        dtype = scores.dtype.type
+        scores = np.clip(scores, 0.0, 1.0, dtype=dtype)  # a copy: the caller's map is untouched
+        if np.isnan(scores.min(initial=0.0)):  # min propagates NaN; initial allows an empty batch
             raise ValueError("y_pred contains NaN; score maps must be finite values in [0, 1]")
-        key = torch.mul(scores, self._scale).floor_()
+        key = scores * dtype(self._scale)
+        np.floor(key, out=key)
         # k / num_bins in the scores' dtype is the correctly rounded t_k, the value `scores >= t_k` compares with
-        key.sub_(torch.lt(scores, key / self.num_bins).to(dtype))
+        key -= scores < key / dtype(self.num_bins)
         # one key per pixel, bin + (num_bins + 1) * label, so that a single bincount gives both rows
-        key.add_(y.to(dtype), alpha=self.num_bins + 1)
-        counts = torch.bincount(key.reshape(-1).long(), minlength=2 * (self.num_bins + 1))
-        return counts.view(2, self.num_bins + 1)
+        key += mask.astype(dtype, copy=False) * dtype(self.num_bins + 1)
+        counts = np.bincount(key.ravel().astype(np.intp), minlength=2 * (self.num_bins + 1))
+        return torch.from_numpy(counts.astype(np.int64, copy=False)).view(2, self.num_bins + 1).to(y_pred.device)
 
     def zeros(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Counts of an empty batch."""

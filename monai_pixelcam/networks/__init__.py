@@ -1,6 +1,6 @@
 """Encoders, WSOL heads, the pixel head, PixelCAMNet and weight loading (torch + MONAI, no torchvision)."""
 
-from .encoders import BasicBlock, Bottleneck, ResNetEncoder, VGG16Encoder, ViTTinyEncoder, resnet18, resnet50
+from .encoders import BasicBlock, Bottleneck, ResNetEncoder, VGG16Encoder, ViTTinyEncoder, resnet18, resnet18_slim, resnet50
 from .factory import ENCODERS, HEADS, build_classifier, build_encoder, build_head, build_localizer, build_pixelcam
 from .heads import CAMHead, DeepMILHead, PixelHead
 from .pixelcam import PixelCAMLocalizer, PixelCAMNet, foreground_map
@@ -14,6 +14,7 @@ __all__ = [
     "VGG16Encoder",
     "ViTTinyEncoder",
     "resnet18",
+    "resnet18_slim",
     "resnet50",
     "ENCODERS",
     "HEADS",

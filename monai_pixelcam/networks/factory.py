@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from .encoders import VGG16Encoder, ViTTinyEncoder, resnet18, resnet50
+from .encoders import VGG16Encoder, ViTTinyEncoder, resnet18, resnet18_slim, resnet50
 from .heads import CAMHead, DeepMILHead
 from .pixelcam import PixelCAMLocalizer, PixelCAMNet
 from .weights import load_checkpoint, load_torchvision_weights
@@ -31,6 +31,7 @@ __all__ = [
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
+    "resnet18_slim": resnet18_slim,
     "resnet50": resnet50,
     "vgg16": VGG16Encoder,
     "vit_tiny": ViTTinyEncoder,
@@ -111,6 +112,6 @@ def build_localizer(**kwargs) -> PixelCAMLocalizer:
     """:class:`PixelCAMLocalizer` around ``build_pixelcam(**kwargs)``: ``B x 3 x H x W -> B x 1 x H x W`` in [0, 1].
 
     The tensor-returning ``network_def`` that MONAI's ``verify_net_in_out`` and
-    TorchScript export need; its state dict is the PixelCAMNet's under ``net.``.
+    TorchScript export need; its state dict has the PixelCAMNet's keys.
     """
     return PixelCAMLocalizer(build_pixelcam(**kwargs))

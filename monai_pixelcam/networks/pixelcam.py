@@ -124,11 +124,17 @@ class PixelCAMLocalizer(nn.Module):
     works for every encoder and keeps inputs of any size; a ``torch.jit.trace``
     of a ViT-based localizer is fixed to the traced input size (the position
     embedding resize is a Python branch), so script that one.
+
+    The modules are registered under PixelCAMNet's own names, so both share one state dict layout:
+    the bundle's ``models/model.pt`` (a PixelCAMNet state dict) loads into its ``network_def`` as is,
+    which ``ckpt_export`` relies on. The image head is kept for that reason only.
     """
 
     def __init__(self, net: PixelCAMNet) -> None:
         super().__init__()
-        self.net = net
+        self.encoder = net.encoder
+        self.image_head = net.image_head
+        self.pixel_head = net.pixel_head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.localization_map(x)
+        return foreground_map(self.pixel_head(self.encoder(x)), [x.shape[-2], x.shape[-1]])
