@@ -63,6 +63,16 @@ def darkness_predictor(threshold: float = 0.5, image_size: int = 64) -> PixelCAM
     return PixelCAMPredictor(DarknessNet(), CLASSES, threshold=threshold, image_size=image_size)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # the networks here are tiny: a second intra-op thread brings nothing, and on a busy 2-core machine
+    # (the suite runs beside other jobs) the threads' synchronisation made one 64 x 64 forward ~1 s, not ~2 ms
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("model"))

@@ -885,6 +885,17 @@ def measure_shortcut(kind: str, n_images: int = 100, image_size: int = 128, seed
     return out
 
 
+def _stain_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from None
+    try:
+        return _check_stain(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m monai_pixelcam.data.synthetic",
@@ -896,7 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--stain", type=json.loads, default=None,
+        "--stain", type=_stain_arg, default=None,
         help='stain shift as JSON, e.g. \'{"h_scale": 1.3, "e_scale": 0.8, "hue_shift": 0.05}\'',
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

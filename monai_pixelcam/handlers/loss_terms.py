@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
@@ -37,4 +38,8 @@ def loss_terms_transform(output) -> dict[str, float]:
     iteration output as a float (``loss``, ``loss_cls``, ``loss_pix`` for PixelCAM; ``loss`` alone otherwise)."""
     if isinstance(output, list):  # decollated output: the loss entries are the same in every item
         output = output[0]
-    return {k: float(v) for k, v in output.items() if isinstance(k, str) and k.startswith(CommonKeys.LOSS)}
+    return {
+        k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+        for k, v in output.items()
+        if isinstance(k, str) and k.startswith(CommonKeys.LOSS)
+    }
