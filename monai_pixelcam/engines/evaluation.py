@@ -24,6 +24,8 @@ def evaluate_localization(
     class_names: Sequence[str],
     negative_classes: Sequence[int] = (),
     device: str | torch.device = "cpu",
+    test_class_names: Sequence[str] | None = None,
+    test_negative_classes: Sequence[int] | None = None,
 ) -> dict:
     """Evaluate one model and one map method on test, Choe et al. (2020) style.
 
@@ -35,11 +37,16 @@ def evaluate_localization(
         network: the model (a ``WSOLClassifier`` with a CAM inferer, or a ``PixelCAMNet``).
         inferer: returns ``{"cls": B x K, "map": B x 1 x H x W}``.
         valpx_loader, test_loader: non-shuffled loaders whose items carry masks.
-        class_names: names of the classes, for per-class keys.
+        class_names: names of the model's classes (those of valpx), for per-class keys.
         negative_classes: labels without a region of interest, excluded from localization figures.
+        test_class_names, test_negative_classes: the test set's own classes when it comes from another
+            dataset (out of distribution, e.g. a GlaS model on CAMELYON patches). When its class names
+            differ from ``class_names`` the labels mean other things, so no accuracy is reported and the
+            localization figures cover the test images of its classes with a region of interest.
 
     Returns:
-        dict of floats in percent (0..100) except ``threshold`` in [0, 1]: ``accuracy``, ``pxap``,
+        dict of floats in percent (0..100) except ``threshold`` in [0, 1]: ``accuracy`` (same classes only),
+        ``pxap``,
         ``pxap_<class>``, ``dice``, ``miou`` (at the valpx threshold), ``dice@0.5``, ``miou@0.5``,
         ``valpx_pxap``; plus ``curve`` = ``(precision, recall)`` lists of the pooled test PR curve.
     """
@@ -52,9 +59,13 @@ def evaluate_localization(
     valpx.run()
     threshold = float(valpx.state.metrics["valpx_threshold_threshold"])
 
-    positives = [c for c in range(len(class_names)) if c not in negative]
+    names = list(class_names if test_class_names is None else test_class_names)
+    same_classes = names == list(class_names)
+    if test_negative_classes is not None:
+        negative = [int(c) for c in test_negative_classes]
+    positives = [c for c in range(len(names)) if c not in negative]
     per_class = {
-        f"test_pxap_{class_names[c]}": PxAP(output_transform=roi_transform([o for o in range(len(class_names)) if o != c]))
+        f"test_pxap_{names[c]}": PxAP(output_transform=roi_transform([o for o in range(len(names)) if o != c]))
         for c in positives
     } if len(positives) > 1 else {}
     at_valpx = LocalizationDice(threshold, output_transform=roi_transform(negative))
@@ -66,7 +77,7 @@ def evaluate_localization(
     test.run()
     m = test.state.metrics
     result = {
-        "accuracy": 100 * float(m["test_accuracy"]),
+        **({"accuracy": 100 * float(m["test_accuracy"])} if same_classes else {}),
         "pxap": 100 * float(m["test_pxap"]),
         **{k[len("test_"):]: 100 * float(v) for k, v in m.items() if k.startswith("test_pxap_")},
         "dice": 100 * float(m["test_at_valpx_dice"]),

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from monai.data import MetaTensor
 
 from monai_pixelcam.cams import CAMStore
 from monai_pixelcam.handlers.figures import save_map_grid, save_pr_curves
@@ -22,7 +23,7 @@ from monai_pixelcam.networks.weights import load_checkpoint
 from .evaluation import evaluate_localization, write_json_atomic
 from .inferers import CAMInferer, PixelCAMInferer
 
-__all__ = ["SELECTIONS", "store_cams", "evaluate_pipeline", "export_model", "read_threshold"]
+__all__ = ["SELECTIONS", "store_cams", "evaluate_pipeline", "evaluate_external", "export_model", "read_threshold"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +44,23 @@ def store_cams(
     return store
 
 
+def _plain(x) -> torch.Tensor:
+    # MetaTensor cannot index its per-item metadata with an empty selection; the figures need no metadata
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+
+
 def _first_roi_batch(loader, negative_classes: Sequence[int], n: int) -> dict:
     """The first ``n`` items of ``loader`` whose class has a region of interest, as one batch."""
-    images, masks, labels = [], [], []
+    parts: dict[str, list] = {"image": [], "mask": [], "label": []}
     for batch in loader:
-        keep = [i for i, y in enumerate(torch.as_tensor(batch["label"]).reshape(-1).tolist()) if y not in negative_classes]
-        images.append(batch["image"][keep])
-        masks.append(batch["mask"][keep])
-        labels.append(torch.as_tensor(batch["label"]).reshape(-1)[keep])
-        if sum(len(x) for x in images) >= n:
+        label = _plain(batch["label"]).reshape(-1)
+        keep = ~torch.isin(label, torch.as_tensor(list(negative_classes), dtype=label.dtype))
+        for key in parts:
+            parts[key].append(_plain(batch[key]).reshape(-1) if key == "label" else _plain(batch[key]))
+            parts[key][-1] = parts[key][-1][keep]
+        if sum(len(x) for x in parts["image"]) >= n:
             break
-    return {"image": torch.cat(images)[:n], "mask": torch.cat(masks)[:n], "label": torch.cat(labels)[:n]}
+    return {key: torch.cat(value)[:n] for key, value in parts.items()}
 
 
 def evaluate_pipeline(
@@ -69,6 +76,8 @@ def evaluate_pipeline(
     device: str | torch.device = "cpu",
     n_figure_images: int = 6,
     tag: str = "test",
+    test_class_names: Sequence[str] | None = None,
+    test_negative_classes: Sequence[int] | None = None,
 ) -> dict:
     """Evaluate the source model (every CAM method) and PixelCAM, B-LOC and B-CL checkpoints, on test.
 
@@ -80,17 +89,24 @@ def evaluate_pipeline(
     (B-LOC models) and ``figures/maps.png`` (image+mask | source CAMs | PixelCAM for test images with a
     region of interest).
 
+    ``test_class_names`` / ``test_negative_classes`` describe a test set from another dataset (see
+    :func:`~monai_pixelcam.engines.evaluation.evaluate_localization`); when its classes differ from the
+    model's, the CAM methods explain the predicted class, since the test labels name other classes.
+
     Returns:
         the ``metrics.json`` dict.
     """
     checkpoint_dir = Path(checkpoint_dir)
     output_dir = Path(output_dir) if output_dir is not None else checkpoint_dir
     negative = [int(c) for c in negative_classes]
-    results: dict = {"split": tag, "classes": list(class_names), "source": {}, "pixelcam": {}}
+    test_names = list(class_names if test_class_names is None else test_class_names)
+    test_negative = negative if test_negative_classes is None else [int(c) for c in test_negative_classes]
+    same_classes = test_names == list(class_names)
+    results: dict = {"split": tag, "classes": test_names, "source": {}, "pixelcam": {}}
     curves: dict = {}
-    figure_batch = _first_roi_batch(test_loader, negative, n_figure_images)
+    figure_batch = _first_roi_batch(test_loader, test_negative, n_figure_images)
     figure_maps: dict = {}
-    runs = [("source", m, CAMInferer(m), source_network) for m in cam_methods]
+    runs = [("source", m, CAMInferer(m, use_labels=same_classes), source_network) for m in cam_methods]
     runs.append(("pixelcam", None, PixelCAMInferer(), pixelcam_network))
     for stage, method, inferer, network in runs:
         for selection in SELECTIONS:
@@ -100,13 +116,13 @@ def evaluate_pipeline(
             load_checkpoint(network, ckpt)
             network.to(device)
             figures = evaluate_localization(
-                network, inferer, valpx_loader, test_loader, class_names, negative, device=device
+                network, inferer, valpx_loader, test_loader, class_names, negative, device, test_names, test_negative
             )
             curve = figures.pop("curve")
             name = "PixelCAM" if method is None else f"source {method}"
             entry = results["pixelcam"] if method is None else results["source"].setdefault(method, {})
             entry[selection] = figures
-            logger.info(f"{tag} {name} {selection}: " + ", ".join(f"{k}={v:.2f}" for k, v in figures.items()))
+            logger.info(f"{tag} {name} {selection}: " + ", ".join(f"{k}={v:.3g}" for k, v in figures.items()))
             if selection == "bloc":
                 curves[name] = (curve["precision"], curve["recall"], figures["pxap"] / 100)
                 if len(figure_batch["image"]):
@@ -155,3 +171,46 @@ def export_model(
 def read_threshold(metrics_json: str | os.PathLike, selection: str = "bloc") -> float:
     """The valpx threshold of PixelCAM ``selection`` recorded in a ``metrics.json``."""
     return float(json.loads(Path(metrics_json).read_text())["pixelcam"][selection]["threshold"])
+
+
+def evaluate_external(
+    source_network: torch.nn.Module,
+    pixelcam_network: torch.nn.Module,
+    checkpoint_dir: str | os.PathLike,
+    valpx_loader,
+    class_names: Sequence[str],
+    negative_classes: Sequence[int],
+    dataset: str | None,
+    dataset_dir: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | None = None,
+    image_size: int = 224,
+    batch_size: int = 16,
+    cam_methods: Sequence[str] = ("cam", "gradcam", "gradcampp", "layercam"),
+    output_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict | None:
+    """:func:`evaluate_pipeline` on the test split of another dataset, without adaptation: out of
+    distribution (e.g. a GlaS model on CAMELYON16 patches) or the same task re-rendered (e.g. shifted stain).
+
+    The dataset is given like the training data (``dataset`` name and ``dataset_dir``, or a ``datalist``
+    JSON) and prepared by :func:`monai_pixelcam.data.prepare_datalist`; thresholds still come from the
+    training dataset's valpx. Returns None, doing nothing, when neither ``dataset`` nor ``datalist`` is set,
+    so that a bundle can always list this step.
+    """
+    from monai_pixelcam.data import load_datalist, prepare_datalist
+    from monai_pixelcam.transforms import eval_transforms
+
+    from .workflows import build_dataloader
+
+    if not dataset and not datalist:
+        return None
+    path = prepare_datalist(dataset or "synthetic_glas", dataset_dir or f"data/{dataset}", datalist, seed=seed)
+    external = load_datalist(path)
+    loader = build_dataloader(external["test"], eval_transforms(image_size), batch_size=batch_size)
+    name = Path(datalist).stem if datalist else str(dataset)
+    return evaluate_pipeline(
+        source_network, pixelcam_network, checkpoint_dir, valpx_loader, loader, class_names, negative_classes,
+        cam_methods, output_dir, device, tag=name, test_class_names=external["classes"],
+        test_negative_classes=external["negative_classes"],
+    )
