@@ -30,8 +30,36 @@ setup(
         "einops>=0.7",
     ],
     extras_require={
-        # MONAI Label 0.8.5 fails to import with pydicom 3 (see ARCHITECTURE.md).
-        "label": ["monailabel==0.8.5", "pydicom<3"],
+        # The MONAI Label app (monai_pixelcam/label). monailabel 0.8.5 itself is installed with
+        # `pip install --no-deps monailabel==0.8.5 pydicom-seg==0.4.1` (README, .ci/run): its declared
+        # requirements pull sam2 (a source build), torchvision (a second, CUDA, torch) and numpy<2 (through
+        # pydicom-seg). These are the requirements its server, BasicInferTask and TrainTask import here;
+        # it fails to import with pydicom 3.
+        "label": [
+            "pydicom>=2.4.4,<3",
+            "dicomweb-client[gcp]>=0.59.1",
+            "fastapi>=0.110.2",
+            "uvicorn>=0.29.0",
+            "python-multipart>=0.0.9",
+            "pydantic>=2.7.0",
+            "pydantic-settings>=2.2.1",
+            "python-dotenv>=1.0.1",
+            "requests>=2.31.0",
+            "requests-toolbelt>=1.0.0",
+            "schedule>=1.2.1",
+            "timeloop>=1.0.2",
+            "expiring-dict>=1.1.0",
+            "cachetools>=5.3.3",
+            "watchdog>=4.0.0",
+            "filelock>=3.11.0",
+            "psutil>=5.9",
+            "pyjwt>=2.8.0",
+            "passlib>=1.7.4",
+            "girder-client>=3.2.3",
+            "itk-core>=5.3",  # only imported (by monailabel.transform.writer); the full itk is 1.5 GB
+            "SimpleITK>=2.2",
+            "pynrrd>=1.0.0",
+        ],
         "dev": ["pytest>=7", "jsonschema>=4"],
     },
 )

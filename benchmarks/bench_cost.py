@@ -1,14 +1,18 @@
 """Cost of PixelCAM against its baselines, measured in one run on one encoder, batch and image size.
 
-Three ratios (issue 4), each numerator and denominator timed in alternation (ABBA...) so that load drifts on a
-shared machine cancel:
+Three ratios (issue 4); numerator and denominator are timed in strict alternation (ABAB...), so that load drifts
+on a shared machine hit both alike and each measurement follows the other one (same cache state):
 
-(a) ``train``: one PixelCAM training iteration (forward, seeds drawn from a CAM batch by the bundle's
-    ``ThresholdSeeder`` inside ``PixelCAMLoss``, backward, SGD step) over one plain CE iteration of the same
+(a) ``train``: one PixelCAM training iteration (forward, seeds drawn from a CAM batch by the bundle's seeder
+    inside ``PixelCAMLoss``, backward, SGD step) over one plain CE iteration of the same
     classifier (forward, CE, backward, step); both use the paper's SGD (``sgd_optimizer``). Target <= 1.10.
 (b) ``localization``: a GradCAM++ map (``build_cam("gradcampp", classifier).extract(..., upsample=True)``:
     forward, gradient, upsampling, normalisation) over a PixelCAM map (``PixelCAMNet.localization_map``: one
-    forward, foreground channel upsampled to the input), reported as a speed-up. Target >= 2.5.
+    forward, foreground channel upsampled to the input), reported as a speed-up. Target >= 2.5. Two references
+    are timed alongside: an eval-mode forward with autograd recording (the extractor takes the gradient at the
+    target layer, the encoder output, so its backward runs through the head only), and a forward plus a
+    backward of the class scores through every parameter (what CAM libraries that call ``score.backward()``
+    run, e.g. pytorch-grad-cam).
 (c) ``inference``: PixelCAM inference (``PixelCAMInferer``: class logits + map) over a plain classifier
     forward (``ClassifierInferer``). Target <= 1.05.
 
@@ -17,15 +21,28 @@ resizes stored maps to the image), here the random-init classifier's CAM of the 
 the ratio of the medians (the figure the target is judged on), the ratio of the minima (the usual estimate of
 uncontended time: other processes only ever add time) and the median of the per-round paired ratios.
 
-Throughput: training images/s against the fp32 matmul rate measured in the same rounds as (a) (a square
-``torch.mm``). Model FLOPs are counted with forward hooks on ``Conv2d`` and ``Linear`` (2 x MACs; norms,
-activations and pooling are left out, and so are attention products not done by a ``Linear`` module, so a
-ViT is undercounted); a training iteration counts as 3 x forward. Utilisation = FLOPs/image x images/s over the
-matmul FLOP/s. Timing splits of both training iterations (forward / loss / backward / step, and the seeding
-alone) show where the time goes; ``--profile`` adds torch.profiler's top operators of the PixelCAM iteration.
+Threads: every thread count of ``--threads`` (default 1) is measured in turn. On a 2-core machine that other
+processes load, two intra-op threads stall on each other (one is descheduled while the other waits at the
+barrier): at load 5-8 a forward took a median 280-570 ms with 2 threads against 78 ms with 1, and a training
+iteration 2.5-4.3 s against 0.28 s, with minima 2-8x below the medians. So the default is 1 thread, whose
+figures are stable there; ``--threads 1,2`` adds the all-core figures, realistic on an idle machine.
+
+Throughput: training images/s against the fp32 matmul rate (square ``torch.mm`` at each size of
+``--matmul-sizes``, timed in alternation right after (a); the reference is the best median over the sizes).
+Utilisation = FLOPs/image x images/s over that rate. Model FLOPs are counted with forward hooks on ``Conv2d``
+and ``Linear`` (2 x MACs; norms, activations and pooling are left out, and so are attention products not done by
+a ``Linear`` module, so a ViT is undercounted); a training iteration counts as 3 x forward. The matmul is not
+always the machine's peak: torch's CPU build multiplies with MKL's sgemm and convolves with oneDNN (AVX-512
+kernels where present), and on the AMD EPYC of the development machines sgemm reached about 95 GFLOP/s on one
+core where a oneDNN 3x3 convolution reached up to 190 (MKL is reported to choose slower code paths on non-Intel
+processors), so utilisation can exceed 100%. A 3x3 convolution (64 channels, 32 x 32, batch 16) is therefore
+timed with the matmuls and the utilisation against the fastest probe is reported too. Timing splits of both
+training iterations (forward / loss / backward / step, and the seeding alone) show where the time goes;
+``--profile`` adds torch.profiler's top operators of the PixelCAM iteration.
 
 Usage: ``python benchmarks/bench_cost.py [--encoder resnet18_slim] [--size 128] [--batch 16] [--repeats 15]
-[--threads N] [--paper]``; ``--paper`` adds resnet50 at 224 px, batch 8 (slow on a CPU: minutes).
+[--threads 1,2] [--paper] [--profile]``; ``--paper`` adds resnet50 at 224 px, batch 8,
+with the seeder of ``configs/paper.json`` (``ProbabilitySeeder(5, 5, 0.2)`` at input resolution); minutes on a CPU.
 Writes ``benchmarks/results/bench_cost.json``.
 """
 
@@ -47,7 +64,7 @@ from monai_pixelcam.cams import build_cam
 from monai_pixelcam.engines import ClassifierInferer, PixelCAMInferer, sgd_optimizer, write_json_atomic
 from monai_pixelcam.losses import PixelCAMLoss, resize_cam
 from monai_pixelcam.networks import PixelCAMNet, build_classifier
-from monai_pixelcam.seeding import ThresholdSeeder
+from monai_pixelcam.seeding import PixelSeeder, ProbabilitySeeder, ThresholdSeeder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_cost.json"
 
@@ -57,7 +74,15 @@ TARGETS = {
     "localization": ("gradcampp_map", "pixelcam_map", "min", 2.5),
     "inference": ("pixelcam_infer", "classifier_forward", "max", 1.05),
 }
-PAPER_CONFIG = {"encoder": "resnet50", "size": 224, "batch": 8}
+# the seeders of bundles/pixelcam/configs/train.json (CPU default) and paper.json
+DEFAULT_SEEDING = {"seeder": lambda: ThresholdSeeder(n_fg=16, n_bg=16, bg_fraction=0.4), "seed_resolution": "feature"}
+PAPER_CONFIG = {
+    "encoder": "resnet50",
+    "size": 224,
+    "batch": 8,
+    "seeder": lambda: ProbabilitySeeder(n_fg=5, n_bg=5, bg_fraction=0.2),
+    "seed_resolution": "input",
+}
 
 
 def _noop(_: str) -> None:
@@ -74,14 +99,14 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     Returns:
         ``{"conv": FLOPs, "linear": FLOPs, "total": FLOPs}`` per image (bias additions not counted).
     """
-    totals = {"conv": 0, "linear": 0}
+    macs = {"conv": 0, "linear": 0}
 
     def conv_hook(module: nn.Conv2d, inputs, output) -> None:
         kh, kw = module.kernel_size
-        totals["conv"] += output.numel() * (module.in_channels // module.groups) * kh * kw
+        macs["conv"] += output.numel() * (module.in_channels // module.groups) * kh * kw
 
     def linear_hook(module: nn.Linear, inputs, output) -> None:
-        totals["linear"] += output.numel() * module.in_features
+        macs["linear"] += output.numel() * module.in_features
 
     handles = []
     for m in model.modules():
@@ -95,8 +120,7 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     finally:
         for h in handles:
             h.remove()
-    batch = x.shape[0]
-    flops = {k: 2.0 * v / batch for k, v in totals.items()}
+    flops = {k: 2.0 * v / x.shape[0] for k, v in macs.items()}
     flops["total"] = flops["conv"] + flops["linear"]
     return flops
 
@@ -108,20 +132,19 @@ def _sync_for(device: torch.device) -> Callable[[], None]:
 def interleaved(
     fns: dict[str, Callable[[], object]], rounds: int, warmup: int, sync: Callable[[], None]
 ) -> dict[str, list[float]]:
-    """Seconds of each of ``fns`` over ``rounds`` rounds, the order reversed every other round (ABBA...).
+    """Seconds of each of ``fns`` over ``rounds`` rounds of one call each, always in the same order (ABAB...).
 
     Every function is run ``warmup`` times first (allocator, thread pool, optimiser state), untimed.
     """
-    names = list(fns)
     for _ in range(warmup):
-        for name in names:
-            fns[name]()
+        for fn in fns.values():
+            fn()
     sync()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
             start = time.perf_counter()
-            fns[name]()
+            fn()
             sync()
             times[name].append(time.perf_counter() - start)
     return times
@@ -142,13 +165,21 @@ def _ratio(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:
 class Workload:
     """The two networks (same encoder weights), their optimisers, the loss and one fixed batch.
 
-    ``classifier`` is the plain WSOL classifier trained with CE; ``pixelcam`` is
-    ``PixelCAMNet.from_source(classifier)`` trained with ``PixelCAMLoss`` and the bundle's default seeder
-    (``ThresholdSeeder(n_fg=16, n_bg=16, bg_fraction=0.4)``, seeds at feature resolution).
+    ``classifier`` is the plain WSOL classifier (CAM head) trained with CE; ``pixelcam`` is
+    ``PixelCAMNet.from_source(classifier)`` trained with ``PixelCAMLoss(seeder, seed_resolution=...)``; the
+    default seeder is the bundle's (``ThresholdSeeder(n_fg=16, n_bg=16, bg_fraction=0.4)`` at feature resolution).
     """
 
     def __init__(
-        self, encoder: str, size: int, batch: int, num_classes: int = 2, device: str = "cpu", seed: int = 0
+        self,
+        encoder: str,
+        size: int,
+        batch: int,
+        num_classes: int = 2,
+        device: str = "cpu",
+        seed: int = 0,
+        seeder: PixelSeeder | None = None,
+        seed_resolution: str = "feature",
     ) -> None:
         torch.manual_seed(seed)
         self.device = torch.device(device)
@@ -156,7 +187,8 @@ class Workload:
         self.pixelcam = PixelCAMNet.from_source(self.classifier).to(self.device)
         self.opt_classifier = sgd_optimizer(self.classifier, lr=0.01)
         self.opt_pixelcam = sgd_optimizer(self.pixelcam, lr=0.01)
-        self.loss = PixelCAMLoss(ThresholdSeeder(n_fg=16, n_bg=16, bg_fraction=0.4), lambda_pix=1.0)
+        seeder = DEFAULT_SEEDING["seeder"]() if seeder is None else seeder
+        self.loss = PixelCAMLoss(seeder, lambda_pix=1.0, seed_resolution=seed_resolution)
         self.x = torch.rand(batch, 3, size, size, device=self.device)
         self.y = torch.randint(0, num_classes, (batch,), device=self.device)
         self.cam, _ = build_cam("cam", self.classifier).extract(self.x, labels=self.y, upsample=True)
@@ -193,9 +225,10 @@ class Workload:
         tick("step")
 
     def seeding(self) -> torch.Tensor:
-        """The seeding part of ``PixelCAMLoss`` alone: CAM resized to feature resolution, then the seeder."""
+        """The seeding part of ``PixelCAMLoss`` alone: the seeder on the CAM at the seeding resolution."""
         with torch.no_grad():
-            return self.loss.seeder(resize_cam(self.cam, self.feature_size), labels=self.y)
+            cam = resize_cam(self.cam, self.feature_size) if self.loss.seed_resolution == "feature" else self.cam
+            return self.loss.seeder(cam, labels=self.y)
 
     # (b) localization maps, (c) inference
     def gradcampp_map(self) -> torch.Tensor:
@@ -204,6 +237,18 @@ class Workload:
     def pixelcam_map(self) -> torch.Tensor:
         with torch.no_grad():
             return self.pixelcam.localization_map(self.x)
+
+    def classifier_forward_graph(self) -> torch.Tensor:
+        """Eval-mode forward with autograd recording, as a gradient-based CAM runs it (reference for (b))."""
+        with torch.enable_grad():
+            return self.classifier(self.x)
+
+    def classifier_full_backward(self) -> None:
+        """Eval-mode forward and a backward of the true-class scores through every parameter: the gradient pass
+        of CAM libraries that call ``score.backward()`` (e.g. pytorch-grad-cam), a reference for (b)."""
+        with torch.enable_grad():
+            self.classifier(self.x).gather(1, self.y[:, None]).sum().backward()
+        self.classifier.zero_grad(set_to_none=True)
 
     def pixelcam_infer(self) -> dict:
         with torch.no_grad():
@@ -214,19 +259,42 @@ class Workload:
             return self.classifier_inferer(self.x, self.classifier)
 
 
-def matmul_fn(n: int, device: torch.device) -> tuple[Callable[[], None], float]:
-    """A function doing one fp32 ``n x n`` matmul, and its FLOPs (``2 n^3``)."""
+def matmul_fn(n: int, device: torch.device, flops_per_call: float = 2.0 * 2048**3) -> tuple[Callable, float]:
+    """A function doing enough fp32 ``n x n`` matmuls to make about ``flops_per_call`` FLOPs, and its FLOPs."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     c = torch.empty(n, n, device=device)
-    return (lambda: torch.mm(a, b, out=c)), 2.0 * n**3
+    repeats = max(1, round(flops_per_call / (2.0 * n**3)))
+
+    def fn() -> None:
+        for _ in range(repeats):
+            torch.mm(a, b, out=c)
+
+    return fn, repeats * 2.0 * n**3
+
+
+def conv_fn(device: torch.device, flops_per_call: float = 2.0 * 2048**3) -> tuple[Callable, float]:
+    """A function doing enough 3x3 convolutions (16 x 64 x 32 x 32, 64 -> 64 channels) to make about
+    ``flops_per_call`` FLOPs, and its FLOPs: the oneDNN rate that the encoders' convolutions can reach."""
+    x = torch.randn(16, 64, 32, 32, device=device)
+    w = torch.randn(64, 64, 3, 3, device=device)
+    flops = 2.0 * x.shape[0] * 32 * 32 * 64 * 64 * 9
+    repeats = max(1, round(flops_per_call / flops))
+
+    def fn() -> None:
+        with torch.no_grad():
+            for _ in range(repeats):
+                F.conv2d(x, w, padding=1)
+
+    return fn, repeats * flops
 
 
 def timing_splits(work: Workload, rounds: int, sync: Callable[[], None]) -> dict[str, dict[str, float]]:
-    """Median milliseconds of each phase of both training iterations, and of the seeding alone."""
+    """Median milliseconds of each phase of both training iterations (alternated), and of the seeding alone."""
     splits: dict[str, dict[str, list[float]]] = {"classifier_step": {}, "pixelcam_step": {}}
 
     def recorder(store: dict[str, list[float]]) -> Callable[[str], None]:
+        sync()
         last = [time.perf_counter()]
 
         def tick(phase: str) -> None:
@@ -239,10 +307,9 @@ def timing_splits(work: Workload, rounds: int, sync: Callable[[], None]) -> dict
 
     seeding: list[float] = []
     work.train(True)
-    for r in range(rounds):
-        for name in ("classifier_step", "pixelcam_step") if r % 2 == 0 else ("pixelcam_step", "classifier_step"):
-            sync()
-            getattr(work, name)(recorder(splits[name]))
+    for _ in range(rounds):
+        work.classifier_step(recorder(splits["classifier_step"]))
+        work.pixelcam_step(recorder(splits["pixelcam_step"]))
         sync()
         start = time.perf_counter()
         work.seeding()
@@ -276,30 +343,49 @@ def run_config(
     batch: int,
     rounds: int = 15,
     warmup: int = 2,
-    matmul_size: int = 2048,
+    matmul_sizes: Sequence[int] = (512, 2048),
+    probe_gflop: float = 2.0 * 2048**3 / 1e9,
     split_rounds: int = 5,
     device: str = "cpu",
     profile: bool = False,
     seed: int = 0,
+    seeder: PixelSeeder | None = None,
+    seed_resolution: str = "feature",
 ) -> dict:
-    """All measurements of one (encoder, image size, batch) configuration; see the module docstring."""
-    work = Workload(encoder, size, batch, device=device, seed=seed)
+    """All measurements of one (encoder, image size, batch) configuration at the current torch thread count.
+
+    ``rounds`` timed rounds for the training ratio, twice as many for the cheaper (b) and (c). ``seeder`` and
+    ``seed_resolution`` configure the ``PixelCAMLoss`` (default: the bundle's CPU configuration).
+    """
+    work = Workload(encoder, size, batch, device=device, seed=seed, seeder=seeder, seed_resolution=seed_resolution)
     sync = _sync_for(work.device)
-    matmul, matmul_flops = matmul_fn(matmul_size, work.device)
     load = {"start": os.getloadavg()}
 
     work.train(True)
-    train = interleaved(
-        {"classifier_step": work.classifier_step, "pixelcam_step": work.pixelcam_step, "matmul": matmul},
-        rounds,
+    steps = {"classifier_step": work.classifier_step, "pixelcam_step": work.pixelcam_step}
+    train = interleaved(steps, rounds, warmup, sync)
+    probe_flops = probe_gflop * 1e9
+    probes = {f"matmul_{n}": matmul_fn(n, work.device, probe_flops) for n in matmul_sizes}
+    probes["conv3x3_64ch"] = conv_fn(work.device, probe_flops)
+    probe_times = interleaved({k: fn for k, (fn, _) in probes.items()}, max(3, rounds // 3), 1, sync)
+    load["after_train"] = os.getloadavg()
+    work.train(False)
+    maps = interleaved(
+        {
+            "pixelcam_map": work.pixelcam_map,
+            "gradcampp_map": work.gradcampp_map,
+            "classifier_forward_graph": work.classifier_forward_graph,
+            "classifier_full_backward": work.classifier_full_backward,
+        },
+        2 * rounds,
         warmup,
         sync,
     )
-    load["after_train"] = os.getloadavg()
-    work.train(False)
-    maps = interleaved({"pixelcam_map": work.pixelcam_map, "gradcampp_map": work.gradcampp_map}, rounds, warmup, sync)
     infer = interleaved(
-        {"classifier_forward": work.classifier_forward, "pixelcam_infer": work.pixelcam_infer}, rounds, warmup, sync
+        {"classifier_forward": work.classifier_forward, "pixelcam_infer": work.pixelcam_infer},
+        2 * rounds,
+        warmup,
+        sync,
     )
     load["after_inference"] = os.getloadavg()
     splits = timing_splits(work, split_rounds, sync)
@@ -314,43 +400,60 @@ def run_config(
         target = f"{'<=' if kind == 'max' else '>='} {threshold}"
         ratios[name] = {**r, "numerator": num, "denominator": den, "target": target, "met": bool(met)}
 
+    rates = {
+        k: {
+            "median_gflops": flops / statistics.median(probe_times[k]) / 1e9,
+            "best_gflops": flops / min(probe_times[k]) / 1e9,
+        }
+        for k, (_, flops) in probes.items()
+    }
+    matmul = {k: v for k, v in rates.items() if k.startswith("matmul_")}
+    reference = max(matmul, key=lambda k: matmul[k]["median_gflops"])
+    ref_median, ref_best = matmul[reference]["median_gflops"], max(m["best_gflops"] for m in matmul.values())
+    fastest = max(r["median_gflops"] for r in rates.values())
+
     work.train(False)
     probe = work.x[:1]
-    flops_pixelcam = count_flops(work.pixelcam, probe)
-    flops_classifier = count_flops(work.classifier, probe)
-    matmul_rate = {
-        "median_gflops": matmul_flops / statistics.median(train["matmul"]) / 1e9,
-        "max_gflops": matmul_flops / min(train["matmul"]) / 1e9,
+    forward_flops = {
+        "pixelcam_step": count_flops(work.pixelcam, probe),
+        "classifier_step": count_flops(work.classifier, probe),
     }
     throughput = {}
-    for name, flops in (("pixelcam_step", flops_pixelcam), ("classifier_step", flops_classifier)):
-        ips_med = batch / statistics.median(train[name])
-        ips_best = batch / min(train[name])
-        train_flops = 3 * flops["total"]
+    for name, flops in forward_flops.items():
+        ips_med, ips_best = batch / statistics.median(train[name]), batch / min(train[name])
+        train_gflop = 3 * flops["total"] / 1e9
         throughput[name] = {
             "images_per_s_median": ips_med,
             "images_per_s_best": ips_best,
-            "train_gflop_per_image": train_flops / 1e9,
-            "achieved_gflops_median": train_flops * ips_med / 1e9,
+            "train_gflop_per_image": train_gflop,
+            "achieved_gflops_median": train_gflop * ips_med,
             # matched estimates: median over median, best over best
-            "utilisation_median": train_flops * ips_med / (matmul_rate["median_gflops"] * 1e9),
-            "utilisation_best": train_flops * ips_best / (matmul_rate["max_gflops"] * 1e9),
+            "utilisation_median": train_gflop * ips_med / ref_median,
+            "utilisation_best": train_gflop * ips_best / ref_best,
+            "utilisation_vs_fastest_probe_median": train_gflop * ips_med / fastest,
         }
     return {
         "encoder": encoder,
+        "torch_threads": torch.get_num_threads(),
         "image_size": size,
         "batch_size": batch,
         "feature_size": work.feature_size,
         "rounds": rounds,
         "warmup": warmup,
         "seeder": repr(work.loss.seeder),
+        "seed_resolution": work.loss.seed_resolution,
         "times": {name: _stats(t) for name, t in times.items()},
         "ratios": ratios,
         "forward_gflop_per_image": {
-            "pixelcam": flops_pixelcam["total"] / 1e9,
-            "classifier": flops_classifier["total"] / 1e9,
+            "pixelcam": forward_flops["pixelcam_step"]["total"] / 1e9,
+            "classifier": forward_flops["classifier_step"]["total"] / 1e9,
         },
-        "matmul": {"size": matmul_size, **matmul_rate},
+        "rates": {
+            "per_probe": rates,
+            "matmul_reference": reference,
+            "reference_median_gflops": ref_median,
+            "reference_best_gflops": ref_best,
+        },
         "throughput": throughput,
         "timing_splits_ms": splits,
         "profile_top_ops": top_ops,
@@ -359,13 +462,15 @@ def run_config(
     }
 
 
-def format_report(res: dict, threads: int) -> str:
-    la = res["load_average"]
+def format_report(res: dict) -> str:
+    """Human-readable table of one :func:`run_config` result."""
+    la, t = res["load_average"], res["times"]
     lines = [
         f"{res['encoder']} at {res['image_size']} px, batch {res['batch_size']} (features "
-        f"{res['feature_size'][0]}x{res['feature_size'][1]}), {threads} torch threads, {res['rounds']} rounds "
-        f"(ABBA) after {res['warmup']} warm-up; load average (1 min) {la['start'][0]:.2f} -> {la['end'][0]:.2f}",
-        f"  {'measure':<34}{'numerator ms med/min':>22}{'denominator ms med/min':>24}"
+        f"{res['feature_size'][0]}x{res['feature_size'][1]}), {res['torch_threads']} torch thread(s), "
+        f"{res['rounds']} rounds (ABAB; 2x for (b), (c)) after {res['warmup']} warm-up; load average (1 min) "
+        f"{la['start'][0]:.2f} -> {la['end'][0]:.2f}",
+        f"  {'measure':<31}{'numerator ms med/min':>22}{'denominator ms med/min':>24}"
         f"{'ratio med':>11}{'min':>7}{'paired':>8}{'target':>9}{'met':>5}",
     ]
     labels = {
@@ -374,23 +479,33 @@ def format_report(res: dict, threads: int) -> str:
         "inference": "(c) infer PixelCAM / forward",
     }
     for name, r in res["ratios"].items():
-        num, den = res["times"][r["numerator"]], res["times"][r["denominator"]]
+        num, den = t[r["numerator"]], t[r["denominator"]]
         lines.append(
-            f"  {labels[name]:<34}{num['median_ms']:>12.1f} /{num['min_ms']:>8.1f}"
+            f"  {labels[name]:<31}{num['median_ms']:>12.1f} /{num['min_ms']:>8.1f}"
             f"{den['median_ms']:>14.1f} /{den['min_ms']:>8.1f}"
             f"{r['of_medians']:>11.3f}{r['of_minima']:>7.3f}{r['paired_median']:>8.3f}{r['target']:>9}"
             f"{'yes' if r['met'] else 'NO':>5}"
         )
-    mm, gf = res["matmul"], res["forward_gflop_per_image"]
+    full, pix_map = t["classifier_full_backward"]["median_ms"], t["pixelcam_map"]["median_ms"]
     lines.append(
-        f"  matmul {mm['size']}^2 fp32: {mm['median_gflops']:.1f} GFLOP/s median, {mm['max_gflops']:.1f} best; "
-        f"forward {gf['pixelcam']:.3f} GFLOP/image (PixelCAM), {gf['classifier']:.3f} (classifier)"
+        f"  reference for (b), medians: eval forward {t['classifier_forward']['median_ms']:.1f} ms, recording "
+        f"autograd {t['classifier_forward_graph']['median_ms']:.1f} (GradCAM++ here backpropagates through the head "
+        f"only); forward + backward through all parameters {full:.1f} = {full / pix_map:.2f}x the PixelCAM map"
     )
-    for name, t in res["throughput"].items():
+    mm, gf = res["rates"], res["forward_gflop_per_image"]
+    probes = ", ".join(f"{k} {v['median_gflops']:.1f}" for k, v in mm["per_probe"].items())
+    lines.append(
+        f"  fp32 GFLOP/s median: {probes}; matmul reference {mm['reference_median_gflops']:.1f} median, "
+        f"{mm['reference_best_gflops']:.1f} best; forward GFLOP/image {gf['pixelcam']:.3f} (PixelCAM), "
+        f"{gf['classifier']:.3f} (classifier)"
+    )
+    for name, tp in res["throughput"].items():
         lines.append(
-            f"  {name:<16} {t['images_per_s_median']:7.1f} img/s median ({t['images_per_s_best']:.1f} best), "
-            f"{t['train_gflop_per_image']:.3f} GFLOP/image -> {t['achieved_gflops_median']:.1f} GFLOP/s, "
-            f"utilisation {100 * t['utilisation_median']:.1f}% (best/best {100 * t['utilisation_best']:.1f}%)"
+            f"  {name:<16} {tp['images_per_s_median']:7.2f} img/s median ({tp['images_per_s_best']:.2f} best), "
+            f"{tp['train_gflop_per_image']:.3f} GFLOP/image -> {tp['achieved_gflops_median']:.1f} GFLOP/s, "
+            f"utilisation {100 * tp['utilisation_median']:.0f}% of matmul (best/best "
+            f"{100 * tp['utilisation_best']:.0f}%), {100 * tp['utilisation_vs_fastest_probe_median']:.0f}% of the "
+            "fastest probe"
         )
     for name, phases in res["timing_splits_ms"].items():
         parts = ", ".join(f"{p} {ms:.1f}" for p, ms in phases.items())
@@ -401,42 +516,82 @@ def format_report(res: dict, threads: int) -> str:
     return "\n".join(lines)
 
 
+def _int_list(text: str) -> list[int]:
+    values = [int(v) for v in str(text).split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default="resnet18_slim")
     parser.add_argument("--size", type=int, default=128, help="image size (square)")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=15, help="timed rounds per ratio")
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds of (a); (b) and (c) get twice as many")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--split-rounds", type=int, default=5, help="rounds of the timing splits")
     parser.add_argument("--paper", action="store_true", help="also resnet50 at 224 px, batch 8")
     parser.add_argument("--paper-repeats", type=int, default=3, help="timed rounds of the --paper configuration")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPU cores)")
-    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument(
+        "--threads",
+        type=_int_list,
+        default=[1],
+        help="comma-separated torch thread counts, each measured in turn (default 1; e.g. 1,2)",
+    )
+    parser.add_argument("--matmul-sizes", type=_int_list, default=[512, 2048])
+    parser.add_argument(
+        "--probe-gflop", type=float, default=2.0 * 2048**3 / 1e9, help="GFLOP per timed call of a rate probe"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--profile", action="store_true", help="torch.profiler top ops of the PixelCAM iteration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    threads = torch.get_num_threads()
-    configs = [{"encoder": args.encoder, "size": args.size, "batch": args.batch, "rounds": args.repeats,
-                "warmup": args.warmup}]
+    configs = [
+        {
+            "encoder": args.encoder,
+            "size": args.size,
+            "batch": args.batch,
+            **DEFAULT_SEEDING,
+            "rounds": args.repeats,
+            "warmup": args.warmup,
+            "split_rounds": args.split_rounds,
+        }
+    ]
     if args.paper:
-        configs.append({**PAPER_CONFIG, "rounds": args.paper_repeats, "warmup": 1})
+        configs.append(
+            {**PAPER_CONFIG, "rounds": args.paper_repeats, "warmup": 1, "split_rounds": min(2, args.split_rounds)}
+        )
 
+    threads_before = torch.get_num_threads()
     load_start = os.getloadavg()
     start = time.perf_counter()
     results = []
-    for cfg in configs:
-        res = run_config(
-            cfg["encoder"], cfg["size"], cfg["batch"], rounds=cfg["rounds"], warmup=cfg["warmup"],
-            matmul_size=args.matmul_size, split_rounds=args.split_rounds, device=args.device,
-            profile=args.profile, seed=args.seed,
-        )
-        results.append(res)
-        print(format_report(res, threads), flush=True)
+    try:
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for cfg in configs:
+                res = run_config(
+                    cfg["encoder"],
+                    cfg["size"],
+                    cfg["batch"],
+                    rounds=cfg["rounds"],
+                    warmup=cfg["warmup"],
+                    matmul_sizes=args.matmul_sizes,
+                    probe_gflop=args.probe_gflop,
+                    split_rounds=cfg["split_rounds"],
+                    seeder=cfg["seeder"](),
+                    seed_resolution=cfg["seed_resolution"],
+                    device=args.device,
+                    profile=args.profile,
+                    seed=args.seed,
+                )
+                results.append(res)
+                print(format_report(res), flush=True)
+    finally:
+        torch.set_num_threads(threads_before)
     result = {
         "configs": results,
         "targets": {name: f"{'<=' if kind == 'max' else '>='} {t}" for name, (_, _, kind, t) in TARGETS.items()},
@@ -445,8 +600,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "wall_s": time.perf_counter() - start,
         "environment": {
             "torch": torch.__version__,
-            "torch_threads": threads,
             "device": args.device,
+            "torch_threads": args.threads,
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),
             "processor": platform.processor(),

@@ -341,6 +341,10 @@ class LoadStoredCAMd(MapTransform):
         store: a :class:`CAMStore` (ideally opened with the checkpoint and method it must match) or its root.
         id_key: the item key holding the image id.
         image_key: the item key of the ``C x H x W`` image whose size the map takes.
+        checkpoint_path, method: with a root path, the store is opened with
+            :meth:`CAMStore.open` (checked against this checkpoint's sha256 and this method) at the first
+            call rather than at construction, so that a pipeline can be built before the store exists
+            (MONAI bundles instantiate every component up front).
     """
 
     def __init__(
@@ -350,13 +354,29 @@ class LoadStoredCAMd(MapTransform):
         id_key: str = "id",
         image_key: str = "image",
         allow_missing_keys: bool = False,
+        checkpoint_path: str | os.PathLike | None = None,
+        method: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if store is None:
             raise TypeError("LoadStoredCAMd needs a CAMStore or a store root path.")
-        self.store = store if isinstance(store, CAMStore) else CAMStore(store)
+        if isinstance(store, CAMStore) and (checkpoint_path is not None or method is not None):
+            raise ValueError("LoadStoredCAMd: give checkpoint_path/method with a store root path, not a CAMStore.")
+        self._store = store if isinstance(store, CAMStore) else None
+        self._open_args = (store, checkpoint_path, method)
         self.id_key = id_key
         self.image_key = image_key
+
+    @property
+    def store(self) -> CAMStore:
+        if self._store is None:
+            root, checkpoint_path, method = self._open_args
+            self._store = (
+                CAMStore.open(root, checkpoint_path, method)
+                if checkpoint_path is not None or method is not None
+                else CAMStore(root)
+            )
+        return self._store
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import ignite.distributed as idist
 import torch
+from ignite.engine import Events
 from ignite.handlers import ProgressBar
 from ignite.metrics import Accuracy
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader, Dataset, DistributedSampler
 from monai.engines import PrepareBatchDefault, SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import CheckpointLoader, LrScheduleHandler, StatsHandler, TensorBoardStatsHandler, ValidationHandler
-from torch.utils.data import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 
 from monai_pixelcam.engines.prepare_batch import DictTargetPrepareBatch
@@ -40,8 +40,8 @@ __all__ = [
 
 
 def build_dataloader(
-    items: Sequence[dict],
-    transform,
+    items: Sequence[dict] | torch.utils.data.Dataset,
+    transform=None,
     batch_size: int = 16,
     shuffle: bool = False,
     num_workers: int = 0,
@@ -52,24 +52,31 @@ def build_dataloader(
     """A MONAI ``DataLoader`` over datalist items.
 
     Args:
-        items: datalist items (``image``, ``mask``, ``label``, ``id``; ``cam`` added by the transform).
+        items: datalist items (``image``, ``mask``, ``label``, ``id``; ``cam`` added by the transform), or a
+            ready dataset (then ``transform`` and ``cache`` are not used).
         transform: a dictionary transform chain (see :mod:`monai_pixelcam.transforms.pipelines`).
         cache: ``CacheDataset`` keeps the deterministic head of the chain (decode, resize) in memory, which
             dominates the cost of small histology tiles on CPU; the random tail runs every epoch.
         distributed: shard with a ``DistributedSampler`` (one shard per rank, reshuffled by epoch via
-            ``set_epoch``, which MONAI's trainer calls).
+            ``set_epoch``, which MONAI's trainer calls). Shuffled (training) shards are padded to equal
+            length, as DDP needs the same number of iterations on every rank; unshuffled (evaluation) shards
+            split the items exactly, so that no image counts twice in the ranks' reduced metrics.
     """
-    if not items:
+    if isinstance(items, torch.utils.data.Dataset):
+        dataset = items
+    elif not items:
         raise ValueError("build_dataloader: the split is empty")
-    dataset = CacheDataset(list(items), transform, progress=False) if cache else Dataset(list(items), transform)
-    sampler = DistributedSampler(dataset, shuffle=shuffle) if distributed else None
+    else:
+        dataset = CacheDataset(list(items), transform, progress=False) if cache else Dataset(list(items), transform)
+    sampler = DistributedSampler(dataset, even_divisible=shuffle, shuffle=shuffle) if distributed else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
         num_workers=num_workers,
-        drop_last=drop_last,
+        # a split smaller than one batch would otherwise give an empty loader and silently train nothing
+        drop_last=drop_last and len(dataset) >= batch_size,
     )
 
 
@@ -99,6 +106,12 @@ def last_checkpoint_path(output_dir: str | os.PathLike, name: str) -> Path:
     return Path(output_dir) / f"{name}_last.pt"
 
 
+def _validate_last_epoch(trainer: SupervisedTrainer, validators, val_interval: int) -> None:
+    if trainer.state.epoch % val_interval and not trainer.should_terminate:
+        for validator in validators:
+            validator.run(trainer.state.epoch)
+
+
 def build_trainer(
     network: torch.nn.Module,
     loss_function,
@@ -118,6 +131,8 @@ def build_trainer(
     progress: bool = True,
     handlers: Sequence = (),
     amp: bool = False,
+    inferer=None,
+    initializer=None,
 ) -> SupervisedTrainer:
     """A ``SupervisedTrainer`` with the project's handlers attached.
 
@@ -140,6 +155,10 @@ def build_trainer(
         prepare_batch: default MONAI's ``PrepareBatchDefault`` giving ``(image, label)``; PixelCAM uses
             ``DictTargetPrepareBatch(("label", "cam"))``.
         handlers: extra Ignite handlers with an ``attach(engine)`` method.
+        inferer: MONAI inferer of the training forward pass (default ``SimpleInferer``).
+        initializer: a handler that sets the starting weights at ``STARTED`` (e.g.
+            :class:`~monai_pixelcam.handlers.InitFromSource`), attached before the resume loader so that a
+            resumed run keeps the weights of its last checkpoint.
     """
     rank0 = idist.get_rank() == 0
     trainer = SupervisedTrainer(
@@ -151,9 +170,10 @@ def build_trainer(
         loss_function=loss_function,
         prepare_batch=prepare_batch or PrepareBatchDefault(),
         amp=amp,
+        inferer=inferer,
         decollate=False,  # predictions are dicts of tensors; nothing downstream needs per-item lists
     )
-    trainer.logger.name = name
+    trainer.logger = logging.getLogger(name)  # Ignite's default logger is shared by every engine of a class
     if hasattr(loss_function, "last_terms"):
         LossTermsHandler(loss_function).attach(trainer)
     StopOnNonFiniteLoss(name).attach(trainer)
@@ -161,8 +181,11 @@ def build_trainer(
         LrScheduleHandler(lr_scheduler, print_lr=False, epoch_level=True).attach(trainer)
     for validator in validators:
         ValidationHandler(interval=val_interval, validator=validator, epoch_level=True).attach(trainer)
+    if validators and val_interval > 1:
+        # B-LOC / B-CL must exist after any number of epochs: validate the last one too
+        trainer.add_event_handler(Events.COMPLETED, _validate_last_epoch, validators, val_interval)
     if rank0:
-        StatsHandler(name=name, tag_name="loss", output_transform=loss_terms_transform).attach(trainer)
+        StatsHandler(tag_name="loss", output_transform=loss_terms_transform).attach(trainer)
         if summary_writer is not None:
             TensorBoardStatsHandler(summary_writer, output_transform=loss_terms_transform).attach(trainer)
         if progress:
@@ -174,6 +197,8 @@ def build_trainer(
         tracker = getattr(validator, "best_checkpoint", None)
         if tracker is not None:
             state[f"best_tracker_{i}"] = tracker
+    if initializer is not None:
+        initializer.attach(trainer)
     last = last_checkpoint_path(output_dir, name)
     if resume and last.exists():
         CheckpointLoader(load_path=str(last), load_dict=state, map_location=torch.device(device)).attach(trainer)
@@ -263,11 +288,11 @@ def build_evaluator(
         additional_metrics=additional,
         decollate=False,
     )
-    evaluator.logger.name = name
+    evaluator.logger = logging.getLogger(name)
     evaluator.pxap_handler = pxap  # its metric keeps the pooled histogram: PR curves are drawn from it
     evaluator.best_checkpoint = None
     if idist.get_rank() == 0:
-        StatsHandler(name=name, iteration_log=False).attach(evaluator)
+        StatsHandler(iteration_log=False).attach(evaluator)
         if summary_writer is not None:
             TensorBoardStatsHandler(summary_writer, iteration_log=False).attach(evaluator)
             if localization and tensorboard_images > 0:

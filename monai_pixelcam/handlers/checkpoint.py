@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
+from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
-__all__ = ["AtomicCheckpointSaver"]
+__all__ = ["AtomicCheckpointSaver", "InitFromSource"]
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
@@ -33,3 +37,28 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if getattr(saver, "filename", None) is not None:
                 # the atomic rename overwrites the fixed name: deleting it first would open a window with no file
                 saver.remove = lambda filename: None
+
+
+class InitFromSource:
+    """Load the source classifier's checkpoint into a ``PixelCAMNet`` when its training starts.
+
+    Loading at ``STARTED`` instead of at construction lets a bundle build the PixelCAM trainer before the
+    source model exists. :func:`~monai_pixelcam.engines.build_trainer` attaches it before the resume loader,
+    so a resumed run ends up with its own weights, not the source's.
+
+    Args:
+        network: a ``PixelCAMNet`` (or a ``DistributedDataParallel`` around one).
+        checkpoint: the source ``WSOLClassifier`` checkpoint (e.g. ``source_bloc.pt``).
+    """
+
+    def __init__(self, network, checkpoint: str | os.PathLike) -> None:
+        self.network = network
+        self.checkpoint = checkpoint
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        net = self.network.module if hasattr(self.network, "module") else self.network
+        net.load_source(self.checkpoint)
+        logging.getLogger(engine.logger.name).info(f"encoder and image head initialised from {self.checkpoint}")

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .heads import PixelHead
+from .weights import _load_checked, read_state_dict
 from .wsol import WSOLClassifier, _check_channels, encoder_head_param_groups
 
 __all__ = ["PixelCAMNet", "PixelCAMLocalizer", "foreground_map"]
@@ -86,6 +87,19 @@ class PixelCAMNet(nn.Module):
         if pixel_head is None:
             pixel_head = PixelHead(encoder.out_channels, hidden_channels=pixel_hidden_channels)
         return cls(encoder, image_head, pixel_head, freeze_backbone=freeze_backbone)
+
+    def load_source(self, path, key: Optional[str] = None) -> PixelCAMNet:
+        """Load a trained source classifier's checkpoint (a :class:`WSOLClassifier` state dict, ``encoder.*``
+        and ``head.*``) into the encoder and image head, strictly; the pixel head keeps its weights.
+
+        The in-place twin of :meth:`from_source` for a network that already exists (e.g. built by a bundle
+        config before the source model was trained)."""
+        state = {
+            (f"image_head.{k[len('head.'):]}" if k.startswith("head.") else k): v
+            for k, v in read_state_dict(path, key=key).items()
+        }
+        _load_checked(nn.ModuleDict({"encoder": self.encoder, "image_head": self.image_head}), state, str(path))
+        return self
 
     def train(self, mode: bool = True) -> PixelCAMNet:
         super().train(mode)

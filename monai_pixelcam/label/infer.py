@@ -1,0 +1,387 @@
+"""Infer task ``pixelcam``: the localization mask of a trained PixelCAM bundle as a MONAI Label label image.
+
+One request is one image: a 2D image of the datastore (PNG, JPEG, TIFF) or an uploaded file, or a region of
+a whole-slide image given as the pathology sample app gives it (``location`` ``[x, y]`` in level-0 pixels,
+``size`` ``[width, height]`` in pixels of ``level``). The answer is a PNG label image of the input's (or the
+region's) height and width, foreground = 1 where the PixelCAM map reaches the bundle's threshold (chosen on
+valpx at training time), and a result JSON with the class probabilities, the predicted class and the
+threshold. The model is read from ``<bundle_dir>/models`` (``model.pt`` + ``model_meta.json``) and read
+again whenever either file changes, so a model published by the train task is used by the next request.
+
+Bad requests raise :class:`RequestError`, an ``HTTPException`` that MONAI Label's endpoints let through to
+FastAPI, so the client gets a 4xx status with ``{"detail": message}`` instead of a bare 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from fastapi import HTTPException
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from ..data.datalist import DatalistError
+from ..data.io import image_to_rgb, read_rgb, write_png_atomic
+from ..inference.predictor import META_FILE, MODEL_FILE, PixelCAMPredictor
+from ..inference.wsi import is_whole_slide, wsi_reader
+
+__all__ = ["LABEL_NAME", "RequestError", "ImageRegion", "parse_region", "load_image", "LoadImageRegiond", "PixelCAMInferTask"]
+
+logger = logging.getLogger(__name__)
+
+#: Name of the one foreground label of the label images (value 1; background is 0).
+LABEL_NAME = "roi"
+#: Largest region (pixels) one request may ask for; a whole slide is inferred tile by tile by the client.
+DEFAULT_MAX_REGION_PIXELS = 8192 * 8192
+# A model published by the train task replaces model.pt and then model_meta.json; a request that loads in
+# between can see a mismatched pair, so a failed load is retried for a short while before it is reported.
+_LOAD_ATTEMPTS = 3
+_LOAD_RETRY_S = 0.5
+
+
+class RequestError(HTTPException):
+    """A request that cannot be served, answered with ``status_code`` and ``{"detail": message}``.
+
+    400: malformed parameters (region, threshold); 404: image id or file not found; 422: the image file
+    cannot be decoded; 503: no trained model yet (train first).
+    """
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(status_code=status_code, detail=message)
+
+    def __str__(self) -> str:
+        return f"{self.status_code}: {self.detail}"
+
+
+class ImageRegion(NamedTuple):
+    """A region in MONAI Label's convention: top-left corner ``(x, y)`` in level-0 pixels, ``width`` x
+    ``height`` in pixels of ``level``."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    level: int = 0
+
+
+def _int_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
+    if isinstance(value, str):
+        value = value.strip("[]() ").split(",")
+    try:
+        numbers = [float(v) for v in value]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 2 or not all(n.is_integer() for n in numbers):
+        raise RequestError(400, f"'{name}' must be two integers, got {value!r}")
+    pair = int(numbers[0]), int(numbers[1])
+    if min(pair) < minimum:
+        raise RequestError(400, f"'{name}' values must be >= {minimum}, got {list(pair)}")
+    return pair
+
+
+def parse_region(request: Mapping, max_pixels: int = DEFAULT_MAX_REGION_PIXELS) -> ImageRegion | None:
+    """The region a request asks for, or None for the whole image.
+
+    Args:
+        request: may hold ``location`` ``[x, y]`` (level-0 pixels), ``size`` ``[width, height]`` (pixels at
+            ``level``) and ``level`` (int, default 0); ``location`` without ``size`` is an error, ``size``
+            alone means ``location`` ``[0, 0]``.
+        max_pixels: largest ``width * height`` accepted.
+
+    Raises:
+        RequestError: 400 naming the bad value.
+    """
+    location, size = request.get("location"), request.get("size")
+    if size is None or (isinstance(size, (list, tuple)) and not any(size)):
+        if location is not None and any(_int_pair(location, "location", 0)):
+            raise RequestError(400, "a 'location' needs a 'size' [width, height] of the region")
+        return None
+    x, y = _int_pair(location if location is not None else (0, 0), "location", 0)
+    width, height = _int_pair(size, "size", 1)
+    try:
+        level = int(request.get("level") or 0)
+    except (TypeError, ValueError):
+        raise RequestError(400, f"'level' must be an integer, got {request.get('level')!r}") from None
+    if level < 0:
+        raise RequestError(400, f"'level' must be >= 0, got {level}")
+    if width * height > max_pixels:
+        raise RequestError(
+            400, f"region {width} x {height} is larger than {max_pixels} pixels; ask for tiles of a whole slide"
+        )
+    return ImageRegion(x, y, width, height, level)
+
+
+def _read_slide_region(path: Path, region: ImageRegion, backend: str) -> np.ndarray:
+    """``region`` of a whole-slide image through MONAI's ``WSIReader`` API -> ``h x w x 3`` uint8 (cut at the
+    slide's border)."""
+    reader = wsi_reader(backend)
+    try:
+        wsi = reader.read(str(path))
+    except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
+        raise RequestError(422, f"cannot read whole-slide image {path.name}: {type(e).__name__}: {e}") from None
+    try:
+        levels = reader.get_level_count(wsi)
+        if region.level >= levels:
+            raise RequestError(400, f"level {region.level} requested but {path.name} has {levels} levels")
+        height0, width0 = reader.get_size(wsi, 0)
+        if region.x >= width0 or region.y >= height0:
+            raise RequestError(
+                400, f"location [{region.x}, {region.y}] lies outside {path.name} ({width0} x {height0} at level 0)"
+            )
+        try:
+            # MONAI's WSIReader takes (row, col) and (height, width)
+            patch, _ = reader.get_data(
+                wsi, location=(region.y, region.x), size=(region.height, region.width), level=region.level
+            )
+        except ValueError as e:
+            raise RequestError(400, f"cannot read region {tuple(region)} of {path.name}: {e}") from None
+        except Exception as e:  # noqa: BLE001
+            raise RequestError(422, f"cannot decode region of {path.name}: {type(e).__name__}: {e}") from None
+    finally:
+        close = getattr(wsi, "close", None)
+        if callable(close):
+            close()
+    return image_to_rgb(np.moveaxis(np.asarray(patch), reader.channel_dim, -1), has_alpha=False)
+
+
+def load_image(
+    path: str | os.PathLike, region: ImageRegion | None = None, wsi_backend: str = "tifffile"
+) -> np.ndarray:
+    """Read an image, or a region of it, as ``H x W x 3`` uint8 RGB.
+
+    Whole-slide images (see :func:`monai_pixelcam.inference.is_whole_slide`) are read region by region with
+    MONAI's ``WSIReader`` API and need ``region``; other images are decoded whole
+    (:func:`monai_pixelcam.data.io.read_rgb`) and cropped to ``region`` (level 0 only). A region running past
+    the border is cut there.
+
+    Raises:
+        RequestError: 404 file not found; 422 not a decodable image; 400 region missing (whole slide) or
+            outside the image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RequestError(404, f"image file not found: {path}")
+    if is_whole_slide(path):
+        if region is None:
+            raise RequestError(
+                400,
+                f"{path.name} is a whole-slide image: give 'location' [x, y] (level-0 pixels) and 'size' "
+                "[width, height] of the region to infer",
+            )
+        return _read_slide_region(path, region, wsi_backend)
+    try:
+        rgb = read_rgb(path)
+    except DatalistError as e:
+        raise RequestError(422, f"cannot read image: {e}") from None
+    if region is None:
+        return rgb
+    if region.level != 0:
+        raise RequestError(400, f"{path.name} has one resolution level; 'level' must be 0, got {region.level}")
+    height, width = rgb.shape[:2]
+    if region.x >= width or region.y >= height:
+        raise RequestError(400, f"location [{region.x}, {region.y}] lies outside {path.name} ({width} x {height})")
+    return np.ascontiguousarray(rgb[region.y : region.y + region.height, region.x : region.x + region.width])
+
+
+class LoadImageRegiond:
+    """Pre-transform of the infer task: ``d["image"]`` (a path, or an ``H x W x C`` array a datastore already
+    read) -> ``H x W x 3`` uint8; ``d["region"]`` records the region read (``None`` for the whole image)."""
+
+    def __init__(self, wsi_backend: str = "tifffile", max_region_pixels: int = DEFAULT_MAX_REGION_PIXELS):
+        self.wsi_backend = wsi_backend
+        self.max_region_pixels = int(max_region_pixels)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image = d.get("image")
+        if isinstance(image, np.ndarray):
+            if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
+                raise RequestError(400, f"expected an H x W (x C) image array, got shape {image.shape}")
+            d["image"] = image_to_rgb(image, has_alpha=image.ndim == 3 and image.shape[-1] in (2, 4))
+            d["region"] = None
+            return d
+        if not image:
+            raise RequestError(404, "no image: the image id is not in the datastore and no file was uploaded")
+        region = parse_region(d, self.max_region_pixels)
+        rgb = load_image(image, region, self.wsi_backend)
+        d["image"] = rgb
+        d["region"] = None if region is None else {
+            "location": [region.x, region.y],
+            "size": [int(rgb.shape[1]), int(rgb.shape[0])],
+            "level": region.level,
+        }
+        return d
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+class PixelCAMInferTask(BasicInferTask):
+    """MONAI Label infer task around :class:`~monai_pixelcam.inference.PixelCAMPredictor`.
+
+    Request keys (besides MONAI Label's ``image``, ``device``): ``location``/``size``/``level`` for a
+    region (see :func:`parse_region`), ``threshold`` (float in [0, 1]) to override the bundle's threshold.
+
+    Output: label image ``uint8 H x W`` (1 = region of interest), and the result JSON ``class_name``,
+    ``label``, ``probabilities`` (class name -> softmax probability), ``threshold`` (used),
+    ``bundle_threshold``, ``negative`` (predicted class is a negative class), ``foreground_fraction``,
+    ``shape`` ``[H, W]``, ``region`` (or None) and ``model`` (folder and modification time).
+
+    Args:
+        model_dir: the bundle's ``models`` folder.
+        classes: class names shown by :meth:`info` while no model is trained (a trained model's own
+            ``model_meta.json`` classes take precedence).
+        wsi_backend: ``"tifffile"`` (default), ``"openslide"`` or ``"cucim"`` when installed.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        classes: Sequence[str] = (),
+        labels: Mapping[str, int] | None = None,
+        description: str = "PixelCAM: region of interest of a histology image from image-level supervision",
+        wsi_backend: str = "tifffile",
+        max_region_pixels: int = DEFAULT_MAX_REGION_PIXELS,
+    ):
+        self.model_dir = Path(model_dir)
+        super().__init__(
+            path=str(self.model_dir / MODEL_FILE),
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels=dict(labels) if labels else {LABEL_NAME: 1},
+            dimension=2,
+            description=description,
+        )
+        self.classes = [str(c) for c in classes]
+        self.wsi_backend = wsi_backend
+        self.max_region_pixels = int(max_region_pixels)
+        self._lock = threading.Lock()
+        self._loaded: tuple[Any, PixelCAMPredictor] | None = None
+
+    # --- model -----------------------------------------------------------------------------------------
+    def is_valid(self) -> bool:
+        # listed even before training, so that a client sees the task and gets the "train first" answer
+        return True
+
+    def model_meta(self) -> dict | None:
+        """The published ``model_meta.json``, or None when there is none (or it is unreadable)."""
+        try:
+            meta = json.loads((self.model_dir / META_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def predictor(self, device: str = "cpu") -> PixelCAMPredictor:
+        """The predictor of the published model, loaded again when ``model.pt`` or ``model_meta.json`` changed.
+
+        Raises:
+            RequestError: 503 when no trained model is there; 500 when it cannot be loaded.
+        """
+        files = (self.model_dir / MODEL_FILE, self.model_dir / META_FILE)
+        with self._lock:
+            for attempt in range(_LOAD_ATTEMPTS):
+                key = (tuple(_stamp(f) for f in files), str(device))
+                if self._loaded is not None and self._loaded[0] == key:
+                    return self._loaded[1]
+                try:
+                    predictor = PixelCAMPredictor.from_model_dir(self.model_dir, device=device)
+                except FileNotFoundError as e:
+                    raise RequestError(503, f"{e}, or with this server: POST /train/pixelcam") from None
+                except ValueError as e:
+                    if attempt + 1 < _LOAD_ATTEMPTS:
+                        logger.warning(f"loading the model failed ({e}); trying again (it may be being published)")
+                        time.sleep(_LOAD_RETRY_S)
+                        continue
+                    raise HTTPException(500, f"the model in {self.model_dir} cannot be loaded: {e}") from None
+                # keyed by the stamps seen *before* loading: a file replaced during the load is loaded again
+                self._loaded = (key, predictor)
+                logger.info(f"loaded {predictor} from {self.model_dir}")
+                return predictor
+        raise AssertionError("unreachable")
+
+    def clear(self):
+        with self._lock:
+            self._loaded = None
+        super().clear()
+
+    clear_cache = clear
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        meta = self.model_meta()
+        trained = meta is not None and (self.model_dir / MODEL_FILE).is_file()
+        d.update(
+            {
+                "pathology": True,
+                "trained": trained,
+                "model_dir": str(self.model_dir),
+                "classes": list(meta.get("classes", [])) if trained else self.classes,
+                "negative_classes": list(meta.get("negative_classes", [])) if trained else [],
+                "threshold": meta.get("threshold") if trained else None,
+            }
+        )
+        return d
+
+    # --- BasicInferTask stages -------------------------------------------------------------------------
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return [LoadImageRegiond(self.wsi_backend, self.max_region_pixels)]
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return []
+
+    @staticmethod
+    def _threshold(data: Mapping, default: float) -> float:
+        value = data.get("threshold")
+        if value is None or value == "":
+            return float(default)
+        try:
+            t = float(value)
+        except (TypeError, ValueError):
+            raise RequestError(400, f"'threshold' must be a number in [0, 1], got {value!r}") from None
+        if not 0.0 <= t <= 1.0:
+            raise RequestError(400, f"'threshold' must lie in [0, 1], got {t}")
+        return t
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cpu"):
+        predictor = self.predictor(device)
+        threshold = self._threshold(data, predictor.threshold)
+        out = predictor.predict(data["image"])
+        mask = (out["map"] >= threshold).astype(np.uint8)
+        weights = self.model_dir / MODEL_FILE
+        modified = datetime.fromtimestamp(weights.stat().st_mtime, tz=timezone.utc) if weights.exists() else None
+        data[self.output_label_key] = mask
+        data[self.output_json_key] = {
+            "class_name": out["class_name"],
+            "label": int(out["label"]),
+            "probabilities": {c: float(p) for c, p in zip(predictor.classes, out["probs"])},
+            "threshold": threshold,
+            "bundle_threshold": float(predictor.threshold),
+            "negative": bool(out["negative"]),
+            "foreground_fraction": float(mask.mean()),
+            "shape": [int(mask.shape[0]), int(mask.shape[1])],
+            "region": data.get("region"),
+            "model": {"dir": str(self.model_dir), "modified": modified.isoformat() if modified else None},
+        }
+        return data
+
+    def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[str, dict]:
+        """The label as a PNG in a temporary file (MONAI Label's endpoint deletes it after sending)."""
+        fd, name = tempfile.mkstemp(prefix="pixelcam_", suffix=".png")
+        os.close(fd)
+        write_png_atomic(name, data[self.output_label_key])
+        return name, data[self.output_json_key]

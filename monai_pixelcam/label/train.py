@@ -1,0 +1,526 @@
+"""Train task ``pixelcam``: retrain PixelCAM from the datastore's image-level labels with the bundle's engine.
+
+The annotator gives each image a class (image info ``label``: a class name or index, e.g. ``PUT
+/datastore/image/info?image=ID`` with ``info={"label": "malignant"}``) and draws a full mask (label tag
+``final``) for a few images. One train job then:
+
+1. builds a datalist (the ``monai_pixelcam.data`` convention) from the datastore: images with a final mask
+   become ``valpx`` (threshold and B-LOC selection) and ``test``; the other labelled images become
+   ``train`` and ``valcl`` (:func:`build_datalist`);
+2. runs the stages of the bundle's ``configs/train.json`` with ``monai.bundle.ConfigWorkflow`` into a new
+   run folder ``<bundle_dir>/models/label_runs/<time>-<mode>/`` (checkpoints, stored CAMs, TensorBoard logs
+   under ``tb/``, ``metrics.json``, figures). Mode ``full`` runs every stage (``train_source``,
+   ``store_cams``, ``train_pixelcam``, ``run_evaluate``, ``export``); mode ``finetune`` starts from the
+   published model instead of training a new source classifier: its encoder and image head are the source
+   model whose CAMs seed a new PixelCAM training (:func:`source_checkpoint_from_model`);
+3. publishes the run's ``model.pt`` and ``model_meta.json`` into ``<bundle_dir>/models`` with ``os.replace``
+   (:func:`publish_model`); the infer task loads them on its next request.
+
+Why not ``BasicTrainTask`` or ``BundleTrainTask``: both drive one Ignite trainer on (image, label mask)
+pairs (``datastore.datalist()``, ``train#trainer``/``train#dataset#data``). PixelCAM learns from image-level
+labels through a multi-stage pipeline that the bundle already wires; re-wiring it in Python would be a second
+copy of the engine. This task therefore implements MONAI Label's ``TrainTask`` and runs the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.utils.others.generic import name_to_device
+
+from ..data.datalist import DatalistError, load_datalist, make_splits, save_datalist
+from ..engines.evaluation import write_json_atomic
+from ..inference.predictor import META_FILE, MODEL_FILE
+from ..networks.weights import read_state_dict
+
+__all__ = [
+    "STAGES",
+    "TRAIN_CONFIG",
+    "RUNS_DIR",
+    "STATS_FILE",
+    "parse_label",
+    "resolve_classes",
+    "datastore_items",
+    "split_items",
+    "build_datalist",
+    "training_datalist",
+    "source_checkpoint_from_model",
+    "publish_model",
+    "PixelCAMTrainTask",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Bundle stages (config ids of ``configs/train.json``) run by each mode, in order.
+STAGES = {
+    "full": ("train_source", "store_cams", "train_pixelcam", "run_evaluate", "export"),
+    "finetune": ("store_cams", "train_pixelcam", "run_evaluate", "export"),
+}
+TRAIN_CONFIG = Path("configs") / "train.json"
+#: Run folders live under ``<bundle_dir>/models/<RUNS_DIR>``; the last finished run is summarised in STATS_FILE.
+RUNS_DIR = "label_runs"
+STATS_FILE = "label_train_stats.json"
+# options of a train request that map to bundle config ids of the same name (int, >= 1 unless noted)
+_BUNDLE_INT_OPTIONS = ("source_epochs", "pixelcam_epochs", "image_size", "crop_size", "batch_size", "val_interval")
+_SOURCE_SELECTIONS = ("bloc", "bcl")
+
+
+# --- datastore -> datalist -----------------------------------------------------------------------------
+def parse_label(value: Any, classes: Sequence[str]) -> int:
+    """An image-level label as given by an annotator -> class index.
+
+    Args:
+        value: a class name (matched after stripping, case-insensitively) or an index (int or digit string).
+        classes: the class names, in label order.
+
+    Raises:
+        ValueError: unknown name or index out of range (the message lists the classes).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"label {value!r} is neither a class name nor an index of {list(classes)}")
+    if isinstance(value, (int, np.integer)) or (isinstance(value, str) and value.strip().isdigit()):
+        index = int(value)
+        if 0 <= index < len(classes):
+            return index
+        raise ValueError(f"label index {index} is outside 0..{len(classes) - 1} ({list(classes)})")
+    if isinstance(value, str):
+        lowered = [c.lower() for c in classes]
+        if value.strip().lower() in lowered:
+            return lowered.index(value.strip().lower())
+    raise ValueError(f"label {value!r} is neither a class name nor an index of {list(classes)}")
+
+
+def resolve_classes(configured: Sequence[str], published: Sequence[str], raw_labels: Sequence[Any]) -> list[str]:
+    """Class names for training: the app's ``classes`` setting, else the published model's, else the distinct
+    label names found in the datastore (sorted, so the order does not depend on the datastore's order).
+
+    Raises:
+        DatalistError: none configured or published and the datastore's labels are indices (no names).
+    """
+    if configured:
+        return [str(c) for c in configured]
+    if published:
+        return [str(c) for c in published]
+    names = {str(v).strip() for v in raw_labels}
+    if not names or any(isinstance(v, (int, np.integer)) or str(v).strip().isdigit() for v in raw_labels):
+        raise DatalistError(
+            "the class names are unknown: start the server with --conf classes 'name0,name1,...' "
+            "(no trained model is published, and the datastore's labels are indices, not names)"
+        )
+    return sorted(names)
+
+
+def datastore_items(
+    datastore: Datastore, classes: Sequence[str], label_key: str = "label", mask_tag: str = DefaultLabelTag.FINAL
+) -> tuple[list[dict], list[str]]:
+    """Datalist items ``{"image", "mask", "label", "id"}`` of every datastore image with an image-level label.
+
+    ``mask`` is the path of the image's label of tag ``mask_tag`` (None when it has none).
+
+    Returns:
+        ``(items, unlabelled_ids)``.
+
+    Raises:
+        DatalistError: one line per image whose label cannot be read.
+    """
+    items, unlabelled, problems = [], [], []
+    for image_id in sorted(datastore.list_images()):
+        info = datastore.get_image_info(image_id) or {}
+        raw = info.get(label_key)
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            unlabelled.append(image_id)
+            continue
+        try:
+            label = parse_label(raw, classes)
+        except ValueError as e:
+            problems.append(f"image {image_id!r}: {e}")
+            continue
+        label_id = datastore.get_label_by_image_id(image_id, mask_tag)
+        mask = datastore.get_label_uri(label_id, mask_tag) if label_id else ""
+        items.append({"image": datastore.get_image_uri(image_id), "mask": mask or None, "label": label, "id": image_id})
+    if problems:
+        raise DatalistError(problems)
+    return items, unlabelled
+
+
+def split_items(
+    items: Sequence[dict],
+    classes: Sequence[str],
+    valcl_fraction: float = 0.2,
+    valpx_per_class: int = 2,
+    seed: int = 0,
+) -> dict[str, list[dict]]:
+    """Split datastore items: those with a mask -> ``valpx`` (up to ``valpx_per_class`` per class, at most
+    half of the class's masked images) and ``test``; the others -> ``train`` and ``valcl`` (stratified,
+    :func:`monai_pixelcam.data.make_splits`). Masked images are kept out of training so that the threshold
+    and the reported localization figures are measured on images the model did not learn from.
+
+    Raises:
+        DatalistError: fewer than 2 masked images, an empty ``train`` or ``valcl``, or ``train`` with fewer
+            than two classes (every problem listed).
+    """
+    rng = np.random.default_rng(seed)
+    masked = defaultdict(list)
+    for it in sorted((it for it in items if it.get("mask")), key=lambda d: d["id"]):
+        masked[int(it["label"])].append(it)
+    out: dict[str, list[dict]] = {"valpx": [], "test": []}
+    for label in sorted(masked):
+        group = [masked[label][i] for i in rng.permutation(len(masked[label]))]
+        n_px = min(int(valpx_per_class), (len(group) + 1) // 2)
+        out["valpx"].extend(group[:n_px])
+        out["test"].extend(group[n_px:])
+    if not out["test"] and len(out["valpx"]) > 1:
+        out["test"].append(out["valpx"].pop())
+    weak = make_splits(
+        [it for it in items if not it.get("mask")], [], valcl_fraction=valcl_fraction, valpx_per_class=0, seed=seed
+    )
+    out["train"], out["valcl"] = weak["train"], weak["valcl"]
+    problems = []
+    n_masked = sum(len(v) for v in masked.values())
+    if n_masked < 2:
+        problems.append(
+            f"{n_masked} image(s) have a final label mask; at least 2 are needed (one to choose the threshold "
+            "on, one to test): submit the masks of a few labelled images"
+        )
+    if not out["train"]:
+        problems.append("no labelled image without a mask is left to train on")
+    elif len({it["label"] for it in out["train"]}) < 2:
+        problems.append(
+            "the training images hold only the class "
+            f"{classes[out['train'][0]['label']]!r}; label images of at least two classes"
+        )
+    if not out["valcl"]:
+        problems.append("no image is left for valcl (classification validation): label at least 2 images of a class")
+    if problems:
+        raise DatalistError(problems)
+    missing = [c for i, c in enumerate(classes) if not any(it["label"] == i for it in out["train"])]
+    if missing:
+        logger.warning(f"no training image of class(es) {missing}")
+    return out
+
+
+def build_datalist(
+    datastore: Datastore,
+    classes: Sequence[str],
+    negative_classes: Sequence[int] = (),
+    *,
+    label_key: str = "label",
+    valcl_fraction: float = 0.2,
+    valpx_per_class: int = 2,
+    seed: int = 0,
+) -> dict:
+    """The datastore as a datalist dict (``classes``, ``negative_classes``, ``train``/``valcl``/``valpx``/
+    ``test``), ready for :func:`monai_pixelcam.data.save_datalist` (see :func:`split_items`)."""
+    items, unlabelled = datastore_items(datastore, classes, label_key=label_key)
+    if unlabelled:
+        shown = ", ".join(unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else "")
+        logger.info(f"{len(unlabelled)} image(s) without an image-level '{label_key}' are left out: {shown}")
+    splits = split_items(items, classes, valcl_fraction=valcl_fraction, valpx_per_class=valpx_per_class, seed=seed)
+    return {"classes": list(classes), "negative_classes": [int(c) for c in negative_classes], **splits}
+
+
+def training_datalist(path: str | os.PathLike) -> dict:
+    """:func:`~monai_pixelcam.data.load_datalist` without the ``"mask": None`` entries of ``train`` and
+    ``valcl`` items (the bundle's ``data#datalist`` when this task runs it).
+
+    Workaround: the bundle's train and valcl loaders use transform chains with ``with_mask=False``, which
+    leave a None mask in each item, and collating a batch of them fails ("default_collate: batch must
+    contain tensors ... found NoneType"). Datastore images without a mask are the normal case here (the
+    synthetic data always has masks, so the bundle alone does not meet it). An absent mask key is what
+    those chains expect, and ``LoadHistologyd`` turns it into an empty mask where one is loaded. To be
+    removed once the transform chains drop a mask key they do not use.
+    """
+    datalist = load_datalist(path)
+    for split in ("train", "valcl"):
+        datalist[split] = [
+            {k: v for k, v in it.items() if not (k == "mask" and v is None)} for it in datalist[split]
+        ]
+    return datalist
+
+
+# --- model files ---------------------------------------------------------------------------------------
+def source_checkpoint_from_model(model_pt: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """The source classifier inside a published PixelCAM model: ``encoder.*`` and ``image_head.*`` of the
+    :class:`~monai_pixelcam.networks.PixelCAMNet` state dict, renamed to the
+    :class:`~monai_pixelcam.networks.WSOLClassifier` layout (``encoder.*``, ``head.*``); written atomically.
+
+    Raises:
+        ValueError: the file is not a PixelCAMNet state dict (names the file and the unexpected keys).
+    """
+    state = read_state_dict(model_pt)
+    out, unexpected = {}, []
+    for key, value in state.items():
+        if key.startswith("encoder."):
+            out[key] = value
+        elif key.startswith("image_head."):
+            out["head." + key[len("image_head.") :]] = value
+        elif not key.startswith("pixel_head."):
+            unexpected.append(key)
+    if unexpected or not any(k.startswith("head.") for k in out):
+        raise ValueError(f"{model_pt}: not a PixelCAMNet state dict (unexpected keys {unexpected[:5]})")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    torch.save(out, tmp)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def publish_model(run_dir: str | os.PathLike, model_dir: str | os.PathLike) -> list[Path]:
+    """Copy a run's ``model.pt`` and ``model_meta.json`` into ``model_dir``, each through a temporary file in
+    ``model_dir`` and ``os.replace``, weights first (the infer task retries a load that meets a mismatched
+    pair and reloads when either file changes)."""
+    run_dir, model_dir = Path(run_dir), Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    published = []
+    for name in (MODEL_FILE, META_FILE):
+        src = run_dir / name
+        if not src.is_file():
+            raise FileNotFoundError(f"the training run did not write {src}")
+        tmp = model_dir / f".{name}.publish.tmp"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, model_dir / name)
+        published.append(model_dir / name)
+    return published
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _positive_int(value: Any, name: str) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not number.is_integer() or number < 1:
+        raise ValueError(f"train option {name!r} must be a positive integer, got {value!r}")
+    return int(number)
+
+
+class PixelCAMTrainTask(TrainTask):
+    """MONAI Label train task running the PixelCAM bundle on the datastore (see the module docstring).
+
+    Request options (all optional): ``mode`` (``"auto"``: ``finetune`` when a published model has the
+    same classes and a network the bundle config can rebuild, else ``full``), ``source_epochs``,
+    ``pixelcam_epochs``, ``image_size``, ``crop_size``, ``batch_size``, ``val_interval`` (bundle values by
+    default), ``num_workers``, ``seed``, ``valcl_fraction`` (0.2), ``valpx_per_class`` (2), ``device``,
+    and ``bundle_overrides`` (a dict of further bundle config overrides, e.g. ``{"encoder": "resnet50"}``).
+
+    Args:
+        bundle_dir: the bundle folder (``configs/train.json``; models in ``models/``).
+        classes: class names in label order; empty: the published model's, else the datastore's names.
+        negative_classes: names or indices of classes whose images have no region of interest.
+        label_key: image-info field holding an image's class.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | os.PathLike,
+        classes: Sequence[str] = (),
+        negative_classes: Sequence[str | int] = (),
+        label_key: str = "label",
+        description: str = "Train PixelCAM from image-level labels (image info 'label') with the bundle's pipeline",
+    ):
+        super().__init__(description)
+        self.bundle_dir = Path(bundle_dir).resolve()
+        self.model_dir = self.bundle_dir / "models"
+        self.config_file = self.bundle_dir / TRAIN_CONFIG
+        self.classes = [str(c) for c in classes]
+        self.negative_classes = list(negative_classes)
+        self.label_key = label_key
+
+    # --- MONAI Label interface -------------------------------------------------------------------------
+    def bundle_defaults(self) -> dict[str, Any]:
+        """Literal values of the bundle config for the options a request may set (missing config: {})."""
+        config = _read_json(self.config_file) or {}
+        keys = (*_BUNDLE_INT_OPTIONS, "num_workers", "seed")
+        return {k: config[k] for k in keys if isinstance(config.get(k), int) and not isinstance(config.get(k), bool)}
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "mode": ["auto", "finetune", "full"],
+            **self.bundle_defaults(),
+            "valcl_fraction": 0.2,
+            "valpx_per_class": 2,
+            "device": ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"],
+        }
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        d.update({"bundle_dir": str(self.bundle_dir), "label_key": self.label_key, "classes": self.classes})
+        return d
+
+    def stats(self) -> dict[str, Any]:
+        return _read_json(self.model_dir / STATS_FILE) or {}
+
+    # --- helpers ---------------------------------------------------------------------------------------
+    def _negative_indices(self, classes: Sequence[str], published: Mapping | None) -> list[int]:
+        if not self.negative_classes:
+            if published and list(published.get("classes", [])) == list(classes):
+                return [int(c) for c in published.get("negative_classes", [])]
+            return []
+        return sorted({parse_label(c, classes) for c in self.negative_classes})
+
+    def _finetune_overrides(self, published: Mapping | None, classes: Sequence[str]) -> tuple[dict | None, str]:
+        """Bundle overrides that rebuild the published network, or (None, why not)."""
+        if published is None or not (self.model_dir / MODEL_FILE).is_file():
+            return None, "no published model"
+        if list(published.get("classes", [])) != list(classes):
+            return None, f"the published model's classes {published.get('classes')} differ from {list(classes)}"
+        config = _read_json(self.config_file) or {}
+        network = published.get("network") or {}
+        foreign = sorted(k for k in network if k not in config)
+        if foreign:
+            return None, f"the published network has settings the bundle config cannot set: {foreign}"
+        return dict(network), ""
+
+    def _options(self, request: Mapping) -> dict[str, Any]:
+        opts: dict[str, Any] = dict(self.bundle_defaults())
+        for name in _BUNDLE_INT_OPTIONS:
+            if request.get(name) not in (None, ""):
+                opts[name] = _positive_int(request[name], name)
+        for name in ("num_workers", "seed"):
+            if request.get(name) not in (None, ""):
+                value = int(request[name])
+                if value < 0:
+                    raise ValueError(f"train option {name!r} must be >= 0, got {value}")
+                opts[name] = value
+        mode = request.get("mode") or "auto"
+        mode = mode[0] if isinstance(mode, (list, tuple)) else mode
+        if mode not in ("auto", *STAGES):
+            raise ValueError(f"train option 'mode' must be 'auto', 'finetune' or 'full', got {mode!r}")
+        opts["mode"] = mode
+        opts["valcl_fraction"] = float(request.get("valcl_fraction", 0.2))
+        if not 0.0 <= opts["valcl_fraction"] < 1.0:
+            raise ValueError(f"train option 'valcl_fraction' must lie in [0, 1), got {opts['valcl_fraction']}")
+        opts["valpx_per_class"] = _positive_int(request.get("valpx_per_class", 2), "valpx_per_class")
+        overrides = request.get("bundle_overrides") or {}
+        if isinstance(overrides, str):
+            overrides = json.loads(overrides)
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"train option 'bundle_overrides' must be a JSON object, got {overrides!r}")
+        opts["bundle_overrides"] = dict(overrides)
+        opts["device"] = name_to_device(request.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return opts
+
+    @staticmethod
+    def _run_stages(config_file: Path, stages: Sequence[str], overrides: Mapping[str, Any]) -> None:
+        from monai.bundle import ConfigWorkflow
+
+        # logging_file=False: the bundle's logging.conf would replace the server's (or the caller's) logging
+        # setup; the MONAI Label train process already logs INFO to its train log.
+        workflow = ConfigWorkflow(
+            config_file=str(config_file), logging_file=False, workflow_type=None, run_id="training", **overrides
+        )
+        workflow.initialize()
+        for stage in stages:
+            if stage not in workflow.parser:
+                raise KeyError(f"{config_file} has no stage {stage!r}")
+            start = time.time()
+            logger.info(f"PixelCAM train: stage {stage} ...")
+            items = workflow.parser[stage]
+            ids = [f"{stage}#{i}" for i in range(len(items))] if isinstance(items, list) else [stage]
+            for item in ids:
+                workflow.parser.get_parsed_content(item)
+            logger.info(f"PixelCAM train: stage {stage} done in {time.time() - start:.1f} s")
+        workflow.finalize()
+
+    # --- the job ---------------------------------------------------------------------------------------
+    def __call__(self, request: Mapping, datastore: Datastore) -> dict[str, Any]:
+        start = time.time()
+        if not self.config_file.is_file():
+            raise FileNotFoundError(f"bundle train config not found: {self.config_file} (check --conf bundle_dir)")
+        opts = self._options(request)
+        published = _read_json(self.model_dir / META_FILE)
+        raw_labels = [
+            (datastore.get_image_info(i) or {}).get(self.label_key) for i in datastore.list_images()
+        ]
+        classes = resolve_classes(
+            self.classes, (published or {}).get("classes", []), [v for v in raw_labels if v not in (None, "")]
+        )
+        negative = self._negative_indices(classes, published)
+        datalist = build_datalist(
+            datastore,
+            classes,
+            negative,
+            label_key=self.label_key,
+            valcl_fraction=opts["valcl_fraction"],
+            valpx_per_class=opts["valpx_per_class"],
+            seed=opts.get("seed", 0),
+        )
+        counts = {k: len(datalist[k]) for k in ("train", "valcl", "valpx", "test")}
+        logger.info(f"PixelCAM train: classes {classes}, negative {negative}, images per split {counts}")
+
+        network, why_not = self._finetune_overrides(published, classes)
+        mode = opts["mode"]
+        if mode == "auto":
+            mode = "finetune" if network is not None else "full"
+            if why_not:
+                logger.info(f"PixelCAM train: full training ({why_not})")
+        elif mode == "finetune" and network is None:
+            raise ValueError(f"cannot fine-tune: {why_not}; use mode 'full'")
+
+        run_dir = self.model_dir / RUNS_DIR / f"{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}-{mode}"
+        run_dir.mkdir(parents=True)
+        datalist_path = save_datalist(datalist, run_dir / "datalist.json")
+        overrides: dict[str, Any] = {
+            "bundle_root": str(self.bundle_dir),
+            "datalist": str(datalist_path),
+            "output_dir": str(run_dir),
+            "device": opts["device"],
+            "num_classes": len(classes),
+            "data#datalist": "$monai_pixelcam.label.train.training_datalist(@data#datalist_path)",
+        }
+        overrides.update({k: opts[k] for k in (*_BUNDLE_INT_OPTIONS, "num_workers", "seed") if k in opts})
+        # the train loaders drop the last incomplete batch: never ask for more than there are images
+        overrides["batch_size"] = min(int(opts.get("batch_size", counts["train"])), counts["train"])
+        epochs = [opts[k] for k in ("source_epochs", "pixelcam_epochs") if k in opts]
+        if "val_interval" in opts and epochs:
+            # B-LOC / B-CL checkpoints exist only after a validation: validate at least once per stage
+            overrides["val_interval"] = min(opts["val_interval"], *epochs)
+        if mode == "finetune":
+            overrides.update(network)
+            for selection in _SOURCE_SELECTIONS:
+                source_checkpoint_from_model(self.model_dir / MODEL_FILE, run_dir / f"source_{selection}.pt")
+        overrides.update(opts["bundle_overrides"])
+        logger.info(f"PixelCAM train: mode {mode}, run folder {run_dir}, bundle overrides {overrides}")
+
+        self._run_stages(self.config_file, STAGES[mode], overrides)
+        published_files = publish_model(run_dir, self.model_dir)
+        metrics = _read_json(run_dir / "metrics.json") or {}
+        figures = (metrics.get("pixelcam") or {}).get("bloc", {})
+        stats = {
+            "run": run_dir.name,
+            "mode": mode,
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "time_s": round(time.time() - start, 1),
+            "classes": classes,
+            "images": counts,
+            "threshold": (_read_json(self.model_dir / META_FILE) or {}).get("threshold"),
+            "test_metrics": figures,
+            "run_dir": str(run_dir),
+            "tensorboard": str(run_dir / "tb"),
+            "published": [str(p) for p in published_files],
+        }
+        write_json_atomic(stats, self.model_dir / STATS_FILE)
+        summary = ", ".join(f"{k}={v:.2f}" for k, v in figures.items() if isinstance(v, (int, float)))
+        logger.info(f"PixelCAM train: published {self.model_dir / MODEL_FILE} in {stats['time_s']} s; test {summary}")
+        return stats
