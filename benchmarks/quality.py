@@ -100,13 +100,55 @@ def _summary(values: list[float]) -> str:
     return f"{mean:.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
+def render(results: dict) -> str:
+    """Markdown table of one ``quality.json``: mean ± std over its seeds for every setting, split and method."""
+    seeds = results["seeds"]
+    lines = ["| trained on | evaluated on | method | PxAP | PxAP per class | Dice (valpx thr.) | accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    settings = list(dict.fromkeys(key.split("/")[0] for key in results["runs"]))
+    for setting in settings:
+        runs = [results["runs"][f"{setting}/seed{s}"] for s in seeds if f"{setting}/seed{s}" in results["runs"]]
+        for split in [k for k in runs[0] if k != "seconds"]:
+            for method in runs[0][split]:
+                figs = [r[split][method] for r in runs]
+                classes = sorted(k[5:] for k in figs[0] if k.startswith("pxap_"))
+                per_class = ", ".join(f"{c} {_summary([f['pxap_' + c] for f in figs])}" for c in classes)
+                acc = _summary([f["accuracy"] for f in figs if "accuracy" in f])
+                lines.append(f"| {setting} | {split} | {method} | {_summary([f['pxap'] for f in figs])} | "
+                             f"{per_class or '-'} | {_summary([f['dice'] for f in figs])} | {acc} |")
+    minutes = _summary([r["seconds"] / 60 for r in results["runs"].values()])
+    header = (f"Seeds {seeds}; bundle overrides {results['overrides'] or 'none'}; B-LOC checkpoints; figures in "
+              f"percent, mean ± std over seeds; training minutes per run {minutes}. Stain shift: "
+              f"{results['stain_shift']}.\n\n")
+    return header + "\n".join(lines) + "\n"
+
+
+def update_docs(all_results: list[dict], docs: Path = ROOT / "bundles" / "pixelcam" / "docs" / "README.md") -> None:
+    """Replace the generated results section of the bundle's README (between the quality markers)."""
+    text = docs.read_text()
+    begin, end = "<!-- quality:begin -->", "<!-- quality:end -->"
+    if begin not in text or end not in text:
+        raise ValueError(f"{docs} has no {begin} ... {end} section")
+    body = "\n".join(render(r) for r in all_results)
+    docs.write_text(text[: text.index(begin) + len(begin)] + "\n" + body + text[text.index(end):])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
     parser.add_argument("--settings", nargs="+", default=["glas", "glas_noaug", "camelyon"])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="bundle overrides for every run")
+    parser.add_argument("--update-docs", action="store_true", help="write the table into the bundle's README")
+    parser.add_argument("--render", type=Path, nargs="+", metavar="DIR",
+                        help="only render the quality.json of these result folders (no training)")
     args = parser.parse_args(argv)
+    if args.render:
+        all_results = [json.loads((d / "quality.json").read_text()) for d in args.render]
+        print("\n".join(render(r) for r in all_results))
+        if args.update_docs:
+            update_docs(all_results)
+        return 0
     overrides = _parse_set(args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     data = _datasets(args.out / "data", seed=0)
@@ -134,23 +176,11 @@ def main(argv=None) -> int:
                 shutil.copyfile(run_dir / "models" / "figures" / "maps.png", args.out / f"maps_{setting}.png")
             (args.out / "quality.json").write_text(json.dumps(results, indent=2))
 
-    lines = ["| setting | evaluated on | method | PxAP | PxAP per class | Dice (valpx thr.) | accuracy |",
-             "|---|---|---|---|---|---|---|"]
-    for setting in args.settings:
-        runs = [results["runs"][f"{setting}/seed{s}"] for s in args.seeds]
-        for split in [k for k in runs[0] if k not in ("seconds",)]:
-            for method in runs[0][split]:
-                figs = [r[split][method] for r in runs]
-                classes = sorted(k[5:] for k in figs[0] if k.startswith("pxap_"))
-                per_class = ", ".join(f"{c} {_summary([f['pxap_' + c] for f in figs])}" for c in classes)
-                acc = _summary([f["accuracy"] for f in figs if "accuracy" in f])
-                lines.append(f"| {setting} | {split} | {method} | {_summary([f['pxap'] for f in figs])} | "
-                             f"{per_class or '-'} | {_summary([f['dice'] for f in figs])} | {acc} |")
-    table = "\n".join(lines)
-    header = (f"Seeds {args.seeds}; bundle overrides {overrides or 'none'}; B-LOC checkpoints; figures in percent, "
-              f"mean ± std over seeds. Stain shift: {STAIN_SHIFT}.\n\n")
-    (args.out / "quality.md").write_text(header + table + "\n")
-    print(header + table)
+    markdown = render(results)
+    (args.out / "quality.md").write_text(markdown)
+    print(markdown)
+    if args.update_docs:
+        update_docs([results])
     return 0
 
 

@@ -40,6 +40,7 @@ from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
 from monai_pixelcam.data import load_datalist  # noqa: E402
 from monai_pixelcam.data.io import read_mask  # noqa: E402
 from monai_pixelcam.data.synthetic import synthesize  # noqa: E402
+from monai_pixelcam.label.import_labels import import_datalist  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "monai_pixelcam" / "label"
@@ -72,7 +73,8 @@ def workspace(tmp_path_factory) -> dict:
     """Synthetic GlaS-like datastore (96 images of 64 x 64, no image labels yet, masks of every 4th image as
     final labels), a bundle folder with the repository's configs, and held-out images with their masks."""
     root = tmp_path_factory.mktemp("label_server")
-    items = _items(synthesize("glas", root / "data", n_images=96, image_size=IMAGE_SIZE, seed=0, progress=False))
+    datalist = synthesize("glas", root / "data", n_images=96, image_size=IMAGE_SIZE, seed=0, progress=False)
+    items = _items(datalist)
     studies = root / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
     for k, it in enumerate(items):
@@ -86,7 +88,16 @@ def workspace(tmp_path_factory) -> dict:
         for seed in (1, 2)
         for it in _items(synthesize("glas", root / f"held_out_{seed}", n_images=16, image_size=IMAGE_SIZE, seed=seed, progress=False))
     ]
-    return {"root": root, "studies": studies, "bundle": bundle, "items": items, "held_out": held_out}
+    masked = {it["id"] for k, it in enumerate(items) if k % MASK_EVERY == 0}
+    return {
+        "root": root,
+        "studies": studies,
+        "bundle": bundle,
+        "datalist": datalist,
+        "items": items,
+        "masked": masked,
+        "held_out": held_out,
+    }
 
 
 def _free_port() -> int:
@@ -217,9 +228,10 @@ def test_untrained_server_answers_with_reasons(server, workspace):
 
 
 def test_train_infer_retrain_and_bad_inputs(server, workspace):
-    for it in workspace["items"]:  # the annotator's image-level labels
-        r = server.put("/datastore/image/info", params={"image": it["id"]}, data={"info": json.dumps({"label": it["class_name"]})})
-        assert r.status_code == 200, r.text
+    # the annotator's image-level labels (the masks are already in the datastore's labels/final folder)
+    assert import_datalist(server.url, workspace["datalist"], mask_splits=()) == {"labelled": 96, "masks": 0, "missing": []}
+    image_id = workspace["items"][1]["id"]
+    assert server.get("/datastore/image/info", params={"image": image_id}).json()["label"] == workspace["items"][1]["class_name"]
 
     server.train({"mode": "full", "source_epochs": 20, "pixelcam_epochs": 10, **TRAIN_PARAMS})
     info = server.info()
@@ -244,7 +256,7 @@ def test_train_infer_retrain_and_bad_inputs(server, workspace):
     assert expected > 0, "the model predicts no foreground on any held-out image"
     assert observed / expected > 1.0, f"overlap {observed:.0f} px is not above chance ({expected:.0f} px)"
 
-    image_id = workspace["items"][1]["id"]  # by datastore id, JSON only
+    # by datastore id, JSON only
     r = server.post("/infer/pixelcam", params={"image": image_id, "output": "json"})
     assert r.status_code == 200 and r.json()["shape"] == [IMAGE_SIZE, IMAGE_SIZE], r.text
     first_model = r.json()["model"]["modified"]
@@ -263,3 +275,9 @@ def test_train_infer_retrain_and_bad_inputs(server, workspace):
     r = server.infer(image_id, params={"location": [0, 0], "size": [8, 8], "level": 2})
     assert r.status_code == 400 and "level" in r.json()["detail"], r.text
     assert server.info()["trained"]
+
+    # masks through the API too: the valpx masks of the datalist become final labels
+    counts = import_datalist(server.url, workspace["datalist"], mask_splits=("valpx",))
+    valpx = {Path(it["image"]).stem for it in load_datalist(workspace["datalist"])["valpx"]}
+    assert counts["masks"] == len(valpx) > 0
+    assert server.info()["datastore"]["completed"] == len(workspace["masked"] | valpx)
