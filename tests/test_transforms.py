@@ -384,3 +384,22 @@ def test_pipelines_load_files(tmp_path):
             assert out["image"].shape == (3, 24, 24) and out["mask"].shape == (1, 24, 24)
             assert 0 <= out["image"].min() and out["image"].max() <= 1
     assert ev(dict(items[0]))["mask"].sum() > 0 and ev(dict(items[1]))["mask"].sum() == 0
+
+
+def test_antialiased_resize_shapes_range_and_dictionary_twin():
+    from monai_pixelcam.transforms import AntialiasedResize, AntialiasedResized
+
+    img = torch.rand(3, 64, 48)
+    out = AntialiasedResize(32)(img)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    # a constant stays constant, and the identity size returns the input values
+    torch.testing.assert_close(AntialiasedResize((20, 30))(torch.full((1, 64, 48), 0.25)), torch.full((1, 20, 30), 0.25))
+    torch.testing.assert_close(AntialiasedResize((64, 48))(img), img)
+    # shrinking averages: a 1-pixel checkerboard becomes (nearly) flat grey instead of aliasing
+    board = ((torch.arange(64)[:, None] + torch.arange(64)[None]) % 2).float()[None]
+    assert float(AntialiasedResize(16)(board).std()) < 0.05
+    d = AntialiasedResized(["image", "cam"], 16)({"image": img, "cam": img[:1], "label": 1})
+    assert d["image"].shape == (3, 16, 16) and d["cam"].shape == (1, 16, 16) and d["label"] == 1
+    with pytest.raises(ValueError):
+        AntialiasedResize(16)(torch.rand(64, 48))

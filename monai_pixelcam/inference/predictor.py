@@ -2,8 +2,8 @@
 
 The predictor prepares images exactly as evaluation does (:func:`monai_pixelcam.transforms.eval_transforms`):
 ``float32 3 x H x W`` in [0, 1] without mean/std normalisation, optionally Macenko stain-normalised at full
-resolution, then resized to ``image_size x image_size`` with MONAI's ``Resize(mode="bilinear",
-anti_aliasing=True)``. One forward pass gives the image logits and the pixel head's logits; the softmax
+resolution, then resized to ``image_size x image_size`` with
+:class:`~monai_pixelcam.transforms.AntialiasedResize`. One forward pass gives the image logits and the pixel head's logits; the softmax
 foreground channel is upsampled bilinearly from feature resolution straight to the image's own size.
 """
 
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from monai.transforms import Resize
 from monai.utils import convert_to_tensor
 
 from ..data.io import image_to_rgb
 from ..networks.factory import build_pixelcam
 from ..networks.pixelcam import foreground_map
 from ..networks.weights import load_checkpoint
+from ..transforms.array import AntialiasedResize
 
 __all__ = ["PixelCAMPredictor", "MODEL_FILE", "META_FILE"]
 
@@ -119,7 +119,7 @@ class PixelCAMPredictor:
         self.batch_size = int(batch_size)
         self.stain_normalize = bool(stain_normalize)
         # the evaluation chain's resize (transforms.pipelines._load_and_resize), so inputs match evaluation
-        self._resize = Resize(spatial_size=(self.image_size, self.image_size), mode="bilinear", anti_aliasing=True)
+        self._resize = AntialiasedResize(self.image_size)
         self._stain = None
         if self.stain_normalize:
             from ..transforms import MacenkoNormalize

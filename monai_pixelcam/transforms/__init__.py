@@ -3,6 +3,7 @@ the training / evaluation chains."""
 
 from .array import (
     HED_FROM_RGB,
+    AntialiasedResize,
     RGB_FROM_HED,
     MacenkoNormalize,
     RandColorJitter,
@@ -20,6 +21,9 @@ from .array import (
     rgb_to_hsv,
 )
 from .dictionary import (
+    AntialiasedResizeD,
+    AntialiasedResized,
+    AntialiasedResizeDict,
     MacenkoNormalizeD,
     MacenkoNormalized,
     MacenkoNormalizeDict,

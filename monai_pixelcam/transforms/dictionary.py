@@ -16,7 +16,7 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms.transform import MapTransform, RandomizableTransform
 from monai.utils.type_conversion import convert_to_tensor
 
-from .array import MacenkoNormalize, RandColorJitter, RandHEDJitter, RandStainAugment
+from .array import AntialiasedResize, MacenkoNormalize, RandColorJitter, RandHEDJitter, RandStainAugment
 
 __all__ = [
     "RandHEDJitterd",
@@ -31,6 +31,9 @@ __all__ = [
     "MacenkoNormalized",
     "MacenkoNormalizeD",
     "MacenkoNormalizeDict",
+    "AntialiasedResized",
+    "AntialiasedResizeD",
+    "AntialiasedResizeDict",
 ]
 
 
@@ -196,3 +199,22 @@ RandHEDJitterD = RandHEDJitterDict = RandHEDJitterd
 RandStainAugmentD = RandStainAugmentDict = RandStainAugmentd
 RandColorJitterD = RandColorJitterDict = RandColorJitterd
 MacenkoNormalizeD = MacenkoNormalizeDict = MacenkoNormalized
+
+
+class AntialiasedResized(MapTransform):
+    """Dictionary version of :class:`~monai_pixelcam.transforms.array.AntialiasedResize`."""
+
+    backend = AntialiasedResize.backend
+
+    def __init__(self, keys: KeysCollection, spatial_size: Sequence[int] | int, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.resize = AntialiasedResize(spatial_size)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.resize(d[key])
+        return d
+
+
+AntialiasedResizeD = AntialiasedResizeDict = AntialiasedResized

@@ -28,7 +28,7 @@ from monai.transforms import (
 )
 
 from ..data.io import LoadHistologyd
-from .dictionary import MacenkoNormalized, RandColorJitterd, RandHEDJitterd, RandStainAugmentd
+from .dictionary import AntialiasedResized, MacenkoNormalized, RandColorJitterd, RandHEDJitterd, RandStainAugmentd
 
 __all__ = ["train_transforms", "eval_transforms"]
 
@@ -63,7 +63,7 @@ def _load_and_resize(
     smooth_keys = [image_key] + ([cam_key] if cam_key else [])
     # the CAM may come at feature resolution (e.g. 28 x 28): resizing it straight to the target size
     # along with the image keeps it aligned; antialiasing only acts when shrinking
-    chain.append(Resized(keys=smooth_keys, spatial_size=(size, size), mode="bilinear", anti_aliasing=True))
+    chain.append(AntialiasedResized(keys=smooth_keys, spatial_size=size))
     if mask_key:
         chain.append(Resized(keys=mask_key, spatial_size=(size, size), mode="nearest"))
     return chain
