@@ -109,7 +109,8 @@ def test_region_of_a_plain_image(model_dir, png):
     assert np.asarray(Image.open(label_file)).shape == (16, 20)
     os.remove(label_file)
     assert result["region"] == {"location": [8, 4], "size": [20, 16], "level": 0}
-    np.testing.assert_array_equal(load_image(path, parse_region({"location": [40, 30], "size": [50, 50]})), rgb[30:, 40:])
+    beyond_border = parse_region({"location": [40, 30], "size": [50, 50]})
+    np.testing.assert_array_equal(load_image(path, beyond_border), rgb[30:, 40:])
     for bad, word in (
         ({"location": [60, 0], "size": [4, 4]}, "outside"),
         ({"location": [1, 1]}, "size"),

@@ -86,7 +86,9 @@ def workspace(tmp_path_factory) -> dict:
     held_out = [
         it
         for seed in (1, 2)
-        for it in _items(synthesize("glas", root / f"held_out_{seed}", n_images=16, image_size=IMAGE_SIZE, seed=seed, progress=False))
+        for it in _items(
+            synthesize("glas", root / f"held_out_{seed}", n_images=16, image_size=IMAGE_SIZE, seed=seed, progress=False)
+        )
     ]
     masked = {it["id"] for k, it in enumerate(items) if k % MASK_EVERY == 0}
     return {
@@ -149,7 +151,9 @@ class Server:
             task = self.get("/train/").json()
             if task.get("id") == task_id and task.get("status") not in ("SUBMITTED", "RUNNING"):
                 details = "\n".join(task.get("details", []))
-                assert task["status"] == "DONE", f"train task {task['status']}:\n{details}\n--- server log:\n{_tail(self.log)}"
+                assert task["status"] == "DONE", (
+                    f"train task {task['status']}:\n{details}\n--- server log:\n{_tail(self.log)}"
+                )
                 return task
             time.sleep(1.0)
         pytest.fail(f"train task not finished after {TRAIN_TIMEOUT_S} s\n{_tail(self.log)}")
@@ -229,9 +233,11 @@ def test_untrained_server_answers_with_reasons(server, workspace):
 
 def test_train_infer_retrain_and_bad_inputs(server, workspace):
     # the annotator's image-level labels (the masks are already in the datastore's labels/final folder)
-    assert import_datalist(server.url, workspace["datalist"], mask_splits=()) == {"labelled": 96, "masks": 0, "missing": []}
+    counts = import_datalist(server.url, workspace["datalist"], mask_splits=())
+    assert counts == {"labelled": 96, "masks": 0, "missing": []}
     image_id = workspace["items"][1]["id"]
-    assert server.get("/datastore/image/info", params={"image": image_id}).json()["label"] == workspace["items"][1]["class_name"]
+    info = server.get("/datastore/image/info", params={"image": image_id}).json()
+    assert info["label"] == workspace["items"][1]["class_name"]
 
     server.train({"mode": "full", "source_epochs": 20, "pixelcam_epochs": 10, **TRAIN_PARAMS})
     info = server.info()

@@ -558,7 +558,9 @@ def test_build_pixelcam_from_source_checkpoint(tmp_path):
 def test_factory_names_and_errors():
     assert build_encoder("resnet50", base_width=16).out_channels == 512
     assert isinstance(build_head("deepmil", 8, 2), DeepMILHead) and isinstance(build_head("cam", 8, 2), CAMHead)
-    with pytest.raises(ValueError, match="unknown encoder 'resnet34'.*resnet18, resnet50, vgg16, vit_tiny"):
+    enc = build_encoder("resnet18_slim")
+    assert enc.out_channels == 128 and sum(p.numel() for p in enc.parameters()) == 702_096
+    with pytest.raises(ValueError, match="unknown encoder 'resnet34'.*resnet18, resnet18_slim, resnet50, vgg16, vit_tiny"):
         build_encoder("resnet34")
     with pytest.raises(ValueError, match="unknown head 'gap'.*cam, deepmil"):
         build_head("gap", 8, 2)

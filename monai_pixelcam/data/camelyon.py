@@ -29,7 +29,6 @@ Command line: ``python -m monai_pixelcam.data.camelyon --src CSV_OR_DIR --out FI
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections import Counter
@@ -38,7 +37,7 @@ from pathlib import Path
 
 from .datalist import DatalistError, make_splits
 from .io import read_csv_table
-from .validate import print_problems, save_validated_datalist
+from .validate import converter_main, save_validated_datalist
 
 __all__ = ["CAMELYON_CLASSES", "convert_camelyon", "find_camelyon_csv"]
 
@@ -217,32 +216,14 @@ def _assign_ids(items: list[tuple[dict, str | None, str]], base: Path, problems:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m monai_pixelcam.data.camelyon",
-        description="Convert a CAMELYON16 patch CSV (image, mask, label[, split]) into a datalist JSON.",
+    return converter_main(
+        argv,
+        "python -m monai_pixelcam.data.camelyon",
+        "Convert a CAMELYON16 patch CSV (image, mask, label[, split]) into a datalist JSON.",
+        "the CSV, or a folder holding exactly one CSV",
+        convert_camelyon,
+        [("test_fraction", 0.3), ("valcl_fraction", 0.2)],
     )
-    parser.add_argument("--src", required=True, type=Path, help="the CSV, or a folder holding exactly one CSV")
-    parser.add_argument("--out", required=True, type=Path, help="datalist JSON to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-fraction", type=float, default=0.3)
-    parser.add_argument("--valcl-fraction", type=float, default=0.2)
-    parser.add_argument("--valpx-per-class", type=int, default=3)
-    parser.add_argument("--no-validate", action="store_true", help="skip decoding every file before writing")
-    args = parser.parse_args(argv)
-    try:
-        out = convert_camelyon(
-            args.src,
-            args.out,
-            seed=args.seed,
-            test_fraction=args.test_fraction,
-            valcl_fraction=args.valcl_fraction,
-            valpx_per_class=args.valpx_per_class,
-            validate=not args.no_validate,
-        )
-    except DatalistError as e:
-        return print_problems(args.src, e)
-    print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Command line: ``python -m monai_pixelcam.data.glas --src DIR --out FILE.json [--
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from .datalist import DatalistError, make_splits
 from .io import read_csv_table
-from .validate import print_problems, save_validated_datalist
+from .validate import converter_main, save_validated_datalist
 
 __all__ = ["GLAS_CLASSES", "convert_glas", "find_glas_root"]
 
@@ -159,30 +158,14 @@ def convert_glas(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m monai_pixelcam.data.glas",
-        description="Convert the GlaS (Warwick-QU) folder in its original layout into a datalist JSON.",
+    return converter_main(
+        argv,
+        "python -m monai_pixelcam.data.glas",
+        "Convert the GlaS (Warwick-QU) folder in its original layout into a datalist JSON.",
+        "GlaS folder with Grade.csv and the .bmp files",
+        convert_glas,
+        [("valcl_fraction", 0.2)],
     )
-    parser.add_argument("--src", required=True, type=Path, help="GlaS folder with Grade.csv and the .bmp files")
-    parser.add_argument("--out", required=True, type=Path, help="datalist JSON to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--valcl-fraction", type=float, default=0.2)
-    parser.add_argument("--valpx-per-class", type=int, default=3)
-    parser.add_argument("--no-validate", action="store_true", help="skip decoding every file before writing")
-    args = parser.parse_args(argv)
-    try:
-        out = convert_glas(
-            args.src,
-            args.out,
-            seed=args.seed,
-            valcl_fraction=args.valcl_fraction,
-            valpx_per_class=args.valpx_per_class,
-            validate=not args.no_validate,
-        )
-    except DatalistError as e:
-        return print_problems(args.src, e)
-    print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -293,6 +293,41 @@ def print_problems(source: str | os.PathLike, error: DatalistError) -> int:
     return 1
 
 
+def converter_main(
+    argv: Sequence[str] | None,
+    prog: str,
+    description: str,
+    src_help: str,
+    convert,
+    fractions: Sequence[tuple[str, float]],
+) -> int:
+    """The command line shared by the dataset converters: ``--src --out --seed``, one ``--<name>`` option per
+    ``(name, default)`` of ``fractions`` (passed to ``convert`` as a keyword), ``--valpx-per-class`` and
+    ``--no-validate``; problems are listed on stderr with exit status 1."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--src", required=True, type=Path, help=src_help)
+    parser.add_argument("--out", required=True, type=Path, help="datalist JSON to write")
+    parser.add_argument("--seed", type=int, default=0)
+    for name, default in fractions:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, default=default)
+    parser.add_argument("--valpx-per-class", type=int, default=3)
+    parser.add_argument("--no-validate", action="store_true", help="skip decoding every file before writing")
+    args = parser.parse_args(argv)
+    try:
+        out = convert(
+            args.src,
+            args.out,
+            seed=args.seed,
+            valpx_per_class=args.valpx_per_class,
+            validate=not args.no_validate,
+            **{name: getattr(args, name) for name, _ in fractions},
+        )
+    except DatalistError as e:
+        return print_problems(args.src, e)
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m monai_pixelcam.data.validate",

@@ -35,7 +35,15 @@ from ..data.io import image_to_rgb, read_rgb, write_png_atomic
 from ..inference.predictor import META_FILE, MODEL_FILE, PixelCAMPredictor
 from ..inference.wsi import is_whole_slide, wsi_reader
 
-__all__ = ["LABEL_NAME", "RequestError", "ImageRegion", "parse_region", "load_image", "LoadImageRegiond", "PixelCAMInferTask"]
+__all__ = [
+    "LABEL_NAME",
+    "RequestError",
+    "ImageRegion",
+    "parse_region",
+    "load_image",
+    "LoadImageRegiond",
+    "PixelCAMInferTask",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -123,5 +123,7 @@ class PixelCAMApp(MONAILabelApp):
         if isinstance(image, str) and not os.path.exists(image):
             store = datastore if datastore else self.datastore()
             if not image or not store.get_image_uri(image):
-                raise RequestError(404, f"image {image!r} is not in the datastore (GET /datastore/?output=all lists the ids)")
+                raise RequestError(
+                    404, f"image {image!r} is not in the datastore (GET /datastore/?output=all lists the ids)"
+                )
         return super().infer(request, datastore)

@@ -305,13 +305,13 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _positive_int(value: Any, name: str) -> int:
+def _int_option(value: Any, name: str, minimum: int = 1) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
         number = float("nan")
-    if isinstance(value, bool) or not number.is_integer() or number < 1:
-        raise ValueError(f"train option {name!r} must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not number.is_integer() or number < minimum:
+        raise ValueError(f"train option {name!r} must be an integer >= {minimum}, got {value!r}")
     return int(number)
 
 
@@ -396,13 +396,10 @@ class PixelCAMTrainTask(TrainTask):
         opts: dict[str, Any] = dict(self.bundle_defaults())
         for name in _BUNDLE_INT_OPTIONS:
             if request.get(name) not in (None, ""):
-                opts[name] = _positive_int(request[name], name)
+                opts[name] = _int_option(request[name], name)
         for name in ("num_workers", "seed"):
             if request.get(name) not in (None, ""):
-                value = int(request[name])
-                if value < 0:
-                    raise ValueError(f"train option {name!r} must be >= 0, got {value}")
-                opts[name] = value
+                opts[name] = _int_option(request[name], name, minimum=0)
         mode = request.get("mode") or "auto"
         mode = mode[0] if isinstance(mode, (list, tuple)) else mode
         if mode not in ("auto", *STAGES):
@@ -411,7 +408,7 @@ class PixelCAMTrainTask(TrainTask):
         opts["valcl_fraction"] = float(request.get("valcl_fraction", 0.2))
         if not 0.0 <= opts["valcl_fraction"] < 1.0:
             raise ValueError(f"train option 'valcl_fraction' must lie in [0, 1), got {opts['valcl_fraction']}")
-        opts["valpx_per_class"] = _positive_int(request.get("valpx_per_class", 2), "valpx_per_class")
+        opts["valpx_per_class"] = _int_option(request.get("valpx_per_class", 2), "valpx_per_class")
         overrides = request.get("bundle_overrides") or {}
         if isinstance(overrides, str):
             overrides = json.loads(overrides)
