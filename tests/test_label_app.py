@@ -38,7 +38,6 @@ from monai_pixelcam.label.train import (  # noqa: E402
     resolve_classes,
     source_checkpoint_from_model,
     split_items,
-    training_datalist,
 )
 from monai_pixelcam.networks import build_classifier, build_pixelcam  # noqa: E402
 from monai_pixelcam.networks.weights import load_checkpoint  # noqa: E402
@@ -289,7 +288,7 @@ def test_datastore_items_read_labels_and_final_masks(tmp_path, tiny_glas):
         datastore_items(store, CLASSES)
 
 
-def test_source_checkpoint_publish_and_training_datalist(tmp_path, model_dir):
+def test_source_checkpoint_and_publish(tmp_path, model_dir):
     source = source_checkpoint_from_model(model_dir / "model.pt", tmp_path / "src" / "source_bloc.pt")
     classifier = load_checkpoint(build_classifier("resnet18", "cam", 2, base_width=8), source)
     pixelcam = build_pixelcam(**TINY_NET)
@@ -310,14 +309,6 @@ def test_source_checkpoint_publish_and_training_datalist(tmp_path, model_dir):
     assert json.loads((target / "model_meta.json").read_text())["threshold"] == 0.3
     with pytest.raises(FileNotFoundError):
         publish_model(tmp_path / "empty", target)
-
-    dl = {"classes": CLASSES, "negative_classes": []}
-    for split in ("train", "valcl", "valpx", "test"):
-        dl[split] = [{"image": "/x/a.png", "mask": None if split != "test" else "/x/m.png", "label": 0, "id": split}]
-    (tmp_path / "dl.json").write_text(json.dumps(dl))
-    stripped = training_datalist(tmp_path / "dl.json")
-    assert "mask" not in stripped["train"][0] and "mask" not in stripped["valcl"][0]
-    assert stripped["valpx"][0]["mask"] is None and stripped["test"][0]["mask"] == "/x/m.png"
 
 
 def test_train_task_full_then_finetune_publishes_models(tmp_path, tiny_glas):

@@ -403,3 +403,17 @@ def test_antialiased_resize_shapes_range_and_dictionary_twin():
     assert d["image"].shape == (3, 16, 16) and d["cam"].shape == (1, 16, 16) and d["label"] == 1
     with pytest.raises(ValueError):
         AntialiasedResize(16)(torch.rand(64, 48))
+
+
+def test_chains_without_masks_collate_items_whose_mask_is_none(tmp_path):
+    """Images without annotation (mask None) must batch in chains that do not load masks."""
+    from monai.data import DataLoader, Dataset
+    from PIL import Image
+
+    items = []
+    for i in range(3):
+        Image.fromarray((np.random.default_rng(i).random((40, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        items.append({"image": str(tmp_path / f"{i}.png"), "mask": None, "label": i % 2, "id": str(i)})
+    for chain in (train_transforms(36, 32, with_mask=False), eval_transforms(32, with_mask=False)):
+        batch = next(iter(DataLoader(Dataset(items, chain), batch_size=3)))
+        assert batch["image"].shape == (3, 3, 32, 32) and "mask" not in batch

@@ -41,7 +41,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import name_to_device
 
-from ..data.datalist import DatalistError, load_datalist, make_splits, save_datalist
+from ..data.datalist import DatalistError, make_splits, save_datalist
 from ..engines.evaluation import write_json_atomic
 from ..inference.predictor import META_FILE, MODEL_FILE
 from ..networks.weights import read_state_dict
@@ -56,7 +56,6 @@ __all__ = [
     "datastore_items",
     "split_items",
     "build_datalist",
-    "training_datalist",
     "source_checkpoint_from_model",
     "publish_model",
     "PixelCAMTrainTask",
@@ -232,26 +231,6 @@ def build_datalist(
     return {"classes": list(classes), "negative_classes": [int(c) for c in negative_classes], **splits}
 
 
-def training_datalist(path: str | os.PathLike) -> dict:
-    """:func:`~monai_pixelcam.data.load_datalist` without the ``"mask": None`` entries of ``train`` and
-    ``valcl`` items (the bundle's ``data#datalist`` when this task runs it).
-
-    Workaround: the bundle's train and valcl loaders use transform chains with ``with_mask=False``, which
-    leave a None mask in each item, and collating a batch of them fails ("default_collate: batch must
-    contain tensors ... found NoneType"). Datastore images without a mask are the normal case here (the
-    synthetic data always has masks, so the bundle alone does not meet it). An absent mask key is what
-    those chains expect, and ``LoadHistologyd`` turns it into an empty mask where one is loaded. To be
-    removed once the transform chains drop a mask key they do not use.
-    """
-    datalist = load_datalist(path)
-    for split in ("train", "valcl"):
-        datalist[split] = [
-            {k: v for k, v in it.items() if not (k == "mask" and v is None)} for it in datalist[split]
-        ]
-    return datalist
-
-
-# --- model files ---------------------------------------------------------------------------------------
 def source_checkpoint_from_model(model_pt: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """The source classifier inside a published PixelCAM model: ``encoder.*`` and ``image_head.*`` of the
     :class:`~monai_pixelcam.networks.PixelCAMNet` state dict, renamed to the
@@ -484,7 +463,6 @@ class PixelCAMTrainTask(TrainTask):
             "output_dir": str(run_dir),
             "device": opts["device"],
             "num_classes": len(classes),
-            "data#datalist": "$monai_pixelcam.label.train.training_datalist(@data#datalist_path)",
         }
         overrides.update({k: opts[k] for k in (*_BUNDLE_INT_OPTIONS, "num_workers", "seed") if k in opts})
         # the train loaders drop the last incomplete batch: never ask for more than there are images

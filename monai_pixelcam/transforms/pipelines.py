@@ -17,6 +17,7 @@ import torch
 from monai.transforms import (
     CenterSpatialCropd,
     Compose,
+    DeleteItemsd,
     EnsureTyped,
     RandFlipd,
     RandGaussianNoised,
@@ -49,9 +50,13 @@ def _load_and_resize(
     load: bool,
     cam_loader: Callable | None,
     stain_normalize: bool,
+    default_mask_key: str = "mask",
 ) -> list[Callable]:
-    """Load (image, mask), add the CAM, optionally stain-normalise, resize everything to ``size x size``."""
-    chain: list[Callable] = []
+    """Load (image, mask), add the CAM, optionally stain-normalise, resize everything to ``size x size``.
+
+    Without ``mask_key`` an item's ``mask`` entry (e.g. ``None`` for an image without annotation) is dropped:
+    a chain that does not use masks must not hand ``None`` to the batch collation."""
+    chain: list[Callable] = [] if mask_key else [DeleteItemsd(keys=default_mask_key)]
     if load:
         keys = [image_key] + ([mask_key] if mask_key else [])
         chain.append(LoadHistologyd(keys=keys, mask_keys=[mask_key] if mask_key else [], allow_missing_keys=True))
@@ -126,7 +131,7 @@ def train_transforms(
     c_key = cam_key if with_cam else None
     keys = [k for k in (image_key, m_key, c_key) if k]
 
-    chain = _load_and_resize(image_size, image_key, m_key, c_key, load, cam_loader, stain_normalize)
+    chain = _load_and_resize(image_size, image_key, m_key, c_key, load, cam_loader, stain_normalize, mask_key)
     if crop_size is not None:
         chain.append(RandSpatialCropd(keys=keys, roi_size=(crop_size, crop_size), random_size=False))
     chain += [
@@ -191,7 +196,7 @@ def eval_transforms(
     m_key = mask_key if with_mask else None
     c_key = cam_key if with_cam else None
     keys: Sequence[str] = [k for k in (image_key, m_key, c_key) if k]
-    chain = _load_and_resize(image_size, image_key, m_key, c_key, load, cam_loader, stain_normalize)
+    chain = _load_and_resize(image_size, image_key, m_key, c_key, load, cam_loader, stain_normalize, mask_key)
     if crop_size is not None:
         chain.append(CenterSpatialCropd(keys=keys, roi_size=(crop_size, crop_size)))
     chain.append(EnsureTyped(keys=keys, dtype=torch.float32))
