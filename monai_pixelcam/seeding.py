@@ -20,6 +20,8 @@ would let the pool grow to every tied pixel.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from collections.abc import Sequence
 
@@ -147,7 +149,7 @@ def sample_without_replacement(
     return drawn & positive
 
 
-class PixelSeeder:
+class PixelSeeder(ABC):
     """Base class: draws foreground / background pixel seeds from CAMs for a whole batch at once.
 
     Subclasses define :meth:`foreground_weights`; the rest is shared:
@@ -218,9 +220,9 @@ class PixelSeeder:
         self.fallback_size = max(self.n_fg, 1) if fallback_size is None else int(fallback_size)
         self.ignore_index = int(ignore_index)
 
+    @abstractmethod
     def foreground_weights(self, cam: torch.Tensor) -> torch.Tensor:
         """Foreground sampling weights: B x h x w float >= 0 (0 = not a candidate) for CAMs B x h x w."""
-        raise NotImplementedError(f"{type(self).__name__} must define foreground_weights")
 
     def background_size(self, num_pixels: int) -> int:
         """Size of the background pool of an image of ``num_pixels`` pixels: ``ceil(bg_fraction * N)``."""

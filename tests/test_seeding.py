@@ -115,7 +115,7 @@ def test_background_pool_has_exact_size_when_values_tie():
 
 @pytest.mark.parametrize("p,n,expected", [(0.3, 100, 30), (0.07, 100, 7), (0.55, 200, 110), (0.4, 784, 314), (0.25, 784, 196), (1.0, 49, 49), (0.001, 50, 1)])
 def test_background_pool_size(p, n, expected):
-    assert PixelSeeder(bg_fraction=p).background_size(n) == expected
+    assert ProbabilitySeeder(bg_fraction=p).background_size(n) == expected
     fg, bg = ProbabilitySeeder(bg_fraction=p).pools(torch.zeros(2, 1, 1, n))
     assert bg.sum((1, 2)).tolist() == [expected] * 2
 
@@ -277,8 +277,8 @@ def test_invalid_arguments_raise():
         ThresholdSeeder(negative_classes=[0])(torch.rand(2, 8, 8), labels=torch.tensor([0, 1, 1]))
     with pytest.raises(ValueError, match="generator is on"):
         ThresholdSeeder()(torch.empty(2, 8, 8, device="meta"), generator=torch.Generator())
-    with pytest.raises(NotImplementedError):
-        PixelSeeder()(torch.rand(1, 4, 4))
+    with pytest.raises(TypeError, match="abstract"):
+        PixelSeeder()  # a seeder must say how it weighs foreground candidates
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
