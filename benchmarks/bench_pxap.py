@@ -18,7 +18,6 @@ Usage: ``python benchmarks/bench_pxap.py [--n 200] [--size 224] [--batch 20] [--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import average_precision_score
 
+from monai_pixelcam.data.atomic import write_json_atomic
 from monai_pixelcam.metrics import PxAPMetric
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_pxap.json"
@@ -70,13 +70,6 @@ def run_sklearn(y_true: np.ndarray, y_score: np.ndarray) -> tuple[float, float]:
     start = time.perf_counter()
     value = float(average_precision_score(y_true, y_score))
     return value, time.perf_counter() - start
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main() -> dict:
@@ -139,7 +132,7 @@ def main() -> dict:
             "python": platform.python_version(),
         },
     }
-    write_json_atomic(args.out, result)
+    write_json_atomic(result, args.out)
     print(
         f"PxAP on {args.n} maps of {args.size}x{args.size} ({result['pixels'] / 1e6:.1f}M pixels, "
         f"{100 * result['positive_fraction']:.1f}% positive)\n"

@@ -27,7 +27,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one core, as the target says
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -37,6 +36,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from monai_pixelcam.data.atomic import write_json_atomic  # noqa: E402
 from monai_pixelcam.data.io import write_png_atomic  # noqa: E402
 from monai_pixelcam.data.synthetic import KINDS, measure_shortcut, render_tile, synthesize  # noqa: E402
 
@@ -123,9 +123,7 @@ def main() -> None:
         )
     report["load_average_after"] = os.getloadavg()
     path = RESULTS / "bench_synthetic.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(report, path)
     print(f"wrote {path}")
 
 

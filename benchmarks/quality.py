@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from monai_pixelcam.data.atomic import atomic_path, write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "pixelcam" / "configs"
 STAIN_SHIFT = {"h_scale": 1.3, "e_scale": 0.7, "hue_shift": 0.04}
@@ -130,7 +132,8 @@ def update_docs(all_results: list[dict], docs: Path = ROOT / "bundles" / "pixelc
     if begin not in text or end not in text:
         raise ValueError(f"{docs} has no {begin} ... {end} section")
     body = "\n".join(render(r) for r in all_results)
-    docs.write_text(text[: text.index(begin) + len(begin)] + "\n" + body + text[text.index(end):])
+    with atomic_path(docs) as tmp:
+        tmp.write_text(text[: text.index(begin) + len(begin)] + "\n" + body + text[text.index(end):])
 
 
 def main(argv=None) -> int:
@@ -174,10 +177,11 @@ def main(argv=None) -> int:
                   flush=True)
             if seed == args.seeds[0]:
                 shutil.copyfile(run_dir / "models" / "figures" / "maps.png", args.out / f"maps_{setting}.png")
-            (args.out / "quality.json").write_text(json.dumps(results, indent=2))
+            write_json_atomic(results, args.out / "quality.json")
 
     markdown = render(results)
-    (args.out / "quality.md").write_text(markdown)
+    with atomic_path(args.out / "quality.md") as tmp:
+        tmp.write_text(markdown)
     print(markdown)
     if args.update_docs:
         update_docs([results])

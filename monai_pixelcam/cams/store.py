@@ -41,6 +41,7 @@ from monai.data import DataLoader, MetaTensor
 from monai.transforms import MapTransform
 
 from monai_pixelcam.cams.extractors import build_cam, canonical_method_name
+from monai_pixelcam.data.atomic import write_json_atomic
 
 __all__ = ["CAMStore", "StaleCAMStoreError", "LoadStoredCAMd", "LoadStoredCAMD", "LoadStoredCAMDict", "sha256_file"]
 
@@ -77,19 +78,6 @@ def _ids_of(batch_ids) -> list[str]:
     if isinstance(batch_ids, (str, bytes)):
         batch_ids = [batch_ids]
     return [str(i) for i in batch_ids]
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class CAMStore:
@@ -317,7 +305,7 @@ class CAMStore:
                 "class_idx": class_idx,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            _write_json_atomic(self.manifest_path, manifest)  # the commit point
+            write_json_atomic(manifest, self.manifest_path, indent=1)  # the commit point
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_json_atomic
+
 SPLITS = ("train", "valcl", "valpx", "test")
 
 __all__ = ["SPLITS", "DatalistError", "make_splits", "save_datalist", "load_datalist"]
@@ -116,10 +118,7 @@ def save_datalist(datalist: dict, path: str | os.PathLike) -> Path:
             {**it, "image": _rel(it["image"], base), "mask": _rel(it.get("mask"), base)}
             for it in datalist.get(split, [])
         ]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(out, path)
 
 
 def load_datalist(path: str | os.PathLike) -> dict:

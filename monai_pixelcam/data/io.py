@@ -37,6 +37,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import ensure_tuple
 from PIL import Image
 
+from .atomic import atomic_path
 from .datalist import DatalistError
 
 __all__ = [
@@ -257,14 +258,8 @@ def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
     )
     if not ok:
         raise ValueError(f"{path}: cannot write a PNG from an array of shape {arr.shape} and dtype {arr.dtype}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
+from monai_pixelcam.data.atomic import write_json_atomic
 from monai_pixelcam.metrics import LocalizationDice, PxAP, ThresholdSelection
 
 from .workflows import build_evaluator, roi_transform
@@ -90,13 +88,3 @@ def evaluate_localization(
     precision, recall, _ = test.pxap_handler.metric_fn.curve()
     result["curve"] = {"precision": [float(v) for v in precision], "recall": [float(v) for v in recall]}
     return result
-
-
-def write_json_atomic(payload: dict, path: str | os.PathLike) -> Path:
-    """Write ``payload`` as indented JSON to ``path`` through a temporary name and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-    return path

@@ -17,6 +17,7 @@ import torch
 from monai.data import MetaTensor
 
 from monai_pixelcam.cams import CAMStore
+from monai_pixelcam.data.atomic import atomic_path
 from monai_pixelcam.handlers.figures import save_map_grid, save_pr_curves
 from monai_pixelcam.networks.weights import load_checkpoint
 
@@ -152,10 +153,8 @@ def export_model(
     on valpx, image size), each written atomically, the weights first so the metadata never names a model
     that is not there."""
     model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / ".model.pt.tmp"
-    shutil.copyfile(checkpoint, tmp)
-    os.replace(tmp, model_dir / "model.pt")
+    with atomic_path(model_dir / "model.pt") as tmp:
+        shutil.copyfile(checkpoint, tmp)
     meta = {
         "network": dict(network_kwargs),
         "classes": list(class_names),

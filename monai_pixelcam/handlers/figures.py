@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from monai_pixelcam.data.atomic import atomic_path
+
 __all__ = ["heatmap", "map_grid", "save_png", "save_map_grid", "save_pr_curves"]
 
 
@@ -68,12 +70,9 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a ``uint8`` image atomically (temporary name, then rename)."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+    return Path(path)
 
 
 def save_map_grid(path, images, masks, maps: Mapping[str, object]) -> Path:
@@ -119,10 +118,9 @@ def save_pr_curves(path, curves: Mapping[str, tuple], title: str = "pixel precis
 def _save_figure(fig, path) -> Path:
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)

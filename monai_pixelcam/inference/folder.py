@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.atomic import atomic_path
 from ..data.datalist import DatalistError
 from ..data.io import read_rgb, write_png_atomic
 from ..handlers.figures import heatmap
@@ -45,27 +46,15 @@ def heatmap_rgb(score: np.ndarray, valid: np.ndarray | None = None) -> np.ndarra
     return rgb
 
 
-def _tmp_name(path: Path) -> Path:
-    # the real suffix stays last: nibabel chooses the format (and gzip) from the file name
-    return path.with_name(f".{os.getpid()}.tmp.{path.name}")
-
-
 def write_csv_atomic(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
     """Write a CSV (header + rows) atomically: temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(list(header))
     writer.writerows([list(r) for r in rows])
-    tmp = _tmp_name(path)
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def write_nifti_atomic(path: str | os.PathLike, score: np.ndarray) -> Path:
@@ -77,19 +66,12 @@ def write_nifti_atomic(path: str | os.PathLike, score: np.ndarray) -> Path:
     """
     import nibabel as nib
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = np.ascontiguousarray(np.asarray(score, dtype=np.float32).T)
     image = nib.Nifti1Image(data, affine=np.eye(4))
     image.header.set_data_dtype(np.float32)
-    tmp = _tmp_name(path)
-    try:
+    with atomic_path(path) as tmp:  # the temporary name ends with the real one: nibabel picks .nii.gz from it
         nib.save(image, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return Path(path)
 
 
 def localize_image(

@@ -41,8 +41,9 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import name_to_device
 
+from ..data.atomic import atomic_path
 from ..data.datalist import DatalistError, make_splits, save_datalist
-from ..engines.evaluation import write_json_atomic
+from ..data.atomic import write_json_atomic
 from ..inference.predictor import META_FILE, MODEL_FILE
 from ..networks.weights import read_state_dict
 
@@ -250,12 +251,9 @@ def source_checkpoint_from_model(model_pt: str | os.PathLike, out_path: str | os
             unexpected.append(key)
     if unexpected or not any(k.startswith("head.") for k in out):
         raise ValueError(f"{model_pt}: not a PixelCAMNet state dict (unexpected keys {unexpected[:5]})")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, out_path)
-    return out_path
+    with atomic_path(out_path) as tmp:
+        torch.save(out, tmp)
+    return Path(out_path)
 
 
 def publish_model(run_dir: str | os.PathLike, model_dir: str | os.PathLike) -> list[Path]:
@@ -269,9 +267,8 @@ def publish_model(run_dir: str | os.PathLike, model_dir: str | os.PathLike) -> l
         src = run_dir / name
         if not src.is_file():
             raise FileNotFoundError(f"the training run did not write {src}")
-        tmp = model_dir / f".{name}.publish.tmp"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, model_dir / name)
+        with atomic_path(model_dir / name) as tmp:
+            shutil.copyfile(src, tmp)
         published.append(model_dir / name)
     return published
 
