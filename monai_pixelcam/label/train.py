@@ -10,7 +10,7 @@ The annotator gives each image a class (image info ``label``: a class name or in
 2. runs the stages of the bundle's ``configs/train.json`` with ``monai.bundle.ConfigWorkflow`` into a new
    run folder ``<bundle_dir>/models/label_runs/<time>-<mode>/`` (checkpoints, stored CAMs, TensorBoard logs
    under ``tb/``, ``metrics.json``, figures). Mode ``full`` runs every stage (``train_source``,
-   ``store_cams``, ``train_pixelcam``, ``run_evaluate``, ``export``); mode ``finetune`` starts from the
+   ``store_cams``, ``train_pixelcam``, ``evaluate``, ``export``); mode ``finetune`` starts from the
    published model instead of training a new source classifier: its encoder and image head are the source
    model whose CAMs seed a new PixelCAM training (:func:`source_checkpoint_from_model`);
 3. publishes the run's ``model.pt`` and ``model_meta.json`` into ``<bundle_dir>/models`` with ``os.replace``
@@ -66,8 +66,8 @@ logger = logging.getLogger(__name__)
 
 #: Bundle stages (config ids of ``configs/train.json``) run by each mode, in order.
 STAGES = {
-    "full": ("train_source", "store_cams", "train_pixelcam", "run_evaluate", "export"),
-    "finetune": ("store_cams", "train_pixelcam", "run_evaluate", "export"),
+    "full": ("train_source", "store_cams", "train_pixelcam", "evaluate", "export"),
+    "finetune": ("store_cams", "train_pixelcam", "evaluate", "export"),
 }
 TRAIN_CONFIG = Path("configs") / "train.json"
 #: Run folders live under ``<bundle_dir>/models/<RUNS_DIR>``; the last finished run is summarised in STATS_FILE.
