@@ -27,6 +27,7 @@ tensors used here.
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
@@ -323,7 +324,37 @@ def _check_range(value: float, name: str, upper: float | None = None) -> float:
     return value
 
 
-class RandHEDJitter(RandomizableTransform):
+class _RandColourTransform(RandomizableTransform):
+    """Call protocol shared by the colour and stain jitters: tensor in, one draw (or the last one), work in
+    [0, 1] float, same dtype and range out. Subclasses set ``_draw_attrs`` (filled by ``randomize``) and
+    ``_apply`` (the jitter on a ``3 x H x W`` float image in [0, 1])."""
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    _draw_attrs: tuple[str, ...] = ()
+    max_value: float | None = None
+
+    @abstractmethod
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The jitter with the current draw: ``3 x H x W`` float in [0, 1] -> same shape (clipped later)."""
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
+        """
+        Args:
+            img: ``3 x H x W`` RGB image.
+            randomize: draw new factors first; False reuses the last draw (dictionary transforms).
+        """
+        img = convert_to_tensor(img, track_meta=get_track_meta())
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return img
+        if any(getattr(self, name) is None for name in self._draw_attrs):
+            raise RuntimeError("please call the `randomize()` function first.")
+        x, scale = _to_unit(img, self.max_value)
+        return _from_unit(self._apply(x), img, scale)
+
+
+class RandHEDJitter(_RandColourTransform):
     """Random HED stain jitter (Tellez et al., 2018, "Whole-slide mitosis detection in H&E breast
     histology using PHH3 as a reference to train distilled stain-invariant convolutional networks").
 
@@ -342,7 +373,7 @@ class RandHEDJitter(RandomizableTransform):
     Input ``3 x H x W`` RGB (float [0, 1] or uint8 [0, 255]); output of the same shape, dtype and range.
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    _draw_attrs = ("alpha", "beta")
 
     def __init__(self, prob: float = 1.0, sigma: float = 0.05, bias: float = 0.05, max_value: float | None = None):
         RandomizableTransform.__init__(self, prob)
@@ -359,27 +390,13 @@ class RandHEDJitter(RandomizableTransform):
         self.alpha = self.R.uniform(1.0 - self.sigma, 1.0 + self.sigma, size=3)
         self.beta = self.R.uniform(-self.bias, self.bias, size=3)
 
-    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
-        """
-        Args:
-            img: ``3 x H x W`` RGB image.
-            randomize: draw new factors first; False reuses the last draw (dictionary transforms).
-        """
-        img = convert_to_tensor(img, track_meta=get_track_meta())
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return img
-        if self.alpha is None or self.beta is None:
-            raise RuntimeError("please call the `randomize()` function first.")
-        x, scale = _to_unit(img, self.max_value)
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
         alpha = torch.as_tensor(self.alpha, dtype=x.dtype).view(3, 1, 1)
         beta = torch.as_tensor(self.beta, dtype=x.dtype).view(3, 1, 1)
-        hed = rgb_to_hed(x)
-        return _from_unit(hed_to_rgb(hed * alpha + beta), img, scale)
+        return hed_to_rgb(rgb_to_hed(x) * alpha + beta)
 
 
-class RandStainAugment(RandomizableTransform):
+class RandStainAugment(_RandColourTransform):
     """Random stain augmentation in the image's own stain basis (Macenko et al., 2009).
 
     Each image's H and E stain vectors are estimated with Macenko's method
@@ -408,7 +425,7 @@ class RandStainAugment(RandomizableTransform):
     Input ``3 x H x W`` RGB (float [0, 1] or uint8 [0, 255]); output of the same shape, dtype and range.
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    _draw_attrs = ("stain_noise", "alpha", "beta")
 
     def __init__(
         self,
@@ -454,20 +471,7 @@ class RandStainAugment(RandomizableTransform):
         )
         return _ruifrok_basis(od.dtype, od.device) if he is None else _complete_basis(he)
 
-    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
-        """
-        Args:
-            img: ``3 x H x W`` RGB image.
-            randomize: draw a new perturbation first; False reuses the last draw (dictionary transforms).
-        """
-        img = convert_to_tensor(img, track_meta=get_track_meta())
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return img
-        if self.stain_noise is None or self.alpha is None or self.beta is None:
-            raise RuntimeError("please call the `randomize()` function first.")
-        x, scale = _to_unit(img, self.max_value)
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:
             raise ValueError(f"RandStainAugment takes one 3 x H x W image, got shape {tuple(x.shape)}")
         od = optical_density(x)
@@ -480,8 +484,7 @@ class RandStainAugment(RandomizableTransform):
         alpha = torch.as_tensor(self.alpha, dtype=x.dtype)[:, None]
         beta = torch.as_tensor(self.beta, dtype=x.dtype)[:, None]
         conc = torch.cat((conc[:2] * alpha + beta, conc[2:]), dim=0)
-        rgb = torch.exp(-(basis @ conc)).reshape(x.shape)
-        return _from_unit(rgb, img, scale)
+        return torch.exp(-(basis @ conc)).reshape(x.shape)
 
 
 def _factor_range(value: float | Sequence[float], name: str) -> tuple[float, float]:
@@ -505,7 +508,7 @@ def _hue_range(value: float | Sequence[float]) -> tuple[float, float]:
     return low, high
 
 
-class RandColorJitter(RandomizableTransform):
+class RandColorJitter(_RandColourTransform):
     """Random brightness, contrast, saturation and hue, in a random order (torchvision's ``ColorJitter``
     semantics, written in torch; torchvision cannot be imported here).
 
@@ -523,7 +526,7 @@ class RandColorJitter(RandomizableTransform):
     uint8 [0, 255]); output of the same shape, dtype and range.
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    _draw_attrs = ("order", "factors")
 
     def __init__(
         self,
@@ -551,24 +554,11 @@ class RandColorJitter(RandomizableTransform):
         ranges = (self.brightness, self.contrast, self.saturation, self.hue)
         self.factors = tuple(float(self.R.uniform(low, high)) for low, high in ranges)
 
-    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
-        """
-        Args:
-            img: ``3 x H x W`` RGB image.
-            randomize: draw new factors first; False reuses the last draw (dictionary transforms).
-        """
-        img = convert_to_tensor(img, track_meta=get_track_meta())
-        if randomize:
-            self.randomize()
-        if not self._do_transform:
-            return img
-        if self.order is None or self.factors is None:
-            raise RuntimeError("please call the `randomize()` function first.")
-        x, scale = _to_unit(img, self.max_value)
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
         steps = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
         for i in self.order:
             x = steps[i](x, self.factors[i])
-        return _from_unit(x, img, scale)
+        return x
 
 
 class _OrderedExtractHEStains(ExtractHEStains):
