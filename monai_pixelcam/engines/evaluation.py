@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from monai_pixelcam.data.atomic import write_json_atomic
-from monai_pixelcam.metrics import LocalizationDice, PxAP, ThresholdSelection
+from monai_pixelcam.metrics import PxAP
 
 from .workflows import build_evaluator, roi_transform
 
@@ -44,18 +44,16 @@ def evaluate_localization(
 
     Returns:
         dict of floats in percent (0..100) except ``threshold`` in [0, 1]: ``accuracy`` (same classes only),
-        ``pxap``,
-        ``pxap_<class>``, ``dice``, ``miou`` (at the valpx threshold), ``dice@0.5``, ``miou@0.5``,
+        ``pxap``, ``pxap_<class>``, ``dice``, ``miou`` (at the valpx threshold), ``dice@0.5``, ``miou@0.5``,
         ``valpx_pxap``; plus ``curve`` = ``(precision, recall)`` lists of the pooled test PR curve.
     """
     negative = [int(c) for c in negative_classes]
-    selector = ThresholdSelection(output_transform=roi_transform(negative))
-    valpx = build_evaluator(
-        network, valpx_loader, inferer, "valpx", device=device, negative_classes=negative,
-        extra_metrics={"valpx_threshold": selector},
-    )
+    # the evaluators' pooled PxAP histogram (PixelHistogram counts on the 0.001 grid) is all the threshold
+    # choice and the Dice/mIoU figures need: no second accumulation pass over the same pixels
+    valpx = build_evaluator(network, valpx_loader, inferer, "valpx", device=device, negative_classes=negative)
     valpx.run()
-    threshold = float(valpx.state.metrics["valpx_threshold_threshold"])
+    valpx_hist = valpx.pxap_handler.metric_fn
+    threshold = float(valpx_hist.histogram_fn.best_threshold(valpx_hist.histogram())["threshold"])
 
     names = list(class_names if test_class_names is None else test_class_names)
     same_classes = names == list(class_names)
@@ -66,25 +64,26 @@ def evaluate_localization(
         f"test_pxap_{names[c]}": PxAP(output_transform=roi_transform([o for o in range(len(names)) if o != c]))
         for c in positives
     } if len(positives) > 1 else {}
-    at_valpx = LocalizationDice(threshold, output_transform=roi_transform(negative))
-    at_half = LocalizationDice(0.5, output_transform=roi_transform(negative))
     test = build_evaluator(
-        network, test_loader, inferer, "test", device=device, negative_classes=negative,
-        extra_metrics={**per_class, "test_at_valpx": at_valpx, "test_at_half": at_half},
+        network, test_loader, inferer, "test", device=device, negative_classes=negative, extra_metrics=per_class
     )
     test.run()
     m = test.state.metrics
+    test_hist = test.pxap_handler.metric_fn
+    overlap = test_hist.histogram_fn.overlap(test_hist.histogram())
+    at_valpx = test_hist.histogram_fn.threshold_index(threshold)
+    at_half = test_hist.histogram_fn.threshold_index(0.5)
     result = {
         **({"accuracy": 100 * float(m["test_accuracy"])} if same_classes else {}),
         "pxap": 100 * float(m["test_pxap"]),
         **{k[len("test_"):]: 100 * float(v) for k, v in m.items() if k.startswith("test_pxap_")},
-        "dice": 100 * float(m["test_at_valpx_dice"]),
-        "miou": 100 * float(m["test_at_valpx_miou"]),
-        "dice@0.5": 100 * float(m["test_at_half_dice"]),
-        "miou@0.5": 100 * float(m["test_at_half_miou"]),
+        "dice": 100 * float(overlap["dice"][at_valpx]),
+        "miou": 100 * float(overlap["miou"][at_valpx]),
+        "dice@0.5": 100 * float(overlap["dice"][at_half]),
+        "miou@0.5": 100 * float(overlap["miou"][at_half]),
         "threshold": threshold,
         "valpx_pxap": 100 * float(valpx.state.metrics["valpx_pxap"]),
     }
-    precision, recall, _ = test.pxap_handler.metric_fn.curve()
+    precision, recall, _ = test_hist.curve()
     result["curve"] = {"precision": [float(v) for v in precision], "recall": [float(v) for v in recall]}
     return result

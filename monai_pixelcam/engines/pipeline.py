@@ -56,9 +56,9 @@ def _first_roi_batch(loader, negative_classes: Sequence[int], n: int) -> dict:
     for batch in loader:
         label = _plain(batch["label"]).reshape(-1)
         keep = ~torch.isin(label, torch.as_tensor(list(negative_classes), dtype=label.dtype))
-        for key in parts:
-            parts[key].append(_plain(batch[key]).reshape(-1) if key == "label" else _plain(batch[key]))
-            parts[key][-1] = parts[key][-1][keep]
+        parts["label"].append(label[keep])
+        for key in ("image", "mask"):
+            parts[key].append(_plain(batch[key])[keep])
         if sum(len(x) for x in parts["image"]) >= n:
             break
     return {key: torch.cat(value)[:n] for key, value in parts.items()}

@@ -28,6 +28,7 @@ from monai_pixelcam.handlers.loss_terms import LossTermsHandler, loss_terms_tran
 from monai_pixelcam.handlers.nan_guard import StopOnNonFiniteLoss
 from monai_pixelcam.handlers.tensorboard import TensorBoardMapHandler
 from monai_pixelcam.metrics import PxAP, from_engine_roi
+from monai_pixelcam.networks.wsol import unwrap_parallel
 
 __all__ = [
     "build_dataloader",
@@ -90,13 +91,10 @@ def sgd_optimizer(
 ) -> torch.optim.SGD:
     """SGD as in the paper: momentum 0.9, Nesterov, weight decay 1e-4, heads at ``head_lr_mult`` x ``lr``.
 
-    Frozen parameters (the two-step variant) are left out.
+    The groups come from the network's ``param_groups``, which leave out frozen parameters (the two-step
+    variant).
     """
-    module = network.module if hasattr(network, "module") else network  # DistributedDataParallel
-    groups = [
-        {**g, "params": [p for p in g["params"] if p.requires_grad]} for g in module.param_groups(lr, head_lr_mult)
-    ]
-    groups = [g for g in groups if g["params"]]
+    groups = unwrap_parallel(network).param_groups(lr, head_lr_mult)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
@@ -216,10 +214,6 @@ def build_trainer(
     return trainer
 
 
-def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    return network.module if hasattr(network, "module") else network
-
-
 def roi_transform(excluded_labels: Sequence[int] = ()):
     """Output transform ``(maps, masks)`` of a :func:`build_evaluator` engine, leaving out the images whose
     label is in ``excluded_labels`` (classes without a region of interest, or all classes but one for a
@@ -302,7 +296,7 @@ def build_evaluator(
         if checkpoint_dir is not None and checkpoint_name is not None:
             saver = AtomicCheckpointSaver(
                 save_dir=str(checkpoint_dir),
-                save_dict={"network": _unwrap(network)},
+                save_dict={"network": unwrap_parallel(network)},
                 save_key_metric=True,
                 key_metric_filename=f"{checkpoint_name}.pt",
                 key_metric_n_saved=1,

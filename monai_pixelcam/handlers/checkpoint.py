@@ -8,6 +8,8 @@ import os
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
+from monai_pixelcam.networks.wsol import unwrap_parallel
+
 __all__ = ["AtomicCheckpointSaver", "InitFromSource"]
 
 
@@ -59,6 +61,5 @@ class InitFromSource:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        net = self.network.module if hasattr(self.network, "module") else self.network
-        net.load_source(self.checkpoint)
+        unwrap_parallel(self.network).load_source(self.checkpoint)
         logging.getLogger(engine.logger.name).info(f"encoder and image head initialised from {self.checkpoint}")

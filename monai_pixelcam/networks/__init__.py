@@ -5,7 +5,7 @@ from .factory import ENCODERS, HEADS, build_classifier, build_encoder, build_hea
 from .heads import CAMHead, DeepMILHead, PixelHead
 from .pixelcam import PixelCAMLocalizer, PixelCAMNet, foreground_map
 from .weights import WEIGHT_CONTAINER_KEYS, load_checkpoint, load_torchvision_weights, read_state_dict
-from .wsol import WSOLClassifier, encoder_head_param_groups
+from .wsol import WSOLClassifier, encoder_head_param_groups, unwrap_parallel
 
 __all__ = [
     "BasicBlock",
@@ -35,4 +35,5 @@ __all__ = [
     "read_state_dict",
     "WSOLClassifier",
     "encoder_head_param_groups",
+    "unwrap_parallel",
 ]

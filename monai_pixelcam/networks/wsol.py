@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["WSOLClassifier", "encoder_head_param_groups"]
+__all__ = ["WSOLClassifier", "encoder_head_param_groups", "unwrap_parallel"]
+
+
+def unwrap_parallel(network: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (the network itself otherwise):
+    what checkpoints save and load, and what carries ``param_groups`` and ``load_source``."""
+    return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
 
 
 def encoder_head_param_groups(
