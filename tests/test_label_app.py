@@ -26,6 +26,7 @@ from PIL import Image  # noqa: E402
 from monai_pixelcam.data import load_datalist  # noqa: E402
 from monai_pixelcam.data.datalist import DatalistError  # noqa: E402
 from monai_pixelcam.data.io import read_mask, read_rgb  # noqa: E402
+from monai_pixelcam.export import publish_model  # noqa: E402
 from monai_pixelcam.inference import PixelCAMPredictor  # noqa: E402
 from monai_pixelcam.label.infer import PixelCAMInferTask, RequestError, load_image, parse_region  # noqa: E402
 from monai_pixelcam.label.main import PixelCAMApp  # noqa: E402
@@ -34,7 +35,6 @@ from monai_pixelcam.label.train import (  # noqa: E402
     PixelCAMTrainTask,
     datastore_items,
     parse_label,
-    publish_model,
     resolve_classes,
     source_checkpoint_from_model,
     split_items,

@@ -18,8 +18,8 @@ from .io import (
     LoadHistologyMask,
     read_mask,
     read_rgb,
-    write_png_atomic,
 )
+from .atomic import write_png_atomic
 
 _LAZY = {
     "validate_datalist": "validate",

@@ -37,7 +37,6 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import ensure_tuple
 from PIL import Image
 
-from .atomic import atomic_path
 from .datalist import DatalistError
 
 __all__ = [
@@ -46,7 +45,6 @@ __all__ = [
     "read_pixels",
     "image_to_rgb",
     "mask_to_binary",
-    "write_png_atomic",
     "read_csv_table",
     "LoadHistologyImage",
     "LoadHistologyMask",
@@ -240,27 +238,6 @@ def read_mask(path: str | os.PathLike, threshold: float = 0.5) -> np.ndarray:
     """
     pixels, has_alpha = read_pixels(path, palette_as_index=True)
     return mask_to_binary(pixels, has_alpha, threshold)
-
-
-def write_png_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Write ``array`` as a PNG at ``path`` atomically (temporary name in the same folder, then rename).
-
-    Args:
-        array: ``H x W`` (uint8, uint16 or bool; bool is written as 0/255), ``H x W x 3`` or
-            ``H x W x 4`` uint8.
-    """
-    path = Path(path)
-    arr = np.asarray(array)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    ok = (arr.ndim == 2 and arr.dtype in (np.uint8, np.uint16)) or (
-        arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8
-    )
-    if not ok:
-        raise ValueError(f"{path}: cannot write a PNG from an array of shape {arr.shape} and dtype {arr.dtype}")
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
-    return path
 
 
 def read_csv_table(path: str | os.PathLike) -> list[dict[str, str]]:

@@ -46,7 +46,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from monai_pixelcam.data.datalist import make_splits, save_datalist
-from monai_pixelcam.data.io import read_mask, read_rgb, write_png_atomic
+from monai_pixelcam.data.atomic import write_png_atomic
+from monai_pixelcam.data.io import read_mask, read_rgb
 
 __all__ = [
     "KINDS",

@@ -2,7 +2,7 @@
 
 from .evaluation import evaluate_localization, write_json_atomic
 from .inferers import CAMInferer, ClassifierInferer, PixelCAMInferer
-from .pipeline import SELECTIONS, evaluate_external, evaluate_pipeline, export_model, read_threshold, store_cams
+from .pipeline import SELECTIONS, evaluate_external, evaluate_pipeline, store_cams
 from .prepare_batch import DictTargetPrepareBatch
 from .workflows import (
     build_dataloader,
@@ -30,6 +30,4 @@ __all__ = [
     "store_cams",
     "evaluate_pipeline",
     "evaluate_external",
-    "export_model",
-    "read_threshold",
 ]

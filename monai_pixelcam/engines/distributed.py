@@ -12,8 +12,8 @@
 - the steps between the engines run on rank 0: the rank-aware twins below keep the names and signatures of
   :func:`~monai_pixelcam.data.prepare_datalist` (rank 0 generates or converts the data once, the others
   receive its datalist path), :func:`~monai_pixelcam.engines.pipeline.store_cams` (the others wait),
-  :func:`~monai_pixelcam.engines.pipeline.evaluate_pipeline`, :func:`~monai_pixelcam.engines.pipeline.read_threshold`
-  and :func:`~monai_pixelcam.engines.pipeline.export_model`, so that the multi-GPU config imports them over
+  :func:`~monai_pixelcam.engines.pipeline.evaluate_pipeline`, :func:`~monai_pixelcam.export.read_threshold`
+  and :func:`~monai_pixelcam.export.export_model`, so that the multi-GPU config imports them over
   the single-process functions and reuses ``train.json``'s steps unchanged. Evaluation comes after the last
   collective of the run: every rank leaves the process group (:func:`leave_distributed`), then rank 0
   evaluates the whole test set alone, as a single process would, and the others are done.
@@ -41,6 +41,7 @@ from torch.utils.data import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 
 import monai_pixelcam.data.prepare as _prepare
+import monai_pixelcam.export as _export
 import monai_pixelcam.engines.pipeline as _pipeline
 
 __all__ = [
@@ -255,8 +256,8 @@ def unshard(loader):
 
 prepare_datalist = on_rank0(_prepare.prepare_datalist)
 store_cams = on_rank0(_pipeline.store_cams, share_result=False)
-read_threshold = on_rank0(_pipeline.read_threshold)
-export_model = on_rank0(_pipeline.export_model)
+read_threshold = on_rank0(_export.read_threshold)
+export_model = on_rank0(_export.export_model)
 
 
 def evaluate_pipeline(*args: Any, **kwargs: Any) -> dict | None:

@@ -1,4 +1,4 @@
-"""The steps of the PixelCAM pipeline that sit between engines: CAM storing, evaluation report, model export.
+"""The steps of the PixelCAM pipeline that sit between engines: CAM storing and the evaluation report.
 
 The bundle's ``train_source`` and ``train_pixelcam`` steps are trainers built by :mod:`.workflows`; the steps
 here are plain functions of already-built networks and loaders, so the bundle configs only wire them.
@@ -6,25 +6,22 @@ here are plain functions of already-built networks and loaders, so the bundle co
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from monai.data import MetaTensor
 
 from monai_pixelcam.cams import CAMStore
-from monai_pixelcam.data.atomic import atomic_path
-from monai_pixelcam.handlers.figures import save_map_grid, save_pr_curves
+from monai_pixelcam.visualize import save_map_grid, save_pr_curves
 from monai_pixelcam.networks.weights import load_checkpoint
 
 from .evaluation import evaluate_localization, write_json_atomic
 from .inferers import CAMInferer, PixelCAMInferer
 
-__all__ = ["SELECTIONS", "store_cams", "evaluate_pipeline", "evaluate_external", "export_model", "read_threshold"]
+__all__ = ["SELECTIONS", "store_cams", "evaluate_pipeline", "evaluate_external"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,39 +134,6 @@ def evaluate_pipeline(
     if figure_maps:
         save_map_grid(output_dir / "figures" / "maps.png", figure_batch["image"], figure_batch["mask"], figure_maps)
     return results
-
-
-def export_model(
-    checkpoint: str | os.PathLike,
-    model_dir: str | os.PathLike,
-    network_kwargs: Mapping,
-    class_names: Sequence[str],
-    negative_classes: Sequence[int],
-    threshold: float,
-    image_size: int,
-) -> Path:
-    """Publish a PixelCAM checkpoint for inference: ``model.pt`` (state dict) and ``model_meta.json``
-    (``network`` kwargs of :func:`monai_pixelcam.networks.factory.build_pixelcam`, classes, threshold chosen
-    on valpx, image size), each written atomically, the weights first so the metadata never names a model
-    that is not there."""
-    model_dir = Path(model_dir)
-    with atomic_path(model_dir / "model.pt") as tmp:
-        shutil.copyfile(checkpoint, tmp)
-    meta = {
-        "network": dict(network_kwargs),
-        "classes": list(class_names),
-        "negative_classes": [int(c) for c in negative_classes],
-        "threshold": float(threshold),
-        "image_size": int(image_size),
-        "source_checkpoint": str(checkpoint),
-    }
-    write_json_atomic(meta, model_dir / "model_meta.json")
-    return model_dir / "model.pt"
-
-
-def read_threshold(metrics_json: str | os.PathLike, selection: str = "bloc") -> float:
-    """The valpx threshold of PixelCAM ``selection`` recorded in a ``metrics.json``."""
-    return float(json.loads(Path(metrics_json).read_text())["pixelcam"][selection]["threshold"])
 
 
 def evaluate_external(

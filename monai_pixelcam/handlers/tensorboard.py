@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ignite.engine import Engine, Events
 
-from .figures import map_grid
+from monai_pixelcam.visualize import map_grid
 
 __all__ = ["TensorBoardMapHandler"]
 

@@ -1,7 +1,7 @@
 """Inference with a trained PixelCAM model: tiles (image folders) and whole-slide images (sliding windows)."""
 
-from .predictor import META_FILE, MODEL_FILE, PixelCAMPredictor
-from .folder import IMAGE_SUFFIXES, heatmap_rgb, localize_folder, localize_image, write_csv_atomic, write_nifti_atomic
+from .predictor import PixelCAMPredictor
+from .folder import IMAGE_SUFFIXES, localize_folder, localize_image
 from .wsi import (
     DEFAULT_MAX_TILE_PIXELS,
     SLIDE_SUFFIXES,
@@ -15,15 +15,10 @@ from .wsi import (
 )
 
 __all__ = [
-    "META_FILE",
-    "MODEL_FILE",
     "PixelCAMPredictor",
     "IMAGE_SUFFIXES",
-    "heatmap_rgb",
     "localize_folder",
     "localize_image",
-    "write_csv_atomic",
-    "write_nifti_atomic",
     "DEFAULT_MAX_TILE_PIXELS",
     "SLIDE_SUFFIXES",
     "TiledTiffWSIReader",

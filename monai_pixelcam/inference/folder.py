@@ -7,8 +7,6 @@ very large TIFFs, SVS) go through the sliding-window path of :mod:`monai_pixelca
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -16,62 +14,23 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.atomic import atomic_path
+from ..data.atomic import write_csv_atomic, write_nifti_atomic, write_png_atomic
 from ..data.datalist import DatalistError
-from ..data.io import read_rgb, write_png_atomic
-from ..handlers.figures import heatmap
+from ..data.io import read_rgb
+from ..visualize import heatmap_rgb
 from .predictor import PixelCAMPredictor
+from .wsi import DEFAULT_MAX_TILE_PIXELS, SLIDE_SUFFIXES, is_whole_slide, localize_slide
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "localize_folder",
     "localize_image",
-    "heatmap_rgb",
-    "write_csv_atomic",
-    "write_nifti_atomic",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Image files a folder run processes (compared case-insensitively); ``.svs`` slides are added by the WSI code.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-def heatmap_rgb(score: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """``H x W`` scores in [0, 1] -> ``uint8 H x W x 3`` 'jet' colours (the figures' colour map); pixels where
-    ``valid`` is False (e.g. slide areas no tile covered) are white."""
-    rgb = np.round(heatmap(np.asarray(score, dtype=np.float32)) * 255.0).astype(np.uint8)
-    if valid is not None:
-        rgb[~np.asarray(valid, dtype=bool)] = 255
-    return rgb
-
-
-def write_csv_atomic(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
-    """Write a CSV (header + rows) atomically: temporary file in the same folder, then ``os.replace``."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(list(header))
-    writer.writerows([list(r) for r in rows])
-    with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-    return Path(path)
-
-
-def write_nifti_atomic(path: str | os.PathLike, score: np.ndarray) -> Path:
-    """Write an ``H x W`` float map as a 2D NIfTI (``.nii.gz``) through nibabel, atomically.
-
-    The array is stored transposed, ``W x H`` (x = column, y = row), with an identity affine: the layout
-    MONAI's default image readers use (``LoadImage`` of the PNG mask and of this file give the same
-    orientation). ``nibabel.load(path).get_fdata().T`` gives back the ``H x W`` map.
-    """
-    import nibabel as nib
-
-    data = np.ascontiguousarray(np.asarray(score, dtype=np.float32).T)
-    image = nib.Nifti1Image(data, affine=np.eye(4))
-    image.header.set_data_dtype(np.float32)
-    with atomic_path(path) as tmp:  # the temporary name ends with the real one: nibabel picks .nii.gz from it
-        nib.save(image, str(tmp))
-    return Path(path)
 
 
 def localize_image(
@@ -136,7 +95,7 @@ def localize_folder(
     Every PNG / JPEG / TIFF / BMP file (suffix case-insensitive) is predicted and gets
     ``<stem>_heatmap.png`` (RGB colour map of the foreground probability), ``<stem>_mask.png`` (0/255, the
     image's ``H x W``, ``map >= predictor.threshold``) and, with ``save_nifti``, ``<stem>_map.nii.gz``
-    (:func:`write_nifti_atomic`). Whole-slide images (:func:`~monai_pixelcam.inference.wsi.is_whole_slide`:
+    (:func:`~monai_pixelcam.data.atomic.write_nifti_atomic`). Whole-slide images (:func:`~monai_pixelcam.inference.wsi.is_whole_slide`:
     multi-level TIFF, TIFF over ``max_tile_pixels`` pixels, SVS) go to
     :func:`~monai_pixelcam.inference.wsi.localize_slide` (``slide_kwargs`` are passed on), which adds
     ``<stem>_tissue.png`` and ``<stem>_tiles.csv``. Outputs of ``sub/a.png`` (``recursive``) go to
@@ -172,9 +131,6 @@ def localize_folder(
         FileNotFoundError: ``input_dir`` does not exist.
         ValueError: ``output_dir`` is ``input_dir``.
     """
-    # wsi.py uses this module's writers, so it is imported here rather than at the top (import cycle)
-    from .wsi import DEFAULT_MAX_TILE_PIXELS, SLIDE_SUFFIXES, is_whole_slide, localize_slide
-
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.exists():
         raise FileNotFoundError(f"input not found: {input_dir}")

@@ -9,7 +9,6 @@ foreground channel is upsampled bilinearly from feature resolution straight to t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -21,27 +20,19 @@ import torch.nn as nn
 from monai.utils import convert_to_tensor
 
 from ..data.io import image_to_rgb
+from ..export import META_FILE, MODEL_FILE, read_model_meta
 from ..networks.factory import build_pixelcam
 from ..networks.pixelcam import foreground_map
 from ..networks.weights import load_checkpoint
 from ..transforms.array import AntialiasedResize
 
-__all__ = ["PixelCAMPredictor", "MODEL_FILE", "META_FILE"]
+__all__ = ["PixelCAMPredictor"]
 
 logger = logging.getLogger(__name__)
-
-#: Files of a trained bundle's model folder (written by the training pipeline).
-MODEL_FILE = "model.pt"
-META_FILE = "model_meta.json"
 
 # build_pixelcam arguments that point at weight files used to *start* training; model.pt holds every
 # weight, so at inference they are dropped instead of requiring those files to exist on this machine.
 _TRAINING_ONLY_KWARGS = ("pretrained", "source_checkpoint", "source_key")
-
-_TRAIN_HINT = (
-    "train the bundle first (python -m monai.bundle run training --config_file "
-    "bundles/pixelcam/configs/train.json) or point model_dir at a trained model folder"
-)
 
 
 def _as_rgb_uint8(image: np.ndarray, index: int) -> np.ndarray:
@@ -144,31 +135,16 @@ class PixelCAMPredictor:
             ValueError: the meta file is not valid JSON or lacks ``network`` / ``classes``, or the weights do
                 not fit the network it describes (names the file).
         """
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise FileNotFoundError(f"model folder not found: {model_dir}; {_TRAIN_HINT}")
-        weights, meta_path = model_dir / MODEL_FILE, model_dir / META_FILE
-        for f in (weights, meta_path):
-            if not f.is_file():
-                raise FileNotFoundError(f"no trained model: {f} is missing; {_TRAIN_HINT}")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{meta_path}: cannot read the model description ({type(e).__name__}: {e})") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("network"), dict) or not meta.get("classes"):
-            raise ValueError(f"{meta_path}: expected an object with 'network' (build_pixelcam arguments) and 'classes'")
-        net_kwargs = {k: v for k, v in meta["network"].items() if k not in _TRAINING_ONLY_KWARGS}
+        meta = read_model_meta(model_dir)
         classes = list(meta["classes"])
+        net_kwargs = {k: v for k, v in meta["network"].items() if k not in _TRAINING_ONLY_KWARGS}
         net_kwargs.setdefault("num_classes", len(classes))
-        if int(net_kwargs["num_classes"]) != len(classes):
-            raise ValueError(
-                f"{meta_path}: network.num_classes is {net_kwargs['num_classes']} but {len(classes)} classes are named"
-            )
+        meta_path = Path(model_dir) / META_FILE
         try:
             network = build_pixelcam(**net_kwargs)
         except TypeError as e:
             raise ValueError(f"{meta_path}: 'network' does not describe a PixelCAM network ({e})") from None
-        load_checkpoint(network, weights)
+        load_checkpoint(network, Path(model_dir) / MODEL_FILE)
         if "threshold" not in meta and "threshold" not in kwargs:
             logger.warning("%s has no 'threshold' (the valpx threshold); using 0.5", meta_path)
         settings = {

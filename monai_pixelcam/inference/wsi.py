@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from monai.data import WSIReader
 from monai.data.wsi_reader import TiffFileWSIReader
 
-from ..data.io import image_to_rgb, write_png_atomic
-from .folder import heatmap_rgb, write_csv_atomic, write_nifti_atomic
+from ..data.atomic import write_csv_atomic, write_nifti_atomic, write_png_atomic
+from ..data.io import image_to_rgb
+from ..visualize import heatmap_rgb
 from .predictor import PixelCAMPredictor
 
 __all__ = [
@@ -316,7 +317,7 @@ def localize_slide(
         batch_size: tiles per forward pass.
         backend: ``"tifffile"`` (default, :class:`TiledTiffWSIReader`), ``"openslide"`` or ``"cucim"``.
         min_tissue_fraction: in [0, 1); a tile is predicted when its tissue fraction exceeds it.
-        save_nifti: also write ``<stem>_map.nii.gz`` (see :func:`~monai_pixelcam.inference.folder.write_nifti_atomic`).
+        save_nifti: also write ``<stem>_map.nii.gz`` (see :func:`~monai_pixelcam.data.atomic.write_nifti_atomic`).
         stem: output file prefix; default the file name without its suffix.
 
     Outputs (written atomically): ``<stem>_heatmap.png`` (colour map; white where no tile was predicted),

@@ -31,8 +31,10 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from ..data.datalist import DatalistError
-from ..data.io import image_to_rgb, read_rgb, write_png_atomic
-from ..inference.predictor import META_FILE, MODEL_FILE, PixelCAMPredictor
+from ..data.atomic import write_png_atomic
+from ..data.io import image_to_rgb, read_rgb
+from ..export import META_FILE, MODEL_FILE
+from ..inference.predictor import PixelCAMPredictor
 from ..inference.wsi import is_whole_slide, wsi_reader
 
 __all__ = [

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -41,10 +40,9 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import name_to_device
 
-from ..data.atomic import atomic_path
+from ..data.atomic import atomic_path, write_json_atomic
 from ..data.datalist import DatalistError, make_splits, save_datalist
-from ..data.atomic import write_json_atomic
-from ..inference.predictor import META_FILE, MODEL_FILE
+from ..export import META_FILE, MODEL_FILE, publish_model
 from ..networks.weights import read_state_dict
 
 __all__ = [
@@ -58,7 +56,6 @@ __all__ = [
     "split_items",
     "build_datalist",
     "source_checkpoint_from_model",
-    "publish_model",
     "PixelCAMTrainTask",
 ]
 
@@ -254,23 +251,6 @@ def source_checkpoint_from_model(model_pt: str | os.PathLike, out_path: str | os
     with atomic_path(out_path) as tmp:
         torch.save(out, tmp)
     return Path(out_path)
-
-
-def publish_model(run_dir: str | os.PathLike, model_dir: str | os.PathLike) -> list[Path]:
-    """Copy a run's ``model.pt`` and ``model_meta.json`` into ``model_dir``, each through a temporary file in
-    ``model_dir`` and ``os.replace``, weights first (the infer task retries a load that meets a mismatched
-    pair and reloads when either file changes)."""
-    run_dir, model_dir = Path(run_dir), Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    published = []
-    for name in (MODEL_FILE, META_FILE):
-        src = run_dir / name
-        if not src.is_file():
-            raise FileNotFoundError(f"the training run did not write {src}")
-        with atomic_path(model_dir / name) as tmp:
-            shutil.copyfile(src, tmp)
-        published.append(model_dir / name)
-    return published
 
 
 def _read_json(path: Path) -> dict | None:

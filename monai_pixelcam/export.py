@@ -1,0 +1,155 @@
+"""A trained model as a folder: export after training, reading at inference, publishing by MONAI Label.
+
+A model folder holds ``model.pt`` (the :class:`~monai_pixelcam.networks.PixelCAMNet` state dict) and
+``model_meta.json``:
+
+- ``network``: keyword arguments of :func:`~monai_pixelcam.networks.build_pixelcam`;
+- ``classes`` (label order) and ``negative_classes`` (indices of classes without a region of interest);
+- ``threshold``: the foreground threshold in [0, 1] chosen on valpx;
+- ``image_size``: the side the network sees;
+- ``mpp``: microns per pixel of the training images at that size (None when the data did not say); slide
+  inference reads slides at this scale;
+- ``source_checkpoint``: the checkpoint it was exported from.
+
+Every file is written atomically, the weights before the metadata, so the metadata never names a model that
+is not there; readers retry a load that meets a mismatched pair.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from monai_pixelcam.data.atomic import atomic_path, write_json_atomic
+
+__all__ = [
+    "MODEL_FILE",
+    "META_FILE",
+    "export_model",
+    "read_threshold",
+    "read_model_meta",
+    "publish_model",
+    "TRAIN_HINT",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+META_FILE = "model_meta.json"
+
+TRAIN_HINT = (
+    "train the bundle first (python -m monai.bundle run training --config_file "
+    "bundles/pixelcam/configs/train.json) or point model_dir at a trained model folder"
+)
+
+
+def read_threshold(metrics_file: str | os.PathLike, selection: str = "bloc") -> float:
+    """The valpx threshold of PixelCAM ``selection`` recorded in a ``metrics.json``."""
+    try:
+        return float(json.loads(Path(metrics_file).read_text(encoding="utf-8"))["pixelcam"][selection]["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{metrics_file}: no PixelCAM {selection} threshold ({type(e).__name__}: {e}); run the evaluation first"
+        ) from None
+
+
+def export_model(
+    checkpoint: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    network: Mapping,
+    classes: Sequence[str],
+    negative_classes: Sequence[int] = (),
+    image_size: int = 224,
+    threshold: float | None = None,
+    metrics_file: str | os.PathLike | None = None,
+    selection: str = "bloc",
+    mpp: float | None = None,
+) -> Path:
+    """Publish a PixelCAM checkpoint for inference as ``model_dir/model.pt`` + ``model_meta.json``.
+
+    Args:
+        checkpoint: the PixelCAMNet checkpoint (e.g. ``pixelcam_bloc.pt``).
+        network: ``build_pixelcam`` keyword arguments.
+        classes, negative_classes: class names in label order; indices without a region of interest.
+        image_size: side of the network's input.
+        threshold: foreground threshold in [0, 1]; None reads PixelCAM ``selection``'s valpx threshold from
+            ``metrics_file``.
+        mpp: microns per pixel of the training images at ``image_size``, or None when unknown.
+
+    Returns:
+        the path of ``model.pt``.
+    """
+    if threshold is None:
+        if metrics_file is None:
+            raise ValueError("export_model needs a threshold or the metrics_file that records the valpx one")
+        threshold = read_threshold(metrics_file, selection)
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"export_model: threshold must lie in [0, 1], got {threshold}")
+    if mpp is not None and not float(mpp) > 0:
+        raise ValueError(f"export_model: mpp must be positive microns per pixel, got {mpp}")
+    model_dir = Path(model_dir)
+    with atomic_path(model_dir / MODEL_FILE) as tmp:
+        shutil.copyfile(checkpoint, tmp)
+    meta = {
+        "network": dict(network),
+        "classes": list(classes),
+        "negative_classes": [int(c) for c in negative_classes],
+        "threshold": float(threshold),
+        "image_size": int(image_size),
+        "mpp": None if mpp is None else float(mpp),
+        "source_checkpoint": str(checkpoint),
+    }
+    write_json_atomic(meta, model_dir / META_FILE)
+    logger.info(f"exported {checkpoint} to {model_dir / MODEL_FILE} (threshold {float(threshold):.3f})")
+    return model_dir / MODEL_FILE
+
+
+def read_model_meta(model_dir: str | os.PathLike) -> dict:
+    """The checked ``model_meta.json`` of a model folder that also holds ``model.pt``.
+
+    Raises:
+        FileNotFoundError: the folder, ``model.pt`` or ``model_meta.json`` is missing (names the file).
+        ValueError: the meta file is not valid JSON, lacks ``network`` / ``classes``, or its ``num_classes``
+            disagrees with its classes (names the file).
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder not found: {model_dir}; {TRAIN_HINT}")
+    meta_path = model_dir / META_FILE
+    for f in (model_dir / MODEL_FILE, meta_path):
+        if not f.is_file():
+            raise FileNotFoundError(f"no trained model: {f} is missing; {TRAIN_HINT}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_path}: cannot read the model description ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("network"), dict) or not meta.get("classes"):
+        raise ValueError(f"{meta_path}: expected an object with 'network' (build_pixelcam arguments) and 'classes'")
+    classes = list(meta["classes"])
+    k = meta["network"].get("num_classes", len(classes))
+    if int(k) != len(classes):
+        raise ValueError(f"{meta_path}: network.num_classes is {k} but {len(classes)} classes are named")
+    mpp = meta.get("mpp")
+    if mpp is not None and not (isinstance(mpp, (int, float)) and mpp > 0):
+        raise ValueError(f"{meta_path}: 'mpp' must be a positive number of microns per pixel or null, got {mpp!r}")
+    return meta
+
+
+def publish_model(run_dir: str | os.PathLike, model_dir: str | os.PathLike) -> list[Path]:
+    """Copy a run's ``model.pt`` and ``model_meta.json`` into ``model_dir``, each through a temporary file and
+    ``os.replace``, weights first (readers retry a load that meets a mismatched pair)."""
+    run_dir, model_dir = Path(run_dir), Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    published = []
+    for name in (MODEL_FILE, META_FILE):
+        src = run_dir / name
+        if not src.is_file():
+            raise FileNotFoundError(f"the training run did not write {src}")
+        with atomic_path(model_dir / name) as tmp:
+            shutil.copyfile(src, tmp)
+        published.append(model_dir / name)
+    return published

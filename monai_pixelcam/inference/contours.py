@@ -1,0 +1,140 @@
+"""Foreground regions of a localization map as polygons, for viewers: GeoJSON (QuPath, any GIS tool) and the
+contour lists of MONAI Label's pathology writers (DSA JSON, ASAP XML).
+
+The iso-line of the map at the threshold is traced with ``skimage.measure.find_contours`` (sub-pixel, so a
+map at a coarse level still gives smooth outlines), simplified with ``skimage.measure.approximate_polygon``
+and mapped to level-0 pixel coordinates. Each exterior ring carries the holes inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["Polygon", "foreground_polygons", "polygons_geojson"]
+
+
+class Polygon(NamedTuple):
+    """One foreground region in output coordinates ``(x, y)`` (columns, rows).
+
+    ``exterior``: ``N x 2`` float ring, closed (first point repeated last), counter-clockwise in ``(x, y)``
+    (RFC 7946). ``holes``: rings of the background regions inside it, clockwise. ``area``: exterior minus
+    holes, in squared output units.
+    """
+
+    exterior: np.ndarray
+    holes: list[np.ndarray]
+    area: float
+
+
+def _signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of an ``N x 2`` ``(x, y)`` ring; positive when counter-clockwise."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+
+
+def foreground_polygons(
+    score: np.ndarray,
+    threshold: float,
+    min_area: float = 0.0,
+    tolerance: float = 0.5,
+    scale: float | Sequence[float] = 1.0,
+    offset: Sequence[float] = (0.0, 0.0),
+    valid: np.ndarray | None = None,
+) -> list[Polygon]:
+    """Polygons of the region where ``score >= threshold``.
+
+    Args:
+        score: ``H x W`` map in [0, 1] (rows, columns).
+        threshold: iso-value in (0, 1]; the same threshold as the binary mask.
+        min_area: regions whose area (exterior minus holes, in output units squared, i.e. level-0 pixels
+            when ``scale`` maps to level 0) is below this are dropped.
+        tolerance: Douglas-Peucker tolerance in map pixels (0 keeps every traced vertex).
+        scale: output units per map pixel, one number or ``(sx, sy)``; e.g. the level's downsample.
+        offset: ``(x, y)`` of the map's top-left corner in output units (a tile's level-0 location).
+        valid: optional ``H x W`` bool; outside it the map counts as background (e.g. slide areas no window
+            covered), so no region leaks into them.
+
+    Returns:
+        the polygons, largest first. Pixel ``(r, c)`` of the map covers ``[c, c + 1) x [r, r + 1)`` in map
+        units, so a traced point at array position ``(r, c)`` maps to ``offset + (c + 0.5, r + 0.5) * scale``.
+    """
+    from skimage.measure import approximate_polygon, find_contours, points_in_poly
+
+    score = np.asarray(score, dtype=np.float32)
+    if score.ndim != 2:
+        raise ValueError(f"foreground_polygons expects an H x W map, got shape {score.shape}")
+    if not 0.0 < float(threshold) <= 1.0:
+        raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
+    if valid is not None:
+        score = np.where(np.asarray(valid, dtype=bool), score, 0.0)
+    sx, sy = (float(scale), float(scale)) if np.isscalar(scale) else (float(scale[0]), float(scale[1]))
+    ox, oy = float(offset[0]), float(offset[1])
+    # padding with 0 closes every contour; 'high' winds exteriors one way and holes the other
+    rings = find_contours(np.pad(score, 1), float(threshold), positive_orientation="high")
+    exteriors, holes = [], []
+    for ring in rings:
+        if len(ring) < 4:
+            continue
+        if tolerance > 0:
+            ring = approximate_polygon(ring, tolerance=float(tolerance))
+            if len(ring) < 4:
+                continue
+        xy = np.stack([ox + (ring[:, 1] - 0.5) * sx, oy + (ring[:, 0] - 0.5) * sy], axis=1)  # -1 pad, +0.5 centre
+        area = _signed_area(xy)
+        if area == 0:
+            continue
+        # find_contours(positive_orientation="high") winds exteriors clockwise in (x, y) and holes the other
+        # way: reversing both gives RFC 7946's counter-clockwise exteriors and clockwise holes
+        (exteriors if area < 0 else holes).append(xy[::-1])
+    polygons = []
+    ext_areas = [_signed_area(e) for e in exteriors]
+    owner: dict[int, list[np.ndarray]] = {i: [] for i in range(len(exteriors))}
+    for hole in holes:
+        # a hole belongs to the smallest exterior that contains its first point
+        inside = [i for i, e in enumerate(exteriors) if points_in_poly(hole[:1], e)[0]]
+        if inside:
+            owner[min(inside, key=lambda i: ext_areas[i])].append(hole)
+    for i, ext in enumerate(exteriors):
+        area = ext_areas[i] + sum(_signed_area(h) for h in owner[i])  # holes are clockwise: negative
+        if area >= float(min_area):
+            polygons.append(Polygon(ext, owner[i], float(area)))
+    polygons.sort(key=lambda p: -p.area)
+    return polygons
+
+
+def _ring_coordinates(ring: np.ndarray, decimals: int) -> list[list[float]]:
+    return [[round(float(x), decimals), round(float(y), decimals)] for x, y in ring]
+
+
+def polygons_geojson(
+    polygons: Sequence[Polygon],
+    name: str,
+    color: Sequence[int] = (255, 0, 0),
+    properties: Mapping | None = None,
+    decimals: int = 1,
+) -> dict:
+    """A GeoJSON ``FeatureCollection`` with one ``Polygon`` feature per region, as QuPath imports it (File >
+    Import objects): each feature is an annotation classified as ``name`` with colour ``color`` (RGB 0..255),
+    and carries ``properties`` (e.g. class probabilities) plus its ``area``."""
+    features = []
+    for k, polygon in enumerate(polygons):
+        features.append(
+            {
+                "type": "Feature",
+                "id": f"{name}-{k}",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [_ring_coordinates(r, decimals) for r in (polygon.exterior, *polygon.holes)],
+                },
+                "properties": {
+                    "objectType": "annotation",
+                    "classification": {"name": name, "color": [int(c) for c in color]},
+                    "area": round(polygon.area, decimals),
+                    **dict(properties or {}),
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}

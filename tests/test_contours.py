@@ -1,0 +1,61 @@
+"""Foreground polygons: exteriors with their holes, in output coordinates, checked against the mask area."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from monai_pixelcam.inference.contours import _signed_area, foreground_polygons, polygons_geojson
+
+
+def _ring_area(ring):
+    return _signed_area(np.asarray(ring, dtype=float))
+
+
+def test_ring_with_a_hole_and_small_regions_dropped():
+    score = np.zeros((64, 64), np.float32)
+    score[disk((30, 30), 20)] = 1.0
+    score[disk((30, 30), 6)] = 0.0
+    score[55:58, 55:58] = 1.0  # 9 px speck
+    polygons = foreground_polygons(score, 0.5, tolerance=0)
+    assert [len(p.holes) for p in polygons] == [1, 0]
+    big = polygons[0]
+    # the traced area equals the pixel count within the half-pixel band the iso-line cuts through corners
+    assert big.area == pytest.approx(float((score > 0.5).sum()), rel=0.03)
+    assert _signed_area(big.exterior) > 0 and _signed_area(big.holes[0]) < 0  # RFC 7946 winding
+    assert np.allclose(big.exterior[0], big.exterior[-1])
+    assert [p.area > 100 for p in foreground_polygons(score, 0.5, min_area=100)] == [True]
+
+
+def test_scale_and_offset_map_to_level0():
+    score = np.zeros((10, 10), np.float32)
+    score[2:6, 3:8] = 1.0  # rows 2..5, cols 3..7
+    (polygon,) = foreground_polygons(score, 0.5, tolerance=0, scale=(4.0, 2.0), offset=(1000.0, 500.0))
+    xs, ys = polygon.exterior[:, 0], polygon.exterior[:, 1]
+    # the iso-line at 0.5 lies half a pixel outside the centres of the boundary pixels: on the pixel edges
+    assert xs.min() == pytest.approx(1000 + 3 * 4) and xs.max() == pytest.approx(1000 + 8 * 4)
+    assert ys.min() == pytest.approx(500 + 2 * 2) and ys.max() == pytest.approx(500 + 6 * 2)
+
+
+def test_invalid_area_and_threshold():
+    score = np.ones((8, 8), np.float32)
+    valid = np.zeros((8, 8), bool)
+    valid[:, :4] = True
+    (polygon,) = foreground_polygons(score, 0.5, tolerance=0, valid=valid)
+    assert polygon.exterior[:, 0].max() == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="threshold"):
+        foreground_polygons(score, 0.0)
+
+
+def test_geojson_feature_collection():
+    score = np.zeros((16, 16), np.float32)
+    score[4:12, 4:12] = 1
+    fc = polygons_geojson(foreground_polygons(score, 0.5), "tumour", (200, 0, 0), {"prob_tumour": 0.9})
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 1
+    feature = fc["features"][0]
+    assert feature["geometry"]["type"] == "Polygon"
+    assert feature["properties"]["classification"] == {"name": "tumour", "color": [200, 0, 0]}
+    assert feature["properties"]["prob_tumour"] == 0.9
+    ring = feature["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and _ring_area(ring) > 0
