@@ -61,7 +61,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from monai_pixelcam.cams import build_cam
-from monai_pixelcam.engines import ClassifierInferer, PixelCAMInferer, sgd_optimizer, write_json_atomic
+from monai_pixelcam.data.atomic import write_json_atomic
+from monai_pixelcam.engines import ClassifierInferer, PixelCAMInferer, sgd_optimizer
 from monai_pixelcam.losses import PixelCAMLoss, resize_cam
 from monai_pixelcam.networks import PixelCAMNet, build_classifier
 from monai_pixelcam.seeding import PixelSeeder, ProbabilitySeeder, ThresholdSeeder

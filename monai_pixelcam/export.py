@@ -1,6 +1,6 @@
 """A trained model as a folder: export after training, reading at inference, publishing by MONAI Label.
 
-A model folder holds ``model.pt`` (the :class:`~monai_pixelcam.networks.PixelCAMNet` state dict) and
+A model folder holds ``model.pt`` (the :class:`~monai_pixelcam.networks.PixelCAMNet` state dict, plain) and
 ``model_meta.json``:
 
 - ``network``: keyword arguments of :func:`~monai_pixelcam.networks.build_pixelcam`;
@@ -24,7 +24,10 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
+
 from monai_pixelcam.data.atomic import atomic_path, write_json_atomic
+from monai_pixelcam.networks.weights import read_state_dict
 
 __all__ = [
     "MODEL_FILE",
@@ -72,7 +75,8 @@ def export_model(
     """Publish a PixelCAM checkpoint for inference as ``model_dir/model.pt`` + ``model_meta.json``.
 
     Args:
-        checkpoint: the PixelCAMNet checkpoint (e.g. ``pixelcam_bloc.pt``).
+        checkpoint: the PixelCAMNet checkpoint (e.g. ``pixelcam_bloc.pt``; its state dict, raw or under a
+            container key such as ``network``).
         network: ``build_pixelcam`` keyword arguments.
         classes, negative_classes: class names in label order; indices without a region of interest.
         image_size: side of the network's input.
@@ -92,8 +96,10 @@ def export_model(
     if mpp is not None and not float(mpp) > 0:
         raise ValueError(f"export_model: mpp must be positive microns per pixel, got {mpp}")
     model_dir = Path(model_dir)
+    # the weights alone: a B-LOC checkpoint also carries its saver's tracking state
+    state = read_state_dict(checkpoint)
     with atomic_path(model_dir / MODEL_FILE) as tmp:
-        shutil.copyfile(checkpoint, tmp)
+        torch.save(state, tmp)
     meta = {
         "network": dict(network),
         "classes": list(classes),

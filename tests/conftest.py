@@ -1,8 +1,19 @@
-"""Shared fixtures: one tiny synthetic GlaS-like dataset per test session (24 images of 64 x 64)."""
+"""Shared fixtures: one tiny synthetic GlaS-like dataset per test session (24 images of 64 x 64), and one
+bundle trained end to end on it through ``ConfigWorkflow`` (the tests that only need a trained bundle share it:
+the suite trains the whole pipeline once)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "pixelcam" / "configs"
+#: Bundle overrides that make a whole run take seconds on a CPU.
+TINY_BUNDLE = dict(
+    source_epochs=2, pixelcam_epochs=2, image_size=56, crop_size=48, batch_size=8, num_workers=0, val_interval=1,
+    tensorboard_images=2,
+)
 
 
 @pytest.fixture(scope="session")
@@ -11,3 +22,23 @@ def tiny_glas(tmp_path_factory):
     from monai_pixelcam.data.synthetic import synthesize
 
     return synthesize("glas", tmp_path_factory.mktemp("tiny_glas"), n_images=24, image_size=64, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory, tiny_glas):
+    """A bundle root trained end to end (``training``: source, CAMs, PixelCAM, evaluation, export) on
+    ``tiny_glas`` through ``ConfigWorkflow``; ``models/`` holds its checkpoints, metrics, figures and logs.
+    Tests must not modify it."""
+    from monai.bundle import ConfigWorkflow
+
+    root = tmp_path_factory.mktemp("bundle")
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"), workflow_type="train", bundle_root=str(root),
+        datalist=str(tiny_glas), **TINY_BUNDLE,
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+    workflow.run()
+    workflow.finalize()
+    return root

@@ -1,114 +1,115 @@
-"""The MONAI bundle, model-zoo style: metadata schema, ConfigWorkflow for train / evaluate / inference,
-network verification and TorchScript export, bad inputs through the inference bundle."""
+"""The MONAI bundle, model-zoo style: metadata, ConfigWorkflow for train / evaluate / inference, the ids and
+command-line overrides MONAI users rely on, network verification and TorchScript export."""
 
 from __future__ import annotations
 
 import glob
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
 import torch
+from conftest import CONFIGS, TINY_BUNDLE
 from monai.bundle import ConfigWorkflow
 from monai.bundle.scripts import ckpt_export, verify_net_in_out
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "bundles" / "pixelcam" / "configs"
 META = str(CONFIGS / "metadata.json")
 LOGGING = str(CONFIGS / "logging.conf")
-TINY = dict(
-    source_epochs=2, pixelcam_epochs=2, image_size=56, crop_size=48, batch_size=8, num_workers=0, val_interval=1,
-    tensorboard_images=2,
-)
-
-
-def _meta_schema() -> dict:
-    return json.loads((ROOT / "tests" / "data" / "bundle_meta_schema.json").read_text())
+TRAIN = str(CONFIGS / "train.json")
 
 
 def test_metadata_follows_the_bundle_specification():
     meta = json.loads(Path(META).read_text())
-    jsonschema.validate(meta, _meta_schema())
+    jsonschema.validate(meta, json.loads((ROOT / "tests" / "data" / "bundle_meta_schema.json").read_text()))
     for tensors in meta["network_data_format"].values():
         for spec in tensors.values():
             assert len(spec["channel_def"]) == spec["num_channels"]
+    # the declared input is what the default training feeds the network
+    train = json.loads(Path(TRAIN).read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [train["crop_size"]] * 2
     assert "monai-pixelcam" in meta["required_packages_version"]
     assert any("2503.24135" in ref for ref in meta["references"])
-    for key in ("version", "network_data_format", "references"):
-        broken = {k: v for k, v in meta.items() if k != key}
-        with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate(broken, _meta_schema())
 
 
-@pytest.fixture(scope="module")
-def trained_bundle(tmp_path_factory, tiny_glas):
-    """A bundle root trained end to end on tiny synthetic data through ConfigWorkflow."""
-    root = tmp_path_factory.mktemp("bundle")
-    workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"), meta_file=META, logging_file=LOGGING, workflow_type="train",
-        bundle_root=str(root), datalist=str(tiny_glas), **TINY,
-    )
-    workflow.initialize()
-    assert not workflow.check_properties()
-    workflow.run()
-    workflow.finalize()
-    return root
+def _pretty_json_problems(path: Path) -> bool:
+    """What the model zoo's pre-commit hook ``pretty-format-json --indent=4 --no-sort-keys`` would rewrite."""
+    text = path.read_text()
+    return text != json.dumps(json.loads(text), indent=4, ensure_ascii=True) + "\n"
 
 
-def _tags(folder: Path) -> set[str]:
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.json")))
+def test_configs_are_formatted_as_the_model_zoo_requires(name):
+    assert not _pretty_json_problems(CONFIGS / name), f"{name}: run json.dumps(..., indent=4) on it"
+
+
+def _scalars(folder: Path) -> dict[str, list]:
     files = glob.glob(str(folder / "events.out.tfevents.*"))
     assert len(files) == 1, f"one writer per run, got {files}"
     acc = EventAccumulator(files[0])
     acc.Reload()
-    return set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return {**scalars, **{tag: [] for tag in acc.Tags()["images"]}}
 
 
 def test_train_workflow_writes_models_metrics_logs_and_figures(trained_bundle):
     models = trained_bundle / "models"
     for name in ("model.pt", "model_meta.json", "metrics.json", "source_bloc.pt", "source_bcl.pt",
-                 "pixelcam_bloc.pt", "pixelcam_bcl.pt", "figures/pr_curves.png", "figures/maps.png"):
+                 "pixelcam_bloc.pt", "pixelcam_bcl.pt", "source_last.pt", "pixelcam_last.pt",
+                 "figures/pr_curves.png", "figures/maps.png"):
         assert (models / name).is_file(), name
-    parser = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), workflow_type="train").parser
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(models / "model.pt", weights_only=True))  # strict
+    net = ConfigWorkflow(config_file=TRAIN, workflow_type="train").parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(models / "model.pt", weights_only=True))  # strict: a plain state dict
     metrics = json.loads((models / "metrics.json").read_text())
     assert set(metrics["source"]) == {"cam", "gradcam", "gradcampp", "layercam"}
     for figures in [metrics["pixelcam"]["bloc"], metrics["pixelcam"]["bcl"], metrics["source"]["cam"]["bloc"]]:
         assert {"accuracy", "pxap", "pxap_benign", "pxap_malignant", "dice", "miou", "dice@0.5", "threshold"} <= set(
             figures
         )
-        assert 0 <= figures["pxap"] <= 100 and 0 <= figures["threshold"] <= 1
     meta = json.loads((models / "model_meta.json").read_text())
     assert meta["threshold"] == metrics["pixelcam"]["bloc"]["threshold"]
-    assert {"loss", "loss_cls", "loss_pix", "valpx_pxap", "valcl_accuracy", "valpx/maps"} <= _tags(
-        models / "tb" / "pixelcam"
-    )
-    assert {"loss", "valpx_pxap", "valcl_accuracy"} <= _tags(models / "tb" / "source")
+    pixelcam = _scalars(models / "tb" / "pixelcam")
+    assert {"loss", "loss_cls", "loss_pix", "valpx_pxap", "valcl_accuracy", "valpx/maps"} <= set(pixelcam)
+    # LossTermsHandler puts the terms beside the loss they add up to (lambda_pix = 1)
+    for (step, total), (_, cls), (_, pix) in zip(pixelcam["loss"], pixelcam["loss_cls"], pixelcam["loss_pix"]):
+        assert total == pytest.approx(cls + pix, rel=1e-4), step
+    source = _scalars(models / "tb" / "source")
+    assert {"loss", "valpx_pxap", "valcl_accuracy"} <= set(source) and "loss_pix" not in source
+    # val_interval 1: both stages validate every epoch
+    assert [s for s, _ in source["valpx_pxap"]] == [1, 2] and [s for s, _ in pixelcam["valcl_accuracy"]] == [1, 2]
 
 
 def test_evaluate_workflow_in_and_out_of_distribution(trained_bundle, tiny_glas, tmp_path):
     from monai_pixelcam.data.synthetic import synthesize
 
     ood = synthesize("camelyon", tmp_path / "camelyon", n_images=16, image_size=64, seed=1, progress=False)
+    eval_dir = tmp_path / "eval"
     workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")], meta_file=META,
-        logging_file=LOGGING, workflow_type="eval", run_id="evaluate", bundle_root=str(trained_bundle),
-        datalist=str(tiny_glas), ood_datalist=str(ood), **TINY,
+        config_file=[TRAIN, str(CONFIGS / "evaluate.json")], meta_file=META, logging_file=LOGGING,
+        workflow_type="eval", run_id="evaluate", bundle_root=str(trained_bundle), datalist=str(tiny_glas),
+        ood_datalist=str(ood), eval_dir=str(eval_dir), **TINY_BUNDLE,
     )
     workflow.initialize()
     workflow.run()
     workflow.finalize()
-    test = json.loads((trained_bundle / "eval" / "metrics.json").read_text())
-    assert test["pixelcam"]["bloc"]["accuracy"] >= 0
-    out = json.loads((trained_bundle / "eval" / "ood" / "metrics.json").read_text())
+    test = json.loads((eval_dir / "metrics.json").read_text())
+    trained = json.loads((trained_bundle / "models" / "metrics.json").read_text())
+    # the same checkpoints and data give the same figures as the training run's own evaluation
+    assert test["pixelcam"]["bloc"]["pxap"] == pytest.approx(trained["pixelcam"]["bloc"]["pxap"], abs=1e-6)
+    out = json.loads((eval_dir / "ood" / "metrics.json").read_text())
     assert out["classes"] == ["normal", "tumor"]
     assert "accuracy" not in out["pixelcam"]["bloc"], "labels of another dataset give no accuracy"
     assert 0 <= out["pixelcam"]["bloc"]["pxap"] <= 100 and "pxap_tumor" not in out["pixelcam"]["bloc"]
-    assert (trained_bundle / "eval" / "ood" / "figures" / "maps.png").is_file()
+    # thresholds come from the training valpx, not from the other dataset
+    assert out["pixelcam"]["bloc"]["threshold"] == test["pixelcam"]["bloc"]["threshold"]
+    assert (eval_dir / "ood" / "figures" / "maps.png").is_file()
 
 
 def test_inference_workflow_on_a_folder_with_bad_files(trained_bundle, tiny_glas, tmp_path):
@@ -139,17 +140,66 @@ def test_inference_workflow_on_a_folder_with_bad_files(trained_bundle, tiny_glas
     assert "corrupt.png" in (out / "errors.csv").read_text() and "notes.txt" in (out / "errors.csv").read_text()
 
 
-def test_verify_net_in_out_and_torchscript_export(trained_bundle):
-    train = str(CONFIGS / "train.json")
-    verify_net_in_out(net_id="network_def", meta_file=META, config_file=train)
-    ts = trained_bundle / "models" / "model.ts"
+def test_verify_net_in_out_and_torchscript_export(trained_bundle, tmp_path):
+    infer = str(CONFIGS / "inference.json")
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=infer)
+    ts = tmp_path / "model.ts"
     ckpt_export(
         net_id="network_def", filepath=str(ts), ckpt_file=str(trained_bundle / "models" / "model.pt"),
-        meta_file=META, config_file=train,
+        meta_file=META, config_file=infer,
     )
     exported = torch.jit.load(str(ts))
-    net = ConfigWorkflow(config_file=train, workflow_type="train").parser.get_parsed_content("network_def")
+    net = ConfigWorkflow(config_file=infer, workflow_type="infer").parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", weights_only=True))
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), net.eval()(x))
+
+
+def test_standard_ids_and_properties_of_train_and_infer_workflows(tiny_glas, tmp_path):
+    train = ConfigWorkflow(
+        config_file=TRAIN, workflow_type="train", logging_file=False, bundle_root=str(tmp_path),
+        datalist=str(tiny_glas), **TINY_BUNDLE,
+    )
+    train.initialize()
+    assert train.check_properties() == []
+    for item, kind in {
+        "network_def": "PixelCAMNet", "train#preprocessing": "Compose", "train#dataset": "Dataset",
+        "train#trainer": "SupervisedTrainer", "validate#evaluator": "SupervisedEvaluator",
+        "validate#key_metric": "dict", "train#handlers": "list", "validate#handlers": "list",
+        "source#train#trainer": "SupervisedTrainer", "source#validate#evaluator": "SupervisedEvaluator",
+    }.items():
+        assert type(train.parser.get_parsed_content(item)).__name__ == kind, item
+    infer = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer", logging_file=False)
+    infer.initialize()
+    assert infer.check_properties() == []
+
+
+def test_overrides_change_handlers_augmentation_and_evaluator(tiny_glas, tmp_path):
+    """Handlers, transforms and evaluators are config items: ``--id value`` on the command line changes them."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    overrides = {**TINY_BUNDLE, "source_epochs": 3, "bundle_root": str(tmp_path), "datalist": str(tiny_glas)}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "train_source", "--config_file", TRAIN]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    # the source stage's valpx validation every 2 epochs instead of val_interval (1), and no colour jitter
+    handler = json.loads(Path(TRAIN).read_text())["source"]["train"]["handlers"][3]
+    assert handler["validator"] == "@source#validate#evaluator"
+    cmd += ["--source#train#handlers#3#interval", "2", "--color_augment", "False"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    source = _scalars(tmp_path / "models" / "tb" / "source")
+    assert [s for s, _ in source["valpx_pxap"]] == [2, 3]  # every 2 epochs, plus the last one
+    assert [s for s, _ in source["valcl_accuracy"]] == [1, 2, 3]  # the other validator kept val_interval
+
+    def parsed(item, **kw):
+        workflow = ConfigWorkflow(config_file=TRAIN, workflow_type=None, logging_file=False, **kw)
+        return workflow.parser.get_parsed_content(item)
+
+    names = lambda chain: [type(t).__name__ for t in chain.transforms]  # noqa: E731
+    assert "RandColorJitterd" in names(parsed("train#preprocessing"))
+    assert "RandColorJitterd" not in names(parsed("train#preprocessing", color_augment=False))
+    flip = parsed("train#preprocessing#transforms#7", **{"train#preprocessing#transforms#7#prob": 1.0})
+    assert type(flip).__name__ == "RandFlipd" and flip.prob == 1.0
+    inferer = parsed("source#validate#evaluator", **{"source#validate#inferer#method": "gradcampp"}).inferer
+    assert inferer.method == "gradcampp"

@@ -1,17 +1,17 @@
-"""MONAI/Ignite engines of both stages: batch preparation, inferers, trainer/evaluator builders, evaluation."""
+"""MONAI/Ignite pieces of both stages that the bundle configs name: batch preparation, inferers, output
+transforms of the metric handlers, the optimiser, and the steps between engines (CAM storing, evaluation)."""
 
-from .evaluation import evaluate_localization, write_json_atomic
+from .evaluation import (
+    accuracy_transform,
+    evaluate_localization,
+    localization_evaluator,
+    maps_for_tensorboard,
+    roi_transform,
+)
 from .inferers import CAMInferer, ClassifierInferer, PixelCAMInferer
 from .pipeline import SELECTIONS, evaluate_external, evaluate_pipeline, store_cams
 from .prepare_batch import DictTargetPrepareBatch
-from .workflows import (
-    build_dataloader,
-    build_evaluator,
-    build_trainer,
-    last_checkpoint_path,
-    roi_transform,
-    sgd_optimizer,
-)
+from .workflows import build_dataloader, sgd_optimizer
 
 __all__ = [
     "DictTargetPrepareBatch",
@@ -20,12 +20,11 @@ __all__ = [
     "PixelCAMInferer",
     "build_dataloader",
     "sgd_optimizer",
-    "build_trainer",
-    "build_evaluator",
     "roi_transform",
-    "last_checkpoint_path",
+    "accuracy_transform",
+    "maps_for_tensorboard",
+    "localization_evaluator",
     "evaluate_localization",
-    "write_json_atomic",
     "SELECTIONS",
     "store_cams",
     "evaluate_pipeline",

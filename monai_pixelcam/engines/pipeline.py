@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
 from monai.data import MetaTensor
 
@@ -18,7 +19,9 @@ from monai_pixelcam.cams import CAMStore
 from monai_pixelcam.visualize import save_map_grid, save_pr_curves
 from monai_pixelcam.networks.weights import load_checkpoint
 
-from .evaluation import evaluate_localization, write_json_atomic
+from monai_pixelcam.data.atomic import write_json_atomic
+
+from .evaluation import evaluate_localization
 from .inferers import CAMInferer, PixelCAMInferer
 
 __all__ = ["SELECTIONS", "store_cams", "evaluate_pipeline", "evaluate_external"]
@@ -129,10 +132,11 @@ def evaluate_pipeline(
                             figure_batch["image"].to(device), network, labels=figure_batch["label"].to(device)
                         )["map"]
                     figure_maps[name] = maps.cpu()
-    write_json_atomic(results, output_dir / "metrics.json")
-    save_pr_curves(output_dir / "figures" / "pr_curves.png", curves, title=f"{tag}: pixel precision-recall (B-LOC)")
-    if figure_maps:
-        save_map_grid(output_dir / "figures" / "maps.png", figure_batch["image"], figure_batch["mask"], figure_maps)
+    if idist.get_rank() == 0:  # every rank has the same figures (the metrics reduce over their shards)
+        write_json_atomic(results, output_dir / "metrics.json")
+        save_pr_curves(output_dir / "figures" / "pr_curves.png", curves, title=f"{tag}: pixel precision-recall (B-LOC)")
+        if figure_maps:
+            save_map_grid(output_dir / "figures" / "maps.png", figure_batch["image"], figure_batch["mask"], figure_maps)
     return results
 
 

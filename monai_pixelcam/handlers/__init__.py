@@ -1,9 +1,13 @@
-"""Ignite handlers that observe training: loss terms, non-finite stops, atomic checkpoints, TensorBoard maps."""
+"""Ignite handlers that observe training, as the bundle configs list them: loss terms, non-finite stops,
+validation every N epochs and at the end, a progress bar, atomic checkpoints, TensorBoard maps."""
 
 from .checkpoint import AtomicCheckpointSaver, InitFromSource
 from .loss_terms import LossTermsHandler, loss_terms_transform
 from .nan_guard import StopOnNonFiniteLoss
+from .progress import ProgressBarHandler
+from .resume import ResumeCheckpoint
 from .tensorboard import TensorBoardMapHandler
+from .validation import PeriodicValidationHandler
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -11,5 +15,8 @@ __all__ = [
     "LossTermsHandler",
     "loss_terms_transform",
     "StopOnNonFiniteLoss",
+    "PeriodicValidationHandler",
+    "ProgressBarHandler",
+    "ResumeCheckpoint",
     "TensorBoardMapHandler",
 ]

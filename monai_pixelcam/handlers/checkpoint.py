@@ -40,12 +40,17 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 # the atomic rename overwrites the fixed name: deleting it first would open a window with no file
                 saver.remove = lambda filename: None
 
+    def state_dict(self) -> dict:
+        """The key-metric tracking list (which checkpoint is best so far, with its score), for a resume
+        checkpoint; the twin of MONAI's ``load_state_dict``, which restores it. Empty without a key metric."""
+        return {} if self._key_metric_checkpoint is None else self._key_metric_checkpoint.state_dict()
+
 
 class InitFromSource:
     """Load the source classifier's checkpoint into a ``PixelCAMNet`` when its training starts.
 
     Loading at ``STARTED`` instead of at construction lets a bundle build the PixelCAM trainer before the
-    source model exists. :func:`~monai_pixelcam.engines.build_trainer` attaches it before the resume loader,
+    source model exists. The bundle lists it before the resume ``CheckpointLoader``,
     so a resumed run ends up with its own weights, not the source's.
 
     Args:

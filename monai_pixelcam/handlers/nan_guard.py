@@ -6,6 +6,8 @@ import math
 
 from ignite.engine import Engine, Events
 
+from .loss_terms import loss_terms_transform
+
 __all__ = ["StopOnNonFiniteLoss"]
 
 
@@ -25,7 +27,7 @@ class StopOnNonFiniteLoss:
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output[0] if isinstance(engine.state.output, list) else engine.state.output
-        terms = {k: float(v) for k, v in output.items() if isinstance(k, str) and k.startswith("loss")}
+        terms = loss_terms_transform(output)
         bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
         if bad:
             raise FloatingPointError(
