@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +29,7 @@ from monai_pixelcam.cams import (
     normalize_maps,
     sha256_file,
 )
+from monai_pixelcam.data.atomic import TMP_MARKER
 from monai_pixelcam.networks import build_classifier
 
 METHODS = sorted(CAM_METHODS)
@@ -234,6 +237,11 @@ def test_normalize_constant_and_target_layer_errors(cam_model, images):
 # --------------------------------------------------------------------------------------------------- store
 
 
+def temporaries(root):
+    """Files left behind by an interrupted atomic write (``atomic_path`` names them ``.<hex>.tmp.<name>``)."""
+    return [p for p in root.rglob("*") if TMP_MARKER in p.name]
+
+
 def make_items(n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [
@@ -273,7 +281,7 @@ def test_store_round_trip(tmp_path, cam_model, checkpoint):
     # only the manifest and one maps folder; no temporary files
     names = sorted(p.name for p in root.iterdir())
     assert len(names) == 2 and names[0] == "manifest.json" and names[1].startswith("maps-")
-    assert not list(root.rglob("*.tmp")) and len(list(root.glob("maps-*/*.npy"))) == 6
+    assert not temporaries(root) and len(list(root.glob("maps-*/*.npy"))) == 6
 
 
 def test_store_rejects_other_checkpoint_or_method(tmp_path, cam_model, checkpoint):
@@ -294,7 +302,7 @@ def test_store_rejects_other_checkpoint_or_method(tmp_path, cam_model, checkpoin
         CAMStore.open(tmp_path / "nowhere")
 
 
-def test_failed_rebuild_keeps_previous_store(tmp_path, cam_model, checkpoint):
+def test_failed_rebuild_keeps_previous_store(tmp_path, cam_model, checkpoint, monkeypatch):
     root = tmp_path / "store"
     items = make_items(4)
     CAMStore(root).build(cam_model, items, "gradcam", checkpoint, batch_size=2)
@@ -316,7 +324,23 @@ def test_failed_rebuild_keeps_previous_store(tmp_path, cam_model, checkpoint):
         CAMStore(root).build(make_model("cam", seed=7), Failing(), "layercam", other, batch_size=2)
     assert (root / "manifest.json").read_text() == before
     torch.testing.assert_close(CAMStore.open(root, checkpoint, "gradcam").load(items[1]["id"]), first)
-    assert len(list(root.glob("maps-*"))) == 1 and not list(root.rglob("*.tmp"))
+    assert len(list(root.glob("maps-*"))) == 1 and not temporaries(root)
+    # a failure at the commit point itself (the manifest's rename) keeps the previous store and its maps
+    # folder, and the manifest's temporary file is removed
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(dst).name == "manifest.json":
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        CAMStore(root).build(make_model("cam", seed=7), make_items(4, seed=5), "layercam", other, batch_size=2)
+    monkeypatch.undo()
+    assert (root / "manifest.json").read_text() == before and not temporaries(root)
+    torch.testing.assert_close(CAMStore.open(root, checkpoint, "gradcam").load(items[1]["id"]), first)
+    assert len(list(root.glob("maps-*"))) == 1
     # a successful rebuild replaces the old maps folder
     CAMStore(root).build(make_model("cam", seed=7), make_items(4, seed=5), "layercam", other, batch_size=2)
     assert len(list(root.glob("maps-*"))) == 1
