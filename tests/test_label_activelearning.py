@@ -54,7 +54,8 @@ def studies(tmp_path) -> tuple[LocalDatastore, PixelCAMInferTask, Path]:
         # different smoothness -> different map and class confidence of the random model
         small = rng.integers(0, 256, (4 + 4 * k, 4 + 4 * k, 3), dtype=np.uint8)
         Image.fromarray(small).resize((48, 48), Image.NEAREST).save(folder / f"img_{k}.png")
-    write_aperio_tiff(folder / "slide.tif", rng.integers(0, 256, (8, 10, 3), dtype=np.uint8).repeat(32, 0).repeat(32, 1))
+    cells = rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    write_aperio_tiff(folder / "slide.tif", cells.repeat(32, 0).repeat(32, 1))
     store = LocalDatastore(str(folder), extensions=["*.png", "*.tif"], auto_reload=False)
     store.update_image_info("img_0", {"label": "benign"})
     store.update_image_info("img_1", {"label": 1})
@@ -81,7 +82,8 @@ def _expected_scores(store, task) -> dict[str, float]:
             x = int(min(max((c + 0.5) * w / 4 - s / 2, 0), w - s))
             y = int(min(max((r + 0.5) * h / 4 - s / 2, 0), h - s))
             tiles.append(level0[y : y + s, x : x + s])
-    out["slide"] = float(np.mean([prediction_uncertainty(p["probs"], p["map"])["score"] for p in predictor.predict(tiles)]))
+    scores = [prediction_uncertainty(p["probs"], p["map"])["score"] for p in predictor.predict(tiles)]
+    out["slide"] = float(np.mean(scores))
     return out
 
 

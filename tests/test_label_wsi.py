@@ -81,7 +81,7 @@ def test_plan_tiles_cover_the_region_at_the_level_read():
 
 
 # --- contours and writers ------------------------------------------------------------------------------
-def _rasterise(contours, shape, origin=(0.0, 0.0), scale=1.0) -> np.ndarray:
+def rasterise(contours, shape, origin=(0.0, 0.0), scale=1.0) -> np.ndarray:
     """Union of contours (level-0 ``(x, y)``) on a grid of ``shape`` whose pixel ``(r, c)`` centre lies at
     level-0 ``origin + (c + 0.5, r + 0.5) * scale``."""
     out = np.zeros(shape, dtype=bool)
@@ -105,7 +105,7 @@ def test_region_annotation_in_level0_pixels():
     points = np.concatenate([np.asarray(c) for c in contours])
     assert points[:, 0].min() >= 1000 and points[:, 0].max() <= 1120
     assert points[:, 1].min() >= 400 and points[:, 1].max() <= 480
-    raster = _rasterise(contours, score.shape, origin=(1000, 400), scale=2.0)
+    raster = rasterise(contours, score.shape, origin=(1000, 400), scale=2.0)
     truth = score >= 0.5
     truth[disk((5, 55), 1.5)] = False
     iou = (raster & truth).sum() / (raster | truth).sum()
@@ -238,7 +238,7 @@ def test_app_infer_wsi_contours_match_the_label_image(tmp_path, monkeypatch):
     result = answer["params"]
     assert len(result["annotations"]) == 4 and result["polygons"] == len(dsa["elements"]) > 0
     contours = [[p[:2] for p in e["points"]] for e in dsa["elements"]]
-    raster = _rasterise(contours, label.shape, origin=(64, 32))
+    raster = rasterise(contours, label.shape, origin=(64, 32))
     iou = (raster & label).sum() / max((raster | label).sum(), 1)
     assert iou > 0.9, iou
     assert sum(result["probabilities"].values()) == pytest.approx(1.0)

@@ -59,7 +59,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Largest region (pixels) one request may ask for; a whole slide is inferred tile by tile by the client.
+#: Largest region (pixels) one request may ask for; the WSI endpoints cut a larger one into tiles.
 DEFAULT_MAX_REGION_PIXELS = 8192 * 8192
 # A model published by the train task replaces model.pt and then model_meta.json; a request that loads in
 # between can see a mismatched pair, so a failed load is retried for a short while before it is reported.
