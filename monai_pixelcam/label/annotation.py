@@ -118,7 +118,8 @@ def describe(probabilities: Mapping[str, float], threshold: float, n_tiles: int,
     else:
         classes = ""
     return (
-        f"PixelCAM {LABEL_NAME} (threshold {float(threshold):.3f}): {n_polygons} polygons over {n_tiles} tiles"
+        f"PixelCAM {LABEL_NAME} (threshold {float(threshold):.3f}): {n_polygons} polygon{'s' * (n_polygons != 1)} "
+        f"over {n_tiles} tile{'s' * (n_tiles != 1)}"
         f"{classes}"
     )
 
