@@ -331,8 +331,8 @@ def test_trained_model_localizes_held_out_uploads(server, workspace, trained):
     assert trained["trained"] and trained["classes"] == CLASSES and 0.0 <= trained["threshold"] <= 1.0
     assert trained["negative_classes"] == [0]
     stats = trained["train_stats"]["pixelcam"]
-    images = stats["images"]
-    assert stats["mode"] == "full" and images["valpx"] == 6 and images["valpx"] + images["test"] == len(workspace["masked"])
+    assert stats["mode"] == "full" and stats["images"]["valpx"] == 6
+    assert stats["images"]["valpx"] + stats["images"]["test"] == len(workspace["masked"])
 
     # held-out images (other seeds), uploaded: the mask has the image's size and overlaps the true mask
     # more than a mask of the same area placed independently of it would (expected overlap |P| |T| / N)
