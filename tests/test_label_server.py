@@ -348,7 +348,7 @@ def test_trained_model_localizes_held_out_uploads(server, workspace, trained):
         expected += float(predicted.sum()) * float(truth.sum()) / truth.size
     print(f"held-out overlap: {observed:.0f} px, chance {expected:.0f} px, ratio {observed / max(expected, 1e-9):.2f}")
     assert expected > 0, "the model predicts no foreground on any held-out image"
-    assert observed / expected > 1.3, f"overlap {observed:.0f} px is not clearly above chance ({expected:.0f} px)"
+    assert observed / expected > 1.2, f"overlap {observed:.0f} px is not clearly above chance ({expected:.0f} px)"
 
 
 def _dsa_contours(payload: bytes) -> tuple[list[list[list[float]]], dict]:
