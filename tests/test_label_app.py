@@ -24,6 +24,7 @@ from monailabel.datastore.local import LocalDatastore  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from monai_pixelcam.data import load_datalist  # noqa: E402
+from monai_pixelcam.data.atomic import TMP_MARKER  # noqa: E402
 from monai_pixelcam.data.datalist import DatalistError  # noqa: E402
 from monai_pixelcam.data.io import read_mask, read_rgb  # noqa: E402
 from monai_pixelcam.export import publish_model  # noqa: E402
@@ -107,7 +108,7 @@ def test_region_of_a_plain_image(model_dir, png):
     label_file, result = task({"image": str(path), "device": "cpu", "location": [8, 4], "size": [20, 16]})
     assert np.asarray(Image.open(label_file)).shape == (16, 20)
     os.remove(label_file)
-    assert result["region"] == {"location": [8, 4], "size": [20, 16], "level": 0}
+    assert result["region"] == {"location": [8, 4], "size": [20, 16], "level": 0, "downsample": 1.0}
     beyond_border = parse_region({"location": [40, 30], "size": [50, 50]})
     np.testing.assert_array_equal(load_image(path, beyond_border), rgb[30:, 40:])
     for bad, word in (
@@ -138,7 +139,7 @@ def test_region_of_a_pyramidal_tiff(model_dir, tmp_path):
     label_file, result = task({"image": str(path), "device": "cpu", "location": [100, 200], "size": [64, 64]})
     assert np.asarray(Image.open(label_file)).shape == (56, 64)  # cut at the slide's bottom border
     os.remove(label_file)
-    assert result["region"] == {"location": [100, 200], "size": [64, 56], "level": 0}
+    assert result["region"] == {"location": [100, 200], "size": [64, 56], "level": 0, "downsample": 1.0}
     with pytest.raises(RequestError) as e:
         task({"image": str(path), "device": "cpu"})
     assert e.value.status_code == 400 and "whole-slide" in e.value.detail
@@ -345,7 +346,8 @@ def test_train_task_full_then_finetune_publishes_models(tmp_path, tiny_glas):
     assert (run_full / "source_last.pt").is_file() and not (run_ft / "source_last.pt").exists()
     assert (run_ft / "source_bloc.pt").is_file() and list((run_ft / "tb").rglob("events.out.tfevents.*"))
     assert model_pt.stat().st_mtime_ns != first_mtime
-    assert not [p for p in (bundle / "models").iterdir() if p.name.endswith(".tmp")]
+    # publishing leaves no temporary file of atomic_path (".<hex>.tmp.<name>") beside the model
+    assert not [p.name for p in (bundle / "models").rglob("*") if TMP_MARKER in p.name]
     meta = json.loads((bundle / "models" / "model_meta.json").read_text())
     assert meta["classes"] == CLASSES and 0.0 <= meta["threshold"] <= 1.0 and result["class_name"] in CLASSES
     label_file, again = infer({"image": store.get_image_uri("glas_0000"), "device": "cpu"})

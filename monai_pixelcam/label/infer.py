@@ -5,11 +5,15 @@ a whole-slide image given as the pathology sample app gives it (``location`` ``[
 ``size`` ``[width, height]`` in pixels of ``level``). The answer is a PNG label image of the input's (or the
 region's) height and width, foreground = 1 where the PixelCAM map reaches the bundle's threshold (chosen on
 valpx at training time), and a result JSON with the class probabilities, the predicted class and the
-threshold. The model is read from ``<bundle_dir>/models`` (``model.pt`` + ``model_meta.json``) and read
-again whenever either file changes, so a model published by the train task is used by the next request.
+threshold. A request that gives ``min_poly_area`` (the WSI endpoints always do) also gets the contours of
+the foreground in level-0 pixels as MONAI Label's ``annotation`` entry (:mod:`monai_pixelcam.label.annotation`).
+The model is read from ``<bundle_dir>/models`` (``model.pt`` + ``model_meta.json``) and read again whenever
+either file changes, so a model published by the train task is used by the next request.
 
-Bad requests raise :class:`RequestError`, an ``HTTPException`` that MONAI Label's endpoints let through to
-FastAPI, so the client gets a 4xx status with ``{"detail": message}`` instead of a bare 500.
+Bad requests raise :class:`~monai_pixelcam.label.errors.RequestError`, an ``HTTPException`` that MONAI
+Label's endpoints let through to FastAPI, so the client gets a 4xx status with ``{"detail": message}``
+instead of a bare 500. Image ids are resolved to files by the app (:mod:`monai_pixelcam.label.access`);
+this task reads the path it is given.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,41 +41,30 @@ from ..data.io import image_to_rgb, read_rgb
 from ..export import META_FILE, MODEL_FILE
 from ..inference.predictor import PixelCAMPredictor
 from ..inference.wsi import is_whole_slide, wsi_reader
+from .annotation import LABEL_NAME, region_annotation
+from .errors import RequestError
 
 __all__ = [
     "LABEL_NAME",
     "RequestError",
     "ImageRegion",
+    "int_pair",
     "parse_region",
     "load_image",
+    "read_image_region",
+    "image_geometry",
     "LoadImageRegiond",
     "PixelCAMInferTask",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Name of the one foreground label of the label images (value 1; background is 0).
-LABEL_NAME = "roi"
-#: Largest region (pixels) one request may ask for; a whole slide is inferred tile by tile by the client.
+#: Largest region (pixels) one request may ask for; the WSI endpoints cut a larger one into tiles.
 DEFAULT_MAX_REGION_PIXELS = 8192 * 8192
 # A model published by the train task replaces model.pt and then model_meta.json; a request that loads in
 # between can see a mismatched pair, so a failed load is retried for a short while before it is reported.
 _LOAD_ATTEMPTS = 3
 _LOAD_RETRY_S = 0.5
-
-
-class RequestError(HTTPException):
-    """A request that cannot be served, answered with ``status_code`` and ``{"detail": message}``.
-
-    400: malformed parameters (region, threshold); 404: image id or file not found; 422: the image file
-    cannot be decoded; 503: no trained model yet (train first).
-    """
-
-    def __init__(self, status_code: int, message: str):
-        super().__init__(status_code=status_code, detail=message)
-
-    def __str__(self) -> str:
-        return f"{self.status_code}: {self.detail}"
 
 
 class ImageRegion(NamedTuple):
@@ -84,7 +78,12 @@ class ImageRegion(NamedTuple):
     level: int = 0
 
 
-def _int_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
+def int_pair(value: Any, name: str, minimum: int | None) -> tuple[int, int]:
+    """Two integers from ``[a, b]``, ``(a, b)`` or ``"a,b"``, each ``>= minimum`` (None: any).
+
+    Raises:
+        RequestError: 400 naming ``name`` and the value.
+    """
     if isinstance(value, str):
         value = value.strip("[]() ").split(",")
     try:
@@ -94,7 +93,7 @@ def _int_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
     if len(numbers) != 2 or not all(n.is_integer() for n in numbers):
         raise RequestError(400, f"'{name}' must be two integers, got {value!r}")
     pair = int(numbers[0]), int(numbers[1])
-    if min(pair) < minimum:
+    if minimum is not None and min(pair) < minimum:
         raise RequestError(400, f"'{name}' values must be >= {minimum}, got {list(pair)}")
     return pair
 
@@ -113,11 +112,11 @@ def parse_region(request: Mapping, max_pixels: int = DEFAULT_MAX_REGION_PIXELS) 
     """
     location, size = request.get("location"), request.get("size")
     if size is None or (isinstance(size, (list, tuple)) and not any(size)):
-        if location is not None and any(_int_pair(location, "location", 0)):
+        if location is not None and any(int_pair(location, "location", 0)):
             raise RequestError(400, "a 'location' needs a 'size' [width, height] of the region")
         return None
-    x, y = _int_pair(location if location is not None else (0, 0), "location", 0)
-    width, height = _int_pair(size, "size", 1)
+    x, y = int_pair(location if location is not None else (0, 0), "location", 0)
+    width, height = int_pair(size, "size", 1)
     try:
         level = int(request.get("level") or 0)
     except (TypeError, ValueError):
@@ -131,18 +130,33 @@ def parse_region(request: Mapping, max_pixels: int = DEFAULT_MAX_REGION_PIXELS) 
     return ImageRegion(x, y, width, height, level)
 
 
-def _read_slide_region(path: Path, region: ImageRegion, backend: str) -> np.ndarray:
-    """``region`` of a whole-slide image through MONAI's ``WSIReader`` API -> ``h x w x 3`` uint8 (cut at the
-    slide's border)."""
-    reader = wsi_reader(backend)
+@contextmanager
+def _open_slide(path: Path, backend: str | None) -> Iterator[tuple[Any, Any]]:
+    """``(reader, wsi)`` of a whole-slide image through MONAI's ``WSIReader`` API, closed on exit."""
+    reader = wsi_reader(backend) if backend else wsi_reader()
     try:
         wsi = reader.read(str(path))
     except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
         raise RequestError(422, f"cannot read whole-slide image {path.name}: {type(e).__name__}: {e}") from None
     try:
-        levels = reader.get_level_count(wsi)
-        if region.level >= levels:
-            raise RequestError(400, f"level {region.level} requested but {path.name} has {levels} levels")
+        yield reader, wsi
+    finally:
+        close = getattr(wsi, "close", None)
+        if callable(close):
+            close()
+
+
+def _check_level(reader, wsi, level: int, name: str) -> None:
+    levels = reader.get_level_count(wsi)
+    if level >= levels:
+        raise RequestError(400, f"level {level} requested but {name} has {levels} levels")
+
+
+def _read_slide_region(path: Path, region: ImageRegion, backend: str | None) -> tuple[np.ndarray, float]:
+    """``region`` of a whole-slide image -> (``h x w x 3`` uint8 cut at the slide's border, the level's
+    downsample relative to level 0)."""
+    with _open_slide(path, backend) as (reader, wsi):
+        _check_level(reader, wsi, region.level, path.name)
         height0, width0 = reader.get_size(wsi, 0)
         if region.x >= width0 or region.y >= height0:
             raise RequestError(
@@ -157,30 +171,31 @@ def _read_slide_region(path: Path, region: ImageRegion, backend: str) -> np.ndar
             raise RequestError(400, f"cannot read region {tuple(region)} of {path.name}: {e}") from None
         except Exception as e:  # noqa: BLE001
             raise RequestError(422, f"cannot decode region of {path.name}: {type(e).__name__}: {e}") from None
-    finally:
-        close = getattr(wsi, "close", None)
-        if callable(close):
-            close()
-    return image_to_rgb(np.moveaxis(np.asarray(patch), reader.channel_dim, -1), has_alpha=False)
+        downsample = float(reader.get_downsample_ratio(wsi, region.level))
+        rgb = image_to_rgb(np.moveaxis(np.asarray(patch), reader.channel_dim, -1), has_alpha=False)
+    return rgb, downsample
 
 
-def load_image(
-    path: str | os.PathLike, region: ImageRegion | None = None, wsi_backend: str = "tifffile"
-) -> np.ndarray:
-    """Read an image, or a region of it, as ``H x W x 3`` uint8 RGB.
-
-    Whole-slide images (see :func:`monai_pixelcam.inference.is_whole_slide`) are read region by region with
-    MONAI's ``WSIReader`` API and need ``region``; other images are decoded whole
-    (:func:`monai_pixelcam.data.io.read_rgb`) and cropped to ``region`` (level 0 only). A region running past
-    the border is cut there.
-
-    Raises:
-        RequestError: 404 file not found; 422 not a decodable image; 400 region missing (whole slide) or
-            outside the image.
-    """
+def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise RequestError(404, f"image file not found: {path}")
+    return path
+
+
+def _read_plain(path: Path) -> np.ndarray:
+    try:
+        return read_rgb(path)
+    except DatalistError as e:
+        raise RequestError(422, f"cannot read image: {e}") from None
+
+
+def read_image_region(
+    path: str | os.PathLike, region: ImageRegion | None = None, wsi_backend: str | None = None
+) -> tuple[np.ndarray, float]:
+    """:func:`load_image`, plus the downsample of the region's level relative to level 0 (1.0 for images
+    with one resolution), so that pixel ``(r, c)`` of the result lies at level-0 ``(x + c * d, y + r * d)``."""
+    path = _existing(path)
     if is_whole_slide(path):
         if region is None:
             raise RequestError(
@@ -189,25 +204,62 @@ def load_image(
                 "[width, height] of the region to infer",
             )
         return _read_slide_region(path, region, wsi_backend)
-    try:
-        rgb = read_rgb(path)
-    except DatalistError as e:
-        raise RequestError(422, f"cannot read image: {e}") from None
+    rgb = _read_plain(path)
     if region is None:
-        return rgb
+        return rgb, 1.0
     if region.level != 0:
         raise RequestError(400, f"{path.name} has one resolution level; 'level' must be 0, got {region.level}")
     height, width = rgb.shape[:2]
     if region.x >= width or region.y >= height:
         raise RequestError(400, f"location [{region.x}, {region.y}] lies outside {path.name} ({width} x {height})")
-    return np.ascontiguousarray(rgb[region.y : region.y + region.height, region.x : region.x + region.width])
+    return np.ascontiguousarray(rgb[region.y : region.y + region.height, region.x : region.x + region.width]), 1.0
+
+
+def load_image(
+    path: str | os.PathLike, region: ImageRegion | None = None, wsi_backend: str | None = None
+) -> np.ndarray:
+    """Read an image, or a region of it, as ``H x W x 3`` uint8 RGB.
+
+    Whole-slide images (see :func:`monai_pixelcam.inference.is_whole_slide`) are read region by region with
+    MONAI's ``WSIReader`` API (``wsi_backend``; None: :func:`~monai_pixelcam.inference.wsi_reader`'s
+    default) and need ``region``; other images are decoded whole
+    (:func:`monai_pixelcam.data.io.read_rgb`) and cropped to ``region`` (level 0 only). A region running past
+    the border is cut there.
+
+    Raises:
+        RequestError: 404 file not found; 422 not a decodable image; 400 region missing (whole slide) or
+            outside the image.
+    """
+    return read_image_region(path, region, wsi_backend)[0]
+
+
+def image_geometry(path: str | os.PathLike, level: int = 0, wsi_backend: str | None = None) -> tuple[int, int, float]:
+    """``(width, height)`` of an image at level 0 and the downsample of ``level`` (1.0 for level 0).
+
+    Whole-slide images are sized from their metadata; other images are decoded once (they are small).
+
+    Raises:
+        RequestError: 404 file not found; 422 not a decodable image; 400 no such level.
+    """
+    path = _existing(path)
+    if is_whole_slide(path):
+        with _open_slide(path, wsi_backend) as (reader, wsi):
+            _check_level(reader, wsi, level, path.name)
+            height0, width0 = reader.get_size(wsi, 0)
+            return int(width0), int(height0), float(reader.get_downsample_ratio(wsi, level))
+    if level != 0:
+        raise RequestError(400, f"{path.name} has one resolution level; 'level' must be 0, got {level}")
+    height, width = _read_plain(path).shape[:2]
+    return int(width), int(height), 1.0
 
 
 class LoadImageRegiond:
     """Pre-transform of the infer task: ``d["image"]`` (a path, or an ``H x W x C`` array a datastore already
-    read) -> ``H x W x 3`` uint8; ``d["region"]`` records the region read (``None`` for the whole image)."""
+    read) -> ``H x W x 3`` uint8; ``d["region"]`` records the region read (``None`` for the whole image):
+    ``location`` (level 0), ``size`` (``[w, h]`` read, at ``level``), ``level`` and ``downsample`` (level-0
+    pixels per pixel read)."""
 
-    def __init__(self, wsi_backend: str = "tifffile", max_region_pixels: int = DEFAULT_MAX_REGION_PIXELS):
+    def __init__(self, wsi_backend: str | None = None, max_region_pixels: int = DEFAULT_MAX_REGION_PIXELS):
         self.wsi_backend = wsi_backend
         self.max_region_pixels = int(max_region_pixels)
 
@@ -223,12 +275,13 @@ class LoadImageRegiond:
         if not image:
             raise RequestError(404, "no image: the image id is not in the datastore and no file was uploaded")
         region = parse_region(d, self.max_region_pixels)
-        rgb = load_image(image, region, self.wsi_backend)
+        rgb, downsample = read_image_region(image, region, self.wsi_backend)
         d["image"] = rgb
         d["region"] = None if region is None else {
             "location": [region.x, region.y],
             "size": [int(rgb.shape[1]), int(rgb.shape[0])],
             "level": region.level,
+            "downsample": downsample,
         }
         return d
 
@@ -245,18 +298,23 @@ class PixelCAMInferTask(BasicInferTask):
     """MONAI Label infer task around :class:`~monai_pixelcam.inference.PixelCAMPredictor`.
 
     Request keys (besides MONAI Label's ``image``, ``device``): ``location``/``size``/``level`` for a
-    region (see :func:`parse_region`), ``threshold`` (float in [0, 1]) to override the bundle's threshold.
+    region (see :func:`parse_region`), ``threshold`` (float in [0, 1]) to override the bundle's threshold,
+    ``min_poly_area`` (level-0 pixels squared) to add contours, ``result_write_to_file`` (MONAI Label's key:
+    False answers the result JSON without a label file, as for the tiles of a WSI request).
 
     Output: label image ``uint8 H x W`` (1 = region of interest), and the result JSON ``class_name``,
     ``label``, ``probabilities`` (class name -> softmax probability), ``threshold`` (used),
     ``bundle_threshold``, ``negative`` (predicted class is a negative class), ``foreground_fraction``,
-    ``shape`` ``[H, W]``, ``region`` (or None) and ``model`` (folder and modification time).
+    ``shape`` ``[H, W]``, ``region`` (or None), ``model`` (folder and modification time) and, with
+    ``min_poly_area``, ``annotation`` (:func:`~monai_pixelcam.label.annotation.region_annotation`: contours
+    of the map at the threshold, in level-0 pixels).
 
     Args:
         model_dir: the bundle's ``models`` folder.
         classes: class names shown by :meth:`info` while no model is trained (a trained model's own
             ``model_meta.json`` classes take precedence).
-        wsi_backend: ``"tifffile"`` (default), ``"openslide"`` or ``"cucim"`` when installed.
+        wsi_backend: ``"openslide"``, ``"tifffile"`` or ``"cucim"`` (installed separately); None: the
+            default of :func:`~monai_pixelcam.inference.wsi_reader`.
     """
 
     def __init__(
@@ -265,7 +323,7 @@ class PixelCAMInferTask(BasicInferTask):
         classes: Sequence[str] = (),
         labels: Mapping[str, int] | None = None,
         description: str = "PixelCAM: region of interest of a histology image from image-level supervision",
-        wsi_backend: str = "tifffile",
+        wsi_backend: str | None = None,
         max_region_pixels: int = DEFAULT_MAX_REGION_PIXELS,
     ):
         self.model_dir = Path(model_dir)
@@ -387,10 +445,24 @@ class PixelCAMInferTask(BasicInferTask):
             "region": data.get("region"),
             "model": {"dir": str(self.model_dir), "modified": modified.isoformat() if modified else None},
         }
+        if data.get("min_poly_area") is not None:
+            data[self.output_json_key]["annotation"] = self._annotation(out["map"], threshold, data)
         return data
 
-    def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[str, dict]:
-        """The label as a PNG in a temporary file (MONAI Label's endpoint deletes it after sending)."""
+    @staticmethod
+    def _annotation(score: np.ndarray, threshold: float, data: Mapping) -> dict:
+        region = data.get("region") or {"location": [0, 0], "downsample": 1.0}
+        try:
+            area = float(data["min_poly_area"])
+            return region_annotation(score, threshold, region["location"], region["downsample"], area)
+        except (TypeError, ValueError) as e:
+            raise RequestError(400, f"cannot trace contours: {e}") from None
+
+    def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[str | None, dict]:
+        """The label as a PNG in a temporary file (MONAI Label's endpoint deletes it after sending); no file
+        when the request says ``result_write_to_file`` False."""
+        if data.get("result_write_to_file", True) is False:
+            return None, data[self.output_json_key]
         fd, name = tempfile.mkstemp(prefix="pixelcam_", suffix=".png")
         os.close(fd)
         write_png_atomic(name, data[self.output_label_key])

@@ -11,16 +11,20 @@ Settings (``--conf KEY VALUE``):
 * ``negative_classes``: comma-separated names or indices of classes whose images hold no region of interest
   (e.g. ``normal`` for CAMELYON16). Default: the trained model's.
 * ``label_key``: the image-info field that holds an image's class (default ``label``).
-* ``wsi_backend``: ``tifffile`` (default), ``openslide`` or ``cucim`` (installed separately).
+* ``wsi_backend``: ``openslide``, ``tifffile`` or ``cucim`` (installed separately). Default: that of
+  :func:`monai_pixelcam.inference.wsi_reader`.
 
-Tasks: infer ``pixelcam`` (:class:`monai_pixelcam.label.infer.PixelCAMInferTask`) and train ``pixelcam``
-(:class:`monai_pixelcam.label.train.PixelCAMTrainTask`).
+Tasks: infer ``pixelcam`` (:class:`monai_pixelcam.label.infer.PixelCAMInferTask`; ``/infer/pixelcam`` answers
+a label image, ``/infer/wsi/pixelcam`` and ``/infer/wsi_v2/pixelcam`` contours as DSA JSON, ASAP XML or JSON,
+:mod:`monai_pixelcam.label.wsi_infer`), train ``pixelcam`` (:class:`monai_pixelcam.label.train.PixelCAMTrainTask`)
+and the active learning strategy ``pixelcam_uncertainty``
+(:class:`monai_pixelcam.label.activelearning.PixelCAMUncertainty`). Image ids are resolved through the
+datastore only (:mod:`monai_pixelcam.label.access`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +32,14 @@ from monailabel.config import settings
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 
 import monai_pixelcam
-from monai_pixelcam.label.infer import LABEL_NAME, PixelCAMInferTask, RequestError
+from monai_pixelcam.label.access import resolve_image
+from monai_pixelcam.label.activelearning import STRATEGY_NAME, PixelCAMUncertainty
+from monai_pixelcam.label.infer import LABEL_NAME, PixelCAMInferTask
 from monai_pixelcam.label.train import PixelCAMTrainTask
+from monai_pixelcam.label.wsi_infer import infer_wsi
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +73,7 @@ class PixelCAMApp(MONAILabelApp):
         self.classes = _split(conf.get("classes"))
         self.negative_classes = _split(conf.get("negative_classes"))
         self.label_key = conf.get("label_key", "label")
-        self.wsi_backend = conf.get("wsi_backend", "tifffile")
+        self.wsi_backend = conf.get("wsi_backend") or None
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -101,6 +109,9 @@ class PixelCAMApp(MONAILabelApp):
             )
         }
 
+    def init_strategies(self) -> dict[str, PixelCAMUncertainty]:
+        return {STRATEGY_NAME: PixelCAMUncertainty(self._infers["pixelcam"], label_key=self.label_key)}
+
     def info(self) -> dict[str, Any]:
         d = super().info()
         model = self._infers["pixelcam"].info()
@@ -116,14 +127,28 @@ class PixelCAMApp(MONAILabelApp):
         )
         return d
 
+    def image_path(self, image: str, datastore: Datastore | None = None) -> str:
+        """The file of a request's image id: a datastore image, or this request's upload or session file
+        (:func:`monai_pixelcam.label.access.resolve_image`); 404 for anything else."""
+        sessions = self.sessions()
+        return resolve_image(image, datastore or self.datastore(), sessions.store_path if sessions else None)
+
     def infer(self, request, datastore=None):
-        """MONAI Label's infer, with a 404 naming the image id when it is neither a file nor in the datastore
-        (MONAI Label itself would pass an empty path on to the task)."""
-        image = request.get("image")
-        if isinstance(image, str) and not os.path.exists(image):
-            store = datastore if datastore else self.datastore()
-            if not image or not store.get_image_uri(image):
-                raise RequestError(
-                    404, f"image {image!r} is not in the datastore (GET /datastore/?output=all lists the ids)"
-                )
+        """MONAI Label's infer, on the file the image id resolves to (MONAI Label itself would take any
+        existing server path as the image)."""
+        request = dict(request)
+        if isinstance(request.get("image"), str):
+            request["image"] = self.image_path(request["image"], datastore)
         return super().infer(request, datastore)
+
+    def infer_wsi(self, request, datastore=None):
+        """``/infer/wsi`` and ``/infer/wsi_v2``: contours of a region tile by tile
+        (:func:`monai_pixelcam.label.wsi_infer.infer_wsi`), answered as DSA JSON, ASAP XML or JSON."""
+        model = request.get("model")
+        task = self._infers.get(model)
+        if task is None:
+            raise MONAILabelException(
+                MONAILabelError.INVALID_INPUT, f"WSI/Inference Task is not Initialized. There is no model '{model}'"
+            )
+        request = {**task.config(), **request}
+        return infer_wsi(task, self.image_path(request.get("image"), datastore), request)
