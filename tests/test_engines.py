@@ -26,7 +26,7 @@ from monai_pixelcam.engines import (
     store_cams,
 )
 from monai_pixelcam.losses import PixelCAMLoss
-from monai_pixelcam.networks import PixelCAMNet, build_classifier, load_checkpoint
+from monai_pixelcam.networks import build_classifier, build_pixelcam, load_checkpoint
 from monai_pixelcam.seeding import ThresholdSeeder
 from monai_pixelcam.transforms import eval_transforms, train_transforms
 
@@ -104,7 +104,7 @@ def test_pixelcam_training_logs_terms_and_pxap(tmp_path, tiny_glas):
     store_cams(net, ckpt, build_dataloader(datalist["train"], eval_transforms(SIZE), 8, cache=False), tmp_path / "cams", "cam")
     store = CAMStore.open(tmp_path / "cams", checkpoint_path=ckpt, method="cam")
 
-    pnet = PixelCAMNet.from_source(net)
+    pnet = build_pixelcam("resnet18", "cam", 2, base_width=8).load_source(net)
     writer = SummaryWriter(str(tmp_path / "tb_pixelcam"))
     train = build_dataloader(
         datalist["train"],
