@@ -16,6 +16,8 @@ from PIL import Image
 
 from monai_pixelcam.data import (
     DatalistError,
+    datalist_mpp,
+    load_datalist,
     LoadHistologyd,
     LoadHistologyImage,
     LoadHistologyMask,
@@ -287,7 +289,7 @@ def test_validate_accepts_valid_datalist_and_json_path(tmp_path):
     "case",
     [
         "corrupt", "truncated", "missing", "size", "nonbinary",
-        "label", "label_type", "empty", "dup", "keys", "valpx_mask",
+        "label", "label_type", "empty", "dup", "keys", "valpx_mask", "mpp",
     ],
 )
 def test_validate_single_problem_named(tmp_path, case):
@@ -320,6 +322,8 @@ def test_validate_single_problem_named(tmp_path, case):
         named = "missing key(s) ['label']"
     elif case == "valpx_mask":
         dl["valpx"][0]["mask"], named = None, "valpx items need a mask"
+    elif case == "mpp":
+        item["mpp"], named = -0.5, "'mpp' must be a positive number of microns per pixel (or null), got -0.5"
     with pytest.raises(DatalistError) as e:
         validate_datalist(dl)
     assert len(e.value.problems) == 1, e.value.problems
@@ -386,3 +390,48 @@ def test_validate_cli_entry_point(tmp_path, monkeypatch, capsys):
     assert _run_module("monai_pixelcam.data.validate", [path, "--splits", "train"], monkeypatch) == 1
     err = capsys.readouterr().err
     assert "i0.png" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- datalist scale (mpp)
+
+
+def _scaled(train_mpps, dataset_mpp=None):
+    dl = {"classes": ["a", "b"], "negative_classes": [], "valcl": [], "valpx": [], "test": []}
+    if dataset_mpp is not None:
+        dl["mpp"] = dataset_mpp
+    dl["train"] = [{"image": f"i{i}.png", "mask": None, "label": 0, "id": f"i{i}"} for i in range(len(train_mpps))]
+    for it, mpp in zip(dl["train"], train_mpps):
+        if mpp is not None:
+            it["mpp"] = mpp
+    return dl
+
+
+def test_datalist_mpp_dataset_items_and_disagreement():
+    assert datalist_mpp(_scaled([None, None])) is None  # nothing says: unknown
+    assert datalist_mpp(_scaled([None, None], dataset_mpp=0.5)) == 0.5
+    assert datalist_mpp(_scaled([0.25, None], dataset_mpp=0.25)) == 0.25  # an item may repeat the dataset's
+    assert datalist_mpp(_scaled([0.2425, 0.2428, 0.243])) == pytest.approx(0.2428)  # one objective, median
+    assert datalist_mpp(_scaled([1.0, 1.0], dataset_mpp=0.5)) == 1.0  # items override the dataset
+    assert datalist_mpp({**_scaled([None]), "valcl": [{"id": "v", "mpp": 2.0}]}, split="valcl") == 2.0
+    with pytest.raises(DatalistError, match=r"2 different scales: 0\.25 um/px \(train\[0\] \(id 'i0'\)\), 0\.5 um/px"):
+        datalist_mpp(_scaled([0.25, None], dataset_mpp=0.5))
+    with pytest.raises(DatalistError, match=r"1 train image\(s\) have no 'mpp' \(e\.g\. train\[1\] \(id 'i1'\)\)"):
+        datalist_mpp(_scaled([0.5, None]))
+    with pytest.raises(DatalistError, match=r"train\[0\] \(id 'i0'\): 'mpp' must be a positive number"):
+        datalist_mpp(_scaled([0.0]))
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "0.5", True, float("nan"), float("inf"), [0.5]])
+def test_load_datalist_rejects_bad_mpp_naming_file_and_item(tmp_path, bad):
+    import json
+
+    good = _scaled([0.5, None], dataset_mpp=0.5)
+    (tmp_path / "ok.json").write_text(json.dumps(good))
+    assert load_datalist(tmp_path / "ok.json")["train"][0]["mpp"] == 0.5
+    for where, data in (("'mpp'", {**good, "mpp": bad}), ("train[1] (id 'i1'): 'mpp'", _scaled([0.5, bad]))):
+        (tmp_path / "bad.json").write_text(json.dumps(data, allow_nan=True))
+        with pytest.raises(DatalistError) as e:
+            load_datalist(tmp_path / "bad.json")
+        assert e.value.problems == [
+            f"{tmp_path / 'bad.json'}: {where} must be a positive number of microns per pixel (or null), got {bad!r}"
+        ]
