@@ -16,6 +16,7 @@ from PIL import Image
 
 from monai_pixelcam.data import (
     DatalistError,
+    HistologyReader,
     datalist_mpp,
     load_datalist,
     LoadHistologyd,
@@ -208,6 +209,45 @@ def test_array_loaders(tmp_path):
     assert m.shape == (1, H, W) and m.dtype == torch.float32
     np.testing.assert_array_equal(m[0].numpy(), _blob_mask())
 
+
+
+def test_loaders_are_monai_load_image_with_pil_reader_rows_kept(tmp_path):
+    """On a plain RGB PNG our loader is MONAI's LoadImaged + PILReader(reverse_indexing=False), scaled to [0, 1]."""
+    from monai.data import PILReader
+    from monai.transforms import LoadImaged
+
+    img, mask = _write_pair(tmp_path, "a")
+    monai = LoadImaged("image", reader=PILReader(reverse_indexing=False), ensure_channel_first=True)({"image": img})
+    ours = LoadHistologyd(keys=("image", "mask"))({"image": img, "mask": mask})
+    assert isinstance(HistologyReader(), PILReader) and not HistologyReader().reverse_indexing
+    assert torch.equal(ours["image"].as_tensor(), monai["image"].as_tensor() / 255.0)
+    for key in ("image", "mask"):
+        assert ours[key].meta["filename_or_obj"] == (img if key == "image" else mask)
+        assert ours[key].meta["spatial_shape"].tolist() == [H, W]  # data order, not PIL's (width, height)
+
+
+def test_loaders_keep_the_conversion_rules_and_name_bad_files(tmp_path):
+    rgb = _rgb()
+    rgba = np.dstack([rgb, np.full((H, W), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")  # composited on white
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb.astype(np.uint16) * 257)  # 16-bit, PIL cannot: tifffile
+    ids = np.zeros((H, W), np.uint8)
+    ids[1:4, 2:6], ids[6:9, 10:15] = 1, 7
+    pal = Image.fromarray(ids, "P")
+    pal.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)  # index 7 is black: read by index, not colour
+    pal.save(tmp_path / "pal.png")
+    load = LoadHistologyd(keys=("image", "mask"))
+    for name in ("rgba.png", "rgb16.tif"):
+        d = load({"image": str(tmp_path / name), "mask": str(tmp_path / "pal.png")})
+        expected = read_rgb(tmp_path / name).transpose(2, 0, 1).astype(np.float32) / 255.0
+        np.testing.assert_array_equal(d["image"].numpy(), expected)
+        np.testing.assert_array_equal(d["mask"][0].numpy(), ids > 0)
+    (tmp_path / "bad.png").write_bytes(np.random.default_rng(0).bytes(300))
+    for item in ({"image": str(tmp_path / "bad.png"), "mask": None}, {"image": str(tmp_path / "rgba.png"),
+                                                                       "mask": str(tmp_path / "gone.png")}):
+        bad = item["mask"] or item["image"]
+        _raises_naming(bad, load, item)  # our DatalistError, not LoadImage's "cannot find a suitable reader"
+        _raises_naming(bad, (LoadHistologyMask() if item["mask"] else LoadHistologyImage()), bad)
 
 def test_dictionary_loader_empty_masks_and_size_check(tmp_path):
     img, mask = _write_pair(tmp_path, "a")
