@@ -16,7 +16,6 @@ from PIL import Image
 
 from monai_pixelcam.data import (
     DatalistError,
-    HistologyReader,
     datalist_mpp,
     load_datalist,
     LoadHistologyd,
@@ -28,7 +27,7 @@ from monai_pixelcam.data import (
     validate_datalist,
     write_png_atomic,
 )
-from monai_pixelcam.data.io import read_csv_table
+from monai_pixelcam.data.io import HistologyReader, read_csv_table
 from monai_pixelcam.data.validate import main as validate_main
 from monai_pixelcam.data.validate import mask_problem
 

@@ -11,7 +11,6 @@ import importlib
 
 from .datalist import SPLITS, DatalistError, datalist_mpp, load_datalist, make_splits, save_datalist
 from .io import (
-    HistologyReader,
     LoadHistologyd,
     LoadHistologyD,
     LoadHistologyDict,
@@ -42,7 +41,6 @@ __all__ = [
     "read_rgb",
     "read_mask",
     "write_png_atomic",
-    "HistologyReader",
     "LoadHistologyImage",
     "LoadHistologyMask",
     "LoadHistologyd",
