@@ -375,10 +375,19 @@ def test_train_pipeline_output_size(image_size, crop_size, expected):
 def test_pipeline_argument_checks():
     with pytest.raises(ValueError, match="crop_size"):
         train_transforms(image_size=200, crop_size=224)
-    with pytest.raises(ValueError, match="stain_augment"):
+    with pytest.raises(ValueError, match="stain_augment must be a bool or one of \\['hed', 'macenko'\\]"):
         train_transforms(stain_augment="vahadane")
     with pytest.raises(ValueError, match="image_size"):
         eval_transforms(image_size=0)
+
+
+@pytest.mark.parametrize(
+    "name, expected", [(True, RandHEDJitterd), ("hed", RandHEDJitterd), ("macenko", RandStainAugmentd), (False, None)]
+)
+def test_stain_augment_by_name(name, expected):
+    stain = [t for t in train_transforms(stain_augment=name).transforms if isinstance(t, (RandHEDJitterd, RandStainAugmentd))]
+    assert [type(t) for t in stain] == ([expected] if expected else [])
+    assert all(t.prob == 0.5 for t in stain)
 
 
 def test_eval_pipeline_is_deterministic_resize_and_crop():
