@@ -172,8 +172,11 @@ def source_checkpoint_from_model(model_pt: str | os.PathLike, out_path: str | os
     state = read_state_dict(model_pt)
     source = {k: v for k, v in state.items() if k.startswith(("encoder.", "image_head."))}
     unexpected = [k for k in state if k not in source and not k.startswith("pixel_head.")]
-    if unexpected or not any(k.startswith("image_head.") for k in source):
-        raise ValueError(f"{model_pt}: not a PixelCAMNet state dict (unexpected keys {unexpected[:5]})")
+    if unexpected or not all(any(k.startswith(p) for k in state) for p in ("image_head.", "pixel_head.")):
+        raise ValueError(
+            f"{model_pt}: not a PixelCAMNet state dict (encoder.*, image_head.*, pixel_head.*); "
+            f"unexpected keys {unexpected[:5]}"
+        )
     with atomic_path(out_path) as tmp:
         torch.save(source, tmp)
     return Path(out_path)
