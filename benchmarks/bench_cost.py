@@ -1,7 +1,9 @@
 """Cost of PixelCAM against its baselines, measured in one run on one encoder, batch and image size.
 
 Three ratios (issue 4); numerator and denominator are timed in strict alternation (ABAB...), so that load drifts
-on a shared machine hit both alike and each measurement follows the other one (same cache state):
+on a shared machine hit both alike. Each measurement is one call timed by ``torch.utils.benchmark.Timer``
+(``timeit(1)``: two warm-up calls of the same function, then the timed one; the Timer fixes the torch thread count
+and synchronises an accelerator before reading its clock):
 
 (a) ``train``: one PixelCAM training iteration (forward, seeds drawn from a CAM batch by the bundle's seeder
     inside ``PixelCAMLoss``, backward, SGD step) over one plain CE iteration of the same
@@ -29,9 +31,9 @@ figures are stable there; ``--threads 1,2`` adds the all-core figures, realistic
 
 Throughput: training images/s against the fp32 matmul rate (square ``torch.mm`` at each size of
 ``--matmul-sizes``, timed in alternation right after (a); the reference is the best median over the sizes).
-Utilisation = FLOPs/image x images/s over that rate. Model FLOPs are counted with forward hooks on ``Conv2d``
-and ``Linear`` (2 x MACs; norms, activations and pooling are left out, and so are attention products not done by
-a ``Linear`` module, so a ViT is undercounted); a training iteration counts as 3 x forward. The matmul is not
+Utilisation = FLOPs/image x images/s over that rate. Model FLOPs are counted by
+``torch.utils.flop_counter.FlopCounterMode`` (2 x MACs of convolutions and of matrix products: linear layers and
+a ViT's attention; norms, activations and pooling are left out); a training iteration counts as 3 x forward. The matmul is not
 always the machine's peak: torch's CPU build multiplies with MKL's sgemm and convolves with oneDNN (AVX-512
 kernels where present), and on the AMD EPYC of the development machines sgemm reached about 95 GFLOP/s on one
 core where a oneDNN 3x3 convolution reached up to 190 (MKL is reported to choose slower code paths on non-Intel
@@ -59,12 +61,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
 
 from monai_pixelcam.cams import build_cam
 from monai_pixelcam.data.atomic import write_json_atomic
 from monai_pixelcam.engines import ClassifierInferer, PixelCAMInferer, sgd_optimizer
 from monai_pixelcam.losses import PixelCAMLoss, resize_cam
-from monai_pixelcam.networks import PixelCAMNet, build_classifier
+from monai_pixelcam.networks import build_classifier, build_pixelcam
 from monai_pixelcam.seeding import PixelSeeder, ProbabilitySeeder, ThresholdSeeder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_cost.json"
@@ -91,63 +95,45 @@ def _noop(_: str) -> None:
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """Forward FLOPs per image of ``model(x)``: 2 x multiply-accumulates of every ``Conv2d`` and ``Linear`` call.
+    """Forward FLOPs per image of ``model(x)``, counted by ``torch.utils.flop_counter.FlopCounterMode``.
 
     Args:
         model: any module; it is run once under ``no_grad`` (its train/eval mode is kept).
         x: ``B x C x H x W`` input; the counts are divided by ``B``.
 
     Returns:
-        ``{"conv": FLOPs, "linear": FLOPs, "total": FLOPs}`` per image (bias additions not counted).
+        ``{"conv": FLOPs, "linear": FLOPs, "total": FLOPs}`` per image: convolutions, matrix products (linear
+        layers, attention) and both; 2 x multiply-accumulates, bias additions not counted.
     """
-    macs = {"conv": 0, "linear": 0}
-
-    def conv_hook(module: nn.Conv2d, inputs, output) -> None:
-        kh, kw = module.kernel_size
-        macs["conv"] += output.numel() * (module.in_channels // module.groups) * kh * kw
-
-    def linear_hook(module: nn.Linear, inputs, output) -> None:
-        macs["linear"] += output.numel() * module.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    flops = {k: 2.0 * v / x.shape[0] for k, v in macs.items()}
-    flops["total"] = flops["conv"] + flops["linear"]
-    return flops
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    per_op = counter.get_flop_counts().get("Global", {})
+    conv = sum(v for op, v in per_op.items() if "convolution" in str(op))
+    total = counter.get_total_flops()
+    return {"conv": conv / x.shape[0], "linear": (total - conv) / x.shape[0], "total": total / x.shape[0]}
 
 
 def _sync_for(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def interleaved(
-    fns: dict[str, Callable[[], object]], rounds: int, warmup: int, sync: Callable[[], None]
-) -> dict[str, list[float]]:
-    """Seconds of each of ``fns`` over ``rounds`` rounds of one call each, always in the same order (ABAB...).
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each of ``fns`` over ``rounds`` rounds of one measurement each, always in the same order (ABAB...).
 
-    Every function is run ``warmup`` times first (allocator, thread pool, optimiser state), untimed.
+    Every function is run ``warmup`` times first (allocator, thread pool, optimiser state), untimed. A measurement
+    is ``torch.utils.benchmark.Timer.timeit(1)`` at the current torch thread count: two warm-up calls of the
+    function, then one timed call (the Timer synchronises an accelerator before it reads the clock).
     """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    sync()
+    threads = torch.get_num_threads()
+    timers = {name: Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads) for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
+        for name, timer in timers.items():
+            times[name].append(timer.timeit(1).times[0])
     return times
 
 
@@ -167,7 +153,7 @@ class Workload:
     """The two networks (same encoder weights), their optimisers, the loss and one fixed batch.
 
     ``classifier`` is the plain WSOL classifier (CAM head) trained with CE; ``pixelcam`` is
-    ``PixelCAMNet.from_source(classifier)`` trained with ``PixelCAMLoss(seeder, seed_resolution=...)``; the
+    ``build_pixelcam(...).load_source(classifier)`` trained with ``PixelCAMLoss(seeder, seed_resolution=...)``; the
     default seeder is the bundle's (``ThresholdSeeder(n_fg=16, n_bg=16, bg_fraction=0.4)`` at feature resolution).
     """
 
@@ -185,7 +171,7 @@ class Workload:
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.classifier = build_classifier(encoder, "cam", num_classes).to(self.device)
-        self.pixelcam = PixelCAMNet.from_source(self.classifier).to(self.device)
+        self.pixelcam = build_pixelcam(encoder, "cam", num_classes).load_source(self.classifier).to(self.device)
         self.opt_classifier = sgd_optimizer(self.classifier, lr=0.01)
         self.opt_pixelcam = sgd_optimizer(self.pixelcam, lr=0.01)
         seeder = DEFAULT_SEEDING["seeder"]() if seeder is None else seeder
@@ -291,8 +277,13 @@ def conv_fn(device: torch.device, flops_per_call: float = 2.0 * 2048**3) -> tupl
 
 
 def timing_splits(work: Workload, rounds: int, sync: Callable[[], None]) -> dict[str, dict[str, float]]:
-    """Median milliseconds of each phase of both training iterations (alternated), and of the seeding alone."""
+    """Median milliseconds of each phase of both training iterations (alternated), and of the seeding alone.
+
+    The phases lie inside one call, which a ``Timer`` (it times whole statements) cannot split: they are read
+    off ``time.perf_counter`` at ``tick``s, the accelerator synchronised first.
+    """
     splits: dict[str, dict[str, list[float]]] = {"classifier_step": {}, "pixelcam_step": {}}
+    seeding_timer = Timer(stmt="work.seeding()", globals={"work": work}, num_threads=torch.get_num_threads())
 
     def recorder(store: dict[str, list[float]]) -> Callable[[str], None]:
         sync()
@@ -311,11 +302,7 @@ def timing_splits(work: Workload, rounds: int, sync: Callable[[], None]) -> dict
     for _ in range(rounds):
         work.classifier_step(recorder(splits["classifier_step"]))
         work.pixelcam_step(recorder(splits["pixelcam_step"]))
-        sync()
-        start = time.perf_counter()
-        work.seeding()
-        sync()
-        seeding.append(time.perf_counter() - start)
+        seeding.append(seeding_timer.timeit(1).times[0])
     out = {name: {p: 1000 * statistics.median(t) for p, t in phases.items()} for name, phases in splits.items()}
     for phases in out.values():
         phases["total"] = sum(phases.values())
@@ -364,11 +351,11 @@ def run_config(
 
     work.train(True)
     steps = {"classifier_step": work.classifier_step, "pixelcam_step": work.pixelcam_step}
-    train = interleaved(steps, rounds, warmup, sync)
+    train = interleaved(steps, rounds, warmup)
     probe_flops = probe_gflop * 1e9
     probes = {f"matmul_{n}": matmul_fn(n, work.device, probe_flops) for n in matmul_sizes}
     probes["conv3x3_64ch"] = conv_fn(work.device, probe_flops)
-    probe_times = interleaved({k: fn for k, (fn, _) in probes.items()}, max(3, rounds // 3), 1, sync)
+    probe_times = interleaved({k: fn for k, (fn, _) in probes.items()}, max(3, rounds // 3), 1)
     load["after_train"] = os.getloadavg()
     work.train(False)
     maps = interleaved(
@@ -380,13 +367,11 @@ def run_config(
         },
         2 * rounds,
         warmup,
-        sync,
     )
     infer = interleaved(
         {"classifier_forward": work.classifier_forward, "pixelcam_infer": work.pixelcam_infer},
         2 * rounds,
         warmup,
-        sync,
     )
     load["after_inference"] = os.getloadavg()
     splits = timing_splits(work, split_rounds, sync)

@@ -36,6 +36,7 @@ __all__ = [
     "read_threshold",
     "read_model_meta",
     "publish_model",
+    "source_checkpoint_from_model",
     "TRAIN_HINT",
 ]
 
@@ -159,3 +160,26 @@ def publish_model(run_dir: str | os.PathLike, model_dir: str | os.PathLike) -> l
             shutil.copyfile(src, tmp)
         published.append(model_dir / name)
     return published
+
+
+def source_checkpoint_from_model(model_pt: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """The source classifier inside a model folder's ``model.pt``: its ``encoder.*`` and ``image_head.*`` entries.
+
+    :class:`~monai_pixelcam.networks.PixelCAMNet` and :class:`~monai_pixelcam.networks.WSOLClassifier` share
+    those names, so this is a filter (``pixel_head.*`` is dropped) whose result loads into a ``WSOLClassifier``
+    or starts a new PixelCAM (:meth:`~monai_pixelcam.networks.PixelCAMNet.load_source`); written atomically.
+
+    Raises:
+        ValueError: the file is not a PixelCAMNet state dict (names the file and the unexpected keys).
+    """
+    state = read_state_dict(model_pt)
+    source = {k: v for k, v in state.items() if k.startswith(("encoder.", "image_head."))}
+    unexpected = [k for k in state if k not in source and not k.startswith("pixel_head.")]
+    if unexpected or not all(any(k.startswith(p) for k in state) for p in ("image_head.", "pixel_head.")):
+        raise ValueError(
+            f"{model_pt}: not a PixelCAMNet state dict (encoder.*, image_head.*, pixel_head.*); "
+            f"unexpected keys {unexpected[:5]}"
+        )
+    with atomic_path(out_path) as tmp:
+        torch.save(source, tmp)
+    return Path(out_path)

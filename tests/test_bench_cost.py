@@ -1,4 +1,5 @@
-"""benchmarks/bench_cost.py: the FLOP counter, the alternating timer, and a tiny end-to-end run of the script."""
+"""benchmarks/bench_cost.py: the FLOP counter (FlopCounterMode), the alternating timer (torch.utils.benchmark.Timer),
+and a tiny end-to-end run of the script."""
 
 from __future__ import annotations
 
@@ -35,16 +36,33 @@ def test_count_flops_conv_and_linear(bench):
     assert flops["conv"] == 2 * conv_macs
     assert flops["linear"] == 2 * 2 * 4
     assert flops["total"] == flops["conv"] + flops["linear"]
-    assert not model[0]._forward_hooks  # hooks removed
+
+
+def test_count_flops_includes_matrix_products_outside_linear_layers(bench):
+    """A ViT's attention (q k^T, weights v) is no ``nn.Linear``: FlopCounterMode counts it, module hooks did not."""
+
+    class Attention(nn.Module):
+        def forward(self, x):  # B x N x D
+            return torch.softmax(x @ x.transpose(1, 2), dim=-1) @ x
+
+    flops = bench.count_flops(Attention(), torch.rand(2, 5, 8))
+    assert flops["conv"] == 0 and flops["linear"] == 2 * (2 * 5 * 5 * 8) == flops["total"]
 
 
 def test_interleaved_alternates_after_warmup(bench):
     calls = []
-    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    times = bench.interleaved(fns, rounds=3, warmup=1, sync=lambda: None)
-    assert calls == ["a", "b"] * 4
+    fns = {name: (lambda n=name: calls.append((n, torch.get_num_threads()))) for name in ("a", "b")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        times = bench.interleaved(fns, rounds=3, warmup=1)
+    finally:
+        torch.set_num_threads(threads)
+    # one warm-up round, then per round and function Timer.timeit(1): two warm-up calls and the timed one
+    assert [name for name, _ in calls] == ["a", "b"] + (["a"] * 3 + ["b"] * 3) * 3
+    assert {n for _, n in calls} == {2}  # timed at the thread count the caller set (Timer's default is 1)
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
-    assert all(t >= 0 for v in times.values() for t in v)
+    assert all(t > 0 for v in times.values() for t in v)
 
 
 def test_script_smoke_run_writes_json(bench, tmp_path):

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_pixelcam.data import DatalistError, LoadHistologyd, convert_camelyon, load_datalist, validate_datalist
+from monai_pixelcam.data import (
+    DatalistError,
+    LoadHistologyd,
+    convert_camelyon,
+    datalist_mpp,
+    load_datalist,
+    validate_datalist,
+)
 
 S = 16
 SPLITS = ("train", "valcl", "valpx", "test")
@@ -141,6 +148,33 @@ def test_convert_camelyon_corrupt_patch_caught_by_validation(tmp_path):
     out = convert_camelyon(src, tmp_path / "x.json", validate=False)  # asked not to decode: written
     assert out.exists()
 
+
+def test_convert_camelyon_scale_argument_and_column(tmp_path):
+    src = make_camelyon(tmp_path / "cam")
+    assert "mpp" not in load_datalist(convert_camelyon(src, tmp_path / "none.json"))  # unknown unless told
+    dl = load_datalist(convert_camelyon(src, tmp_path / "lvl0.json", mpp=0.243))
+    assert dl["mpp"] == 0.243 and datalist_mpp(dl) == 0.243
+    # a per-row column: level-1 patches (0.486) next to rows that take the dataset's level 0
+    csv = src / "patches.csv"
+    lines = csv.read_text().splitlines()
+    rows = [line + (",0.486" if "tumor" in line else ",") for line in lines[1:]]
+    csv.write_text("\n".join([lines[0] + ", mpp", *rows]) + "\n")
+    dl = load_datalist(convert_camelyon(src, tmp_path / "mixed.json", mpp=0.243))
+    items = {it["id"]: it for s in SPLITS for it in dl[s]}
+    assert items["tumor_005"]["mpp"] == 0.486 and "mpp" not in items["normal_005"]
+    with pytest.raises(DatalistError, match="different scales: 0.243 um/px .*, 0.486 um/px"):
+        datalist_mpp(dl)
+    # a cell that is not a number, and one that is not positive, are named with their line and item
+    csv.write_text(csv.read_text().replace("tumor_003.png,tumor,0.486", "tumor_003.png,tumor,x").replace(
+        "tumor_004.png,1,0.486", "tumor_004.png,1,-2"))
+    with pytest.raises(DatalistError) as e:
+        convert_camelyon(src, tmp_path / "bad.json")
+    assert len(e.value.problems) == 1 and "line 17: mpp 'x' is not a number" in e.value.problems[0]
+    csv.write_text(csv.read_text().replace("tumor_003.png,tumor,x", "tumor_003.png,tumor,0.486"))
+    with pytest.raises(DatalistError) as e:
+        convert_camelyon(src, tmp_path / "bad.json")
+    assert len(e.value.problems) == 1 and "(id 'tumor_004'): 'mpp' must be a positive number" in e.value.problems[0]
+    assert not (tmp_path / "bad.json").exists()
 
 def test_camelyon_cli(tmp_path, monkeypatch, capsys):
     src = make_camelyon(tmp_path / "cam")

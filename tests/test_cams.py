@@ -30,7 +30,7 @@ from monai_pixelcam.cams import (
     sha256_file,
 )
 from monai_pixelcam.data.atomic import TMP_MARKER
-from monai_pixelcam.networks import build_classifier
+from monai_pixelcam.networks import build_classifier, build_pixelcam
 
 METHODS = sorted(CAM_METHODS)
 SIZE = 64
@@ -45,7 +45,7 @@ def make_model(head: str = "cam", seed: int = 0, head_weight: float | None = Non
     torch.manual_seed(seed)
     model = build_classifier(encoder="resnet18", head=head, num_classes=3, base_width=8)
     if head_weight is not None:
-        linear = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
+        linear = [m for m in model.image_head.modules() if isinstance(m, nn.Linear)][-1]
         with torch.no_grad():
             w = linear.weight
             w.copy_(torch.sign(torch.randn_like(w)) * head_weight * (1 + torch.rand_like(w)))
@@ -130,6 +130,31 @@ def test_class_index_resolution(cam_model, images):
     assert isinstance(build_cam("GradCAMpp", cam_model), GradCAMpp)
 
 
+
+@pytest.mark.parametrize("method", METHODS)
+def test_source_and_pixelcam_give_the_same_maps(method, cam_model, images):
+    """Both networks name their image head ``image_head``: CAM reads its class weights on either."""
+    pixelcam = build_pixelcam("resnet18", "cam", 3, base_width=8).load_source(cam_model)
+    labels = torch.tensor([1, 0, 2, 1])
+    torch.testing.assert_close(
+        build_cam(method, pixelcam)(images, class_idx=labels), build_cam(method, cam_model)(images, class_idx=labels)
+    )
+
+
+def test_cam_needs_an_image_head(images):
+    class NoHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.encoder(x).mean((2, 3)))
+
+    with pytest.raises(TypeError, match="image_head.class_weights"):
+        CAM(NoHead())(images)
+    assert isinstance(build_cam("gradcam", NoHead())(images), torch.Tensor)  # gradient methods need no head
+
 def _monai_maps(cls, model, x, class_idx, raw=True):
     """monai.visualize maps, one sample at a time (a batch with class_idx=None mixes samples).
 
@@ -170,7 +195,7 @@ def test_gradient_methods_match_direct_autograd(mil_model, images):
     """Hook plumbing check: weights from a plain autograd computation on encoder -> head, no hooks."""
     class_idx = torch.tensor([1, 2, 0, 1])
     feats = mil_model.encoder(images).detach().requires_grad_(True)
-    (g,) = torch.autograd.grad(mil_model.head(feats).gather(1, class_idx[:, None]).sum(), feats)
+    (g,) = torch.autograd.grad(mil_model.image_head(feats).gather(1, class_idx[:, None]).sum(), feats)
     a = feats.detach()
     g2 = g**2
     denom = 2 * g2 + a.sum((2, 3), keepdim=True) * g**3
@@ -178,7 +203,7 @@ def test_gradient_methods_match_direct_autograd(mil_model, images):
     reference = {
         GradCAMpp: (alpha * g.clamp(min=0)).sum((2, 3), keepdim=True) * a,
         LayerCAM: g.clamp(min=0) * a,
-        CAM: mil_model.head.class_weights()[class_idx][:, :, None, None] * a,
+        CAM: mil_model.image_head.class_weights()[class_idx][:, :, None, None] * a,
     }
     for cls, raw in reference.items():
         expected = normalize_maps(F.relu(raw.sum(1, keepdim=True)).detach())

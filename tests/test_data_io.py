@@ -16,6 +16,8 @@ from PIL import Image
 
 from monai_pixelcam.data import (
     DatalistError,
+    datalist_mpp,
+    load_datalist,
     LoadHistologyd,
     LoadHistologyImage,
     LoadHistologyMask,
@@ -25,7 +27,7 @@ from monai_pixelcam.data import (
     validate_datalist,
     write_png_atomic,
 )
-from monai_pixelcam.data.io import read_csv_table
+from monai_pixelcam.data.io import HistologyReader, read_csv_table
 from monai_pixelcam.data.validate import main as validate_main
 from monai_pixelcam.data.validate import mask_problem
 
@@ -207,6 +209,45 @@ def test_array_loaders(tmp_path):
     np.testing.assert_array_equal(m[0].numpy(), _blob_mask())
 
 
+
+def test_loaders_are_monai_load_image_with_pil_reader_rows_kept(tmp_path):
+    """On a plain RGB PNG our loader is MONAI's LoadImaged + PILReader(reverse_indexing=False), scaled to [0, 1]."""
+    from monai.data import PILReader
+    from monai.transforms import LoadImaged
+
+    img, mask = _write_pair(tmp_path, "a")
+    monai = LoadImaged("image", reader=PILReader(reverse_indexing=False), ensure_channel_first=True)({"image": img})
+    ours = LoadHistologyd(keys=("image", "mask"))({"image": img, "mask": mask})
+    assert isinstance(HistologyReader(), PILReader) and not HistologyReader().reverse_indexing
+    assert torch.equal(ours["image"].as_tensor(), monai["image"].as_tensor() / 255.0)
+    for key in ("image", "mask"):
+        assert ours[key].meta["filename_or_obj"] == (img if key == "image" else mask)
+        assert ours[key].meta["spatial_shape"].tolist() == [H, W]  # data order, not PIL's (width, height)
+
+
+def test_loaders_keep_the_conversion_rules_and_name_bad_files(tmp_path):
+    rgb = _rgb()
+    rgba = np.dstack([rgb, np.full((H, W), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")  # composited on white
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb.astype(np.uint16) * 257)  # 16-bit, PIL cannot: tifffile
+    ids = np.zeros((H, W), np.uint8)
+    ids[1:4, 2:6], ids[6:9, 10:15] = 1, 7
+    pal = Image.fromarray(ids, "P")
+    pal.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)  # index 7 is black: read by index, not colour
+    pal.save(tmp_path / "pal.png")
+    load = LoadHistologyd(keys=("image", "mask"))
+    for name in ("rgba.png", "rgb16.tif"):
+        d = load({"image": str(tmp_path / name), "mask": str(tmp_path / "pal.png")})
+        expected = read_rgb(tmp_path / name).transpose(2, 0, 1).astype(np.float32) / 255.0
+        np.testing.assert_array_equal(d["image"].numpy(), expected)
+        np.testing.assert_array_equal(d["mask"][0].numpy(), ids > 0)
+    (tmp_path / "bad.png").write_bytes(np.random.default_rng(0).bytes(300))
+    for item in ({"image": str(tmp_path / "bad.png"), "mask": None}, {"image": str(tmp_path / "rgba.png"),
+                                                                       "mask": str(tmp_path / "gone.png")}):
+        bad = item["mask"] or item["image"]
+        _raises_naming(bad, load, item)  # our DatalistError, not LoadImage's "cannot find a suitable reader"
+        _raises_naming(bad, (LoadHistologyMask() if item["mask"] else LoadHistologyImage()), bad)
+
 def test_dictionary_loader_empty_masks_and_size_check(tmp_path):
     img, mask = _write_pair(tmp_path, "a")
     load = LoadHistologyd(keys=("image", "mask"))
@@ -287,7 +328,7 @@ def test_validate_accepts_valid_datalist_and_json_path(tmp_path):
     "case",
     [
         "corrupt", "truncated", "missing", "size", "nonbinary",
-        "label", "label_type", "empty", "dup", "keys", "valpx_mask",
+        "label", "label_type", "empty", "dup", "keys", "valpx_mask", "mpp",
     ],
 )
 def test_validate_single_problem_named(tmp_path, case):
@@ -320,6 +361,8 @@ def test_validate_single_problem_named(tmp_path, case):
         named = "missing key(s) ['label']"
     elif case == "valpx_mask":
         dl["valpx"][0]["mask"], named = None, "valpx items need a mask"
+    elif case == "mpp":
+        item["mpp"], named = -0.5, "'mpp' must be a positive number of microns per pixel (or null), got -0.5"
     with pytest.raises(DatalistError) as e:
         validate_datalist(dl)
     assert len(e.value.problems) == 1, e.value.problems
@@ -386,3 +429,48 @@ def test_validate_cli_entry_point(tmp_path, monkeypatch, capsys):
     assert _run_module("monai_pixelcam.data.validate", [path, "--splits", "train"], monkeypatch) == 1
     err = capsys.readouterr().err
     assert "i0.png" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- datalist scale (mpp)
+
+
+def _scaled(train_mpps, dataset_mpp=None):
+    dl = {"classes": ["a", "b"], "negative_classes": [], "valcl": [], "valpx": [], "test": []}
+    if dataset_mpp is not None:
+        dl["mpp"] = dataset_mpp
+    dl["train"] = [{"image": f"i{i}.png", "mask": None, "label": 0, "id": f"i{i}"} for i in range(len(train_mpps))]
+    for it, mpp in zip(dl["train"], train_mpps):
+        if mpp is not None:
+            it["mpp"] = mpp
+    return dl
+
+
+def test_datalist_mpp_dataset_items_and_disagreement():
+    assert datalist_mpp(_scaled([None, None])) is None  # nothing says: unknown
+    assert datalist_mpp(_scaled([None, None], dataset_mpp=0.5)) == 0.5
+    assert datalist_mpp(_scaled([0.25, None], dataset_mpp=0.25)) == 0.25  # an item may repeat the dataset's
+    assert datalist_mpp(_scaled([0.2425, 0.2428, 0.243])) == pytest.approx(0.2428)  # one objective, median
+    assert datalist_mpp(_scaled([1.0, 1.0], dataset_mpp=0.5)) == 1.0  # items override the dataset
+    assert datalist_mpp({**_scaled([None]), "valcl": [{"id": "v", "mpp": 2.0}]}, split="valcl") == 2.0
+    with pytest.raises(DatalistError, match=r"2 different scales: 0\.25 um/px \(train\[0\] \(id 'i0'\)\), 0\.5 um/px"):
+        datalist_mpp(_scaled([0.25, None], dataset_mpp=0.5))
+    with pytest.raises(DatalistError, match=r"1 train image\(s\) have no 'mpp' \(e\.g\. train\[1\] \(id 'i1'\)\)"):
+        datalist_mpp(_scaled([0.5, None]))
+    with pytest.raises(DatalistError, match=r"train\[0\] \(id 'i0'\): 'mpp' must be a positive number"):
+        datalist_mpp(_scaled([0.0]))
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "0.5", True, float("nan"), float("inf"), [0.5]])
+def test_load_datalist_rejects_bad_mpp_naming_file_and_item(tmp_path, bad):
+    import json
+
+    good = _scaled([0.5, None], dataset_mpp=0.5)
+    (tmp_path / "ok.json").write_text(json.dumps(good))
+    assert load_datalist(tmp_path / "ok.json")["train"][0]["mpp"] == 0.5
+    for where, data in (("'mpp'", {**good, "mpp": bad}), ("train[1] (id 'i1'): 'mpp'", _scaled([0.5, bad]))):
+        (tmp_path / "bad.json").write_text(json.dumps(data, allow_nan=True))
+        with pytest.raises(DatalistError) as e:
+            load_datalist(tmp_path / "bad.json")
+        assert e.value.problems == [
+            f"{tmp_path / 'bad.json'}: {where} must be a positive number of microns per pixel (or null), got {bad!r}"
+        ]

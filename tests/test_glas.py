@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_pixelcam.data import DatalistError, LoadHistologyd, convert_glas, load_datalist, validate_datalist
+from monai_pixelcam.data import (
+    DatalistError,
+    LoadHistologyd,
+    convert_glas,
+    datalist_mpp,
+    load_datalist,
+    validate_datalist,
+)
 
 H, W = 16, 24
 N_TRAIN = {"benign": 20, "malignant": 20}  # enough per class for valcl to keep images after valpx (3)
@@ -56,6 +63,7 @@ def test_convert_glas_layout_splits_and_masks(tmp_path):
     dl = load_datalist(out)
     validate_datalist(dl)
     assert dl["classes"] == ["benign", "malignant"] and dl["negative_classes"] == []
+    assert dl["mpp"] == 0.62 and datalist_mpp(dl) == 0.62  # the released images' scale (20x equivalent)
     ids = {s: [it["id"] for it in dl[s]] for s in ("train", "valcl", "valpx", "test")}
     all_ids = sum(ids.values(), [])
     assert len(all_ids) == len(set(all_ids)) == sum(N_TRAIN.values()) + sum(N_TEST.values())  # no overlap

@@ -37,9 +37,9 @@ from monai_pixelcam.label.train import (  # noqa: E402
     datastore_items,
     parse_label,
     resolve_classes,
-    source_checkpoint_from_model,
     split_items,
 )
+from monai_pixelcam.export import source_checkpoint_from_model  # noqa: E402
 from monai_pixelcam.networks import build_classifier, build_pixelcam  # noqa: E402
 from monai_pixelcam.networks.weights import load_checkpoint  # noqa: E402
 
@@ -294,7 +294,7 @@ def test_source_checkpoint_and_publish(tmp_path, model_dir):
     classifier = load_checkpoint(build_classifier("resnet18", "cam", 2, base_width=8), source)
     pixelcam = build_pixelcam(**TINY_NET)
     pixelcam.load_state_dict(torch.load(model_dir / "model.pt", weights_only=True))
-    torch.testing.assert_close(classifier.head.fc.weight, pixelcam.image_head.fc.weight)
+    torch.testing.assert_close(classifier.image_head.fc.weight, pixelcam.image_head.fc.weight)
     x = torch.rand(1, 3, 32, 32)
     torch.testing.assert_close(classifier.eval()(x), pixelcam.eval()(x)["cls"])
     with pytest.raises(ValueError, match="not a PixelCAMNet"):

@@ -263,7 +263,7 @@ def test_wsol_classifier(head):
     x = torch.rand(2, 3, 64, 64)
     assert model(x).shape == (2, 3)
     assert model.features(x).shape == (2, 128, 8, 8)
-    assert isinstance(model.encoder, ResNetEncoder) and model.head.class_weights().shape == (3, 128)
+    assert isinstance(model.encoder, ResNetEncoder) and model.image_head.class_weights().shape == (3, 128)
 
 
 def test_channel_mismatch_is_reported():
@@ -293,14 +293,25 @@ def test_pixelcam_forward_and_map_on_every_encoder(encoder, kw, hw):
         assert net.localization_map(x, size=[32, 48]).shape == (2, 1, 32, 48)
 
 
-def test_from_source_copies_without_aliasing():
+def test_source_and_pixelcam_share_state_dict_names():
+    """One name per module: a source state dict is the PixelCAM state dict without the pixel head, no key mapping."""
+    for head in ("cam", "deepmil"):
+        source = small_classifier(head)
+        net = build_pixelcam("resnet18", head, 3, base_width=16)
+        assert set(source.state_dict()) == {k for k in net.state_dict() if not k.startswith("pixel_head.")}
+        assert {k.split(".")[0] for k in source.state_dict()} == {"encoder", "image_head"}
+
+
+def test_load_source_copies_without_aliasing(tmp_path):
     source = small_classifier("deepmil")
-    net = PixelCAMNet.from_source(source)
-    src_sd, enc_sd = source.state_dict(), net.encoder.state_dict()
-    for k, v in enc_sd.items():
-        torch.testing.assert_close(v, src_sd[f"encoder.{k}"])
-    for k, v in net.image_head.state_dict().items():
-        torch.testing.assert_close(v, src_sd[f"head.{k}"])
+    net = build_pixelcam("resnet18", "deepmil", 3, base_width=16)
+    pixel_before = {k: v.clone() for k, v in net.pixel_head.state_dict().items()}
+    assert net.load_source(source) is net
+    src_sd, net_sd = source.state_dict(), net.state_dict()
+    for k, v in src_sd.items():
+        torch.testing.assert_close(net_sd[k], v)
+    for k, v in net.pixel_head.state_dict().items():
+        assert torch.equal(v, pixel_before[k])  # the pixel head keeps its own weights
     x = torch.rand(2, 3, 64, 64)
     source.eval(), net.eval()
     with torch.no_grad():
@@ -310,16 +321,41 @@ def test_from_source_copies_without_aliasing():
         net.image_head.fc.weight.add_(1.0)
     torch.testing.assert_close(source.encoder.conv1.weight, before)
     assert net.encoder.conv1.weight.data_ptr() != source.encoder.conv1.weight.data_ptr()
-    assert not torch.equal(net.image_head.fc.weight, source.head.fc.weight)
-    assert isinstance(net.pixel_head, PixelHead) and net.pixel_head.in_channels == 128
-    mlp = PixelCAMNet.from_source(source, pixel_hidden_channels=8)
-    assert len(mlp.pixel_head.layers) == 3
-    with pytest.raises(TypeError, match="WSOLClassifier"):
-        PixelCAMNet.from_source(nn.Linear(2, 2))
+    assert not torch.equal(net.image_head.fc.weight, source.image_head.fc.weight)
+    # a parallel wrapper, a state dict and a file (nested under a container key) load alike
+    for src in (nn.DataParallel(source), source.state_dict()):
+        again = build_pixelcam("resnet18", "deepmil", 3, base_width=16).load_source(src)
+        torch.testing.assert_close(again.image_head.fc.weight, source.image_head.fc.weight)
+    torch.save({"model": source.state_dict(), "epoch": torch.tensor(4)}, tmp_path / "source.pt")
+    again = build_pixelcam("resnet18", "deepmil", 3, base_width=16).load_source(tmp_path / "source.pt")
+    torch.testing.assert_close(again.encoder.layer4[1].conv2.weight, source.encoder.layer4[1].conv2.weight)
+
+
+def test_load_source_is_strict_and_names_the_file(tmp_path):
+    source = small_classifier("cam", num_classes=2)
+    torch.save({"model": source.state_dict()}, tmp_path / "source.pt")
+    net = build_pixelcam("resnet18", "cam", 3, base_width=16)
+    before = net.image_head.fc.weight.clone()
+    with pytest.raises(ValueError, match="source.pt(.|\n)*shape mismatches(.|\n)*image_head.fc.weight"):
+        net.load_source(tmp_path / "source.pt")
+    assert torch.equal(net.image_head.fc.weight, before)  # nothing loaded on error
+    # a checkpoint of the old layout (``head.*``) is refused with both names listed, not silently half-loaded
+    old = {(f"head.{k[len('image_head.'):]}" if k.startswith("image_head.") else k): v for k, v in source.state_dict().items()}
+    with pytest.raises(ValueError, match="missing keys(.|\n)*image_head.fc.weight(.|\n)*unexpected keys(.|\n)*head.fc.weight"):
+        build_pixelcam("resnet18", "cam", 2, base_width=16).load_source(old)
+    with pytest.raises(ValueError, match="no entry 'net'"):
+        net.load_source(tmp_path / "source.pt", key="net")
+    with pytest.raises(ValueError, match="no entry 'net'"):
+        load_checkpoint(small_classifier(num_classes=2), tmp_path / "source.pt", key="net")
+
+
+def test_mlp_pixel_head():
+    net = build_pixelcam("resnet18", "cam", 2, base_width=16, pixel_hidden_channels=8)
+    assert len(net.pixel_head.layers) == 3 and net.pixel_head.in_channels == 128
 
 
 def test_freeze_backbone_two_step_variant():
-    net = PixelCAMNet.from_source(small_classifier(), freeze_backbone=True)
+    net = build_pixelcam("resnet18", "cam", 3, base_width=16, freeze_backbone=True)
     assert all(not p.requires_grad for p in net.encoder.parameters())
     assert all(not p.requires_grad for p in net.image_head.parameters())
     assert all(p.requires_grad for p in net.pixel_head.parameters())
@@ -342,7 +378,7 @@ def test_param_groups_heads_at_ten_times():
     model = small_classifier()
     groups = model.param_groups(0.001)
     assert [(g["name"], g["lr"]) for g in groups] == [("encoder", 0.001), ("heads", pytest.approx(0.01))]
-    net = PixelCAMNet.from_source(model)
+    net = build_pixelcam("resnet18", "cam", 3, base_width=16)
     groups = net.param_groups(0.002, head_lr_mult=5)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(net.parameters()))
@@ -453,8 +489,8 @@ def test_bundle_config_instantiates_classifier():
         }
     )
     net = parser.get_parsed_content("network_def")
-    assert isinstance(net, WSOLClassifier) and isinstance(net.head, DeepMILHead)
-    assert net.head.attention_v.out_features == 32
+    assert isinstance(net, WSOLClassifier) and isinstance(net.image_head, DeepMILHead)
+    assert net.image_head.attention_v.out_features == 32
 
 
 # ------------------------------------------------------------------------------------------------- weights
@@ -540,18 +576,6 @@ def test_load_rejects_unsafe_missing_and_foreign_files(tmp_path):
         load_torchvision_weights(resnet18(base_width=16), tmp_path / "no_weights.pt")
 
 
-def test_build_pixelcam_from_source_checkpoint(tmp_path):
-    source = small_classifier("cam", num_classes=2)
-    torch.save({"model": source.state_dict(), "epoch": torch.tensor(4)}, tmp_path / "source.pt")
-    net = build_pixelcam("resnet18", "cam", 2, source_checkpoint=str(tmp_path / "source.pt"), base_width=16)
-    torch.testing.assert_close(net.encoder.layer4[1].conv2.weight, source.encoder.layer4[1].conv2.weight)
-    torch.testing.assert_close(net.image_head.fc.weight, source.head.fc.weight)
-    with pytest.raises(ValueError, match="source.pt(.|\n)*shape mismatches(.|\n)*head.fc.weight"):
-        build_pixelcam("resnet18", "cam", 3, source_checkpoint=str(tmp_path / "source.pt"), base_width=16)
-    with pytest.raises(ValueError, match="no entry 'net'"):
-        load_checkpoint(small_classifier(num_classes=2), tmp_path / "source.pt", key="net")
-
-
 # ------------------------------------------------------------------------------------------------- factory
 
 
@@ -560,9 +584,11 @@ def test_factory_names_and_errors():
     assert isinstance(build_head("deepmil", 8, 2), DeepMILHead) and isinstance(build_head("cam", 8, 2), CAMHead)
     enc = build_encoder("resnet18_slim")
     assert enc.out_channels == 128 and sum(p.numel() for p in enc.parameters()) == 702_096
-    with pytest.raises(ValueError, match="unknown encoder 'resnet34'.*resnet18, resnet18_slim, resnet50, vgg16, vit_tiny"):
+    # monai.utils.look_up_option: a close name (18 and 50 tie; which one follows set order) and every name
+    with pytest.raises(ValueError, match="unknown encoder 'resnet34': By 'resnet34', did you mean 'resnet(18|50)'") as err:
         build_encoder("resnet34")
-    with pytest.raises(ValueError, match="unknown head 'gap'.*cam, deepmil"):
+    assert all(name in str(err.value) for name in ("resnet18", "resnet18_slim", "resnet50", "vgg16", "vit_tiny"))
+    with pytest.raises(ValueError, match="unknown head 'gap': By 'gap', did you mean 'cam'"):
         build_head("gap", 8, 2)
     with pytest.raises(ValueError, match="unknown head"):
         build_classifier("resnet18", "gap")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_pixelcam.data import SPLITS, load_datalist, synthesize, validate_datalist
+from monai_pixelcam.data import SPLITS, datalist_mpp, load_datalist, synthesize, validate_datalist
 from monai_pixelcam.data.synthetic import KINDS, main, measure_shortcut, render_tile
 
 SIZE = 64  # small tiles keep the file fast; structures scale with the size
@@ -43,6 +43,8 @@ def camelyon_small(tmp_path_factory):
 def test_glas_default_splits(glas_default):
     out, dl = glas_default
     assert dl["classes"] == ["benign", "malignant"] and dl["negative_classes"] == []
+    # nominal scale: 1.86 um/px at 256 px (GlaS downsampled 3x), same field of view at 32 px
+    assert dl["mpp"] == datalist_mpp(dl) == 1.86 * 256 / 32
     sizes = {s: len(dl[s]) for s in SPLITS}
     assert sum(sizes.values()) == 165 and sizes["test"] == 80
     non_test = 165 - 80
@@ -61,6 +63,7 @@ def test_glas_default_splits(glas_default):
 def test_camelyon_datalist_and_masks(camelyon_small):
     out, dl = camelyon_small
     assert dl["classes"] == ["normal", "tumor"] and dl["negative_classes"] == [0]
+    assert dl["mpp"] == datalist_mpp(dl) == pytest.approx(0.972 * 256 / SIZE)  # CAMELYON16 level 2 at 256 px
     items = [it for s in SPLITS for it in dl[s]]
     assert len(items) == 40 and Counter(it["label"] for it in items) == {0: 20, 1: 20}
     assert abs(len(dl["test"]) - 12) <= 2  # about 30 % test

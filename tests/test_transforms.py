@@ -220,14 +220,40 @@ def test_stain_augment_on_tiny_tissue_and_noise():
     assert torch.isfinite(out).all()
 
 
+MONAI_TARGET_HE = np.array(((0.5626, 0.2159), (0.7201, 0.8012), (0.4062, 0.5581)))  # columns H, E
+
+
+def monai_reference_stained(size=64):
+    """``uint8 H x W x 3`` image in MONAI's reference stain, at its reference maximum concentrations."""
+    rng = np.random.default_rng(0)
+    conc = rng.gamma(2.0, 0.35, size=(2, size * size))
+    conc = conc / np.percentile(conc, 99, axis=1, keepdims=True) * np.array([[1.9705], [1.0308]])
+    return np.clip(np.round(240 * np.exp(-(MONAI_TARGET_HE @ conc)) - 1), 0, 255).T.reshape(size, size, 3)
+
+
+def test_monai_extract_he_stains_puts_eosin_first_and_the_fix_is_gated(monkeypatch):
+    """The MONAI defect MacenkoNormalize corrects, reproduced on the installed MONAI; a MONAI without it is used
+    as it is."""
+    from monai.apps.pathology.transforms import ExtractHEStains
+
+    from monai_pixelcam.transforms import array
+    from monai_pixelcam.transforms.stain import OrderedExtractHEStains, monai_extracts_eosin_first
+
+    hwc = monai_reference_stained().astype(np.uint8)
+    ref = MONAI_TARGET_HE / np.linalg.norm(MONAI_TARGET_HE, axis=0)
+    first = ExtractHEStains()(hwc)[:, 0]
+    assert first @ ref[:, 1] > 0.99 > first @ ref[:, 0]  # MONAI 1.6: eosin first, on its own reference stain
+    assert monai_extracts_eosin_first()
+    extractor = MacenkoNormalize().normalizer.stain_extractor
+    assert isinstance(extractor, OrderedExtractHEStains) and extractor(hwc)[:, 0] @ ref[:, 0] > 0.99
+    monkeypatch.setattr(array, "monai_extracts_eosin_first", lambda: False)
+    assert type(MacenkoNormalize().normalizer.stain_extractor) is ExtractHEStains
+
+
 def test_macenko_normalize_adapter():
     # an image already in MONAI's reference stain, with its reference maximum concentrations,
     # must come out nearly unchanged
-    target = np.array(((0.5626, 0.2159), (0.7201, 0.8012), (0.4062, 0.5581)))
-    rng = np.random.default_rng(0)
-    conc = rng.gamma(2.0, 0.35, size=(2, 64 * 64))
-    conc = conc / np.percentile(conc, 99, axis=1, keepdims=True) * np.array([[1.9705], [1.0308]])
-    hwc = np.clip(np.round(240 * np.exp(-(target @ conc)) - 1), 0, 255).T.reshape(64, 64, 3)
+    hwc = monai_reference_stained()
     img = torch.from_numpy(hwc.transpose(2, 0, 1).astype(np.float32) / 255.0)
     out = MacenkoNormalize()(img)
     assert out.shape == img.shape and out.dtype == torch.float32
@@ -349,10 +375,19 @@ def test_train_pipeline_output_size(image_size, crop_size, expected):
 def test_pipeline_argument_checks():
     with pytest.raises(ValueError, match="crop_size"):
         train_transforms(image_size=200, crop_size=224)
-    with pytest.raises(ValueError, match="stain_augment"):
+    with pytest.raises(ValueError, match="stain_augment must be a bool or one of \\['hed', 'macenko'\\]"):
         train_transforms(stain_augment="vahadane")
     with pytest.raises(ValueError, match="image_size"):
         eval_transforms(image_size=0)
+
+
+@pytest.mark.parametrize(
+    "name, expected", [(True, RandHEDJitterd), ("hed", RandHEDJitterd), ("macenko", RandStainAugmentd), (False, None)]
+)
+def test_stain_augment_by_name(name, expected):
+    stain = [t for t in train_transforms(stain_augment=name).transforms if isinstance(t, (RandHEDJitterd, RandStainAugmentd))]
+    assert [type(t) for t in stain] == ([expected] if expected else [])
+    assert all(t.prob == 0.5 for t in stain)
 
 
 def test_eval_pipeline_is_deterministic_resize_and_crop():

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.utils import look_up_option
 
 __all__ = [
     "BaseCAM",
@@ -257,19 +258,18 @@ def _upsample_size(upsample, x: torch.Tensor) -> tuple[int, int] | None:
 class CAM(BaseCAM):
     """CAM (Zhou et al., CVPR 2016): the image head's class weights applied at every position.
 
-    Uses ``model.head.class_weights()`` (``K x C``; ``model.image_head`` for a PixelCAMNet), so the target
-    layer must be the one that head pools (the default, ``model.encoder``). No backward pass.
+    Uses ``model.image_head.class_weights()`` (``K x C``; :class:`~monai_pixelcam.networks.WSOLClassifier` and
+    :class:`~monai_pixelcam.networks.PixelCAMNet` both name their image head so), so the target layer must be
+    the one that head pools (the default, ``model.encoder``). No backward pass.
     """
 
     name = "cam"
     needs_gradients = False
 
     def weights(self, activations, gradients, logits, class_idx):
-        head = getattr(self.model, "head", None)
-        if head is None:
-            head = getattr(self.model, "image_head", None)
+        head = getattr(self.model, "image_head", None)
         if head is None or not callable(getattr(head, "class_weights", None)):
-            raise TypeError(f"CAM needs model.head.class_weights(); {type(self.model).__name__} has none.")
+            raise TypeError(f"CAM needs model.image_head.class_weights(); {type(self.model).__name__} has none.")
         w = head.class_weights().detach().to(activations)
         if w.ndim != 2 or w.shape[1] != activations.shape[1]:
             raise ValueError(
@@ -322,10 +322,10 @@ CAM_METHODS: dict[str, type[BaseCAM]] = {cls.name: cls for cls in (CAM, GradCAM,
 
 def canonical_method_name(name: str) -> str:
     """Registry key for a CAM method name (case-insensitive); ValueError listing the methods otherwise."""
-    key = str(name).lower()
-    if key not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method {name!r}; available: {', '.join(CAM_METHODS)}.")
-    return key
+    try:
+        return look_up_option(str(name).lower(), CAM_METHODS).name
+    except ValueError as e:
+        raise ValueError(f"unknown CAM method {name!r}: {e}") from None
 
 
 def build_cam(name: str, model: nn.Module, target_layer: nn.Module | str | None = None) -> BaseCAM:

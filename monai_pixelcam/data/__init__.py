@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from .datalist import SPLITS, DatalistError, load_datalist, make_splits, save_datalist
+from .datalist import SPLITS, DatalistError, datalist_mpp, load_datalist, make_splits, save_datalist
 from .io import (
     LoadHistologyd,
     LoadHistologyD,
@@ -37,6 +37,7 @@ __all__ = [
     "make_splits",
     "save_datalist",
     "load_datalist",
+    "datalist_mpp",
     "read_rgb",
     "read_mask",
     "write_png_atomic",

@@ -21,6 +21,8 @@ CSV (header row required; column names are case- and space-insensitive)::
   tumor rows without masks go to train / valcl only.
 * ``id`` (optional): unique image ids; by default the image file name without extension, or its
   path relative to the CSV folder when names repeat.
+* ``mpp`` (optional): microns per pixel of the patch (CAMELYON16 level 0 is about 0.243; patches cut at
+  another level or resized have another); empty cells take ``convert_camelyon(mpp=...)``, the dataset's.
 
 Classes ``["normal", "tumor"]``, ``negative_classes`` ``[0]``.
 
@@ -97,6 +99,7 @@ def convert_camelyon(
     valcl_fraction: float = 0.2,
     valpx_per_class: int = 3,
     validate: bool = True,
+    mpp: float | None = None,
 ) -> Path:
     """Write the datalist of a CAMELYON16 patch CSV (format in the module docstring).
 
@@ -108,6 +111,8 @@ def convert_camelyon(
         valcl_fraction: per class, of the non-test rows, for validation (valcl + valpx).
         valpx_per_class: pixel-annotated validation images per class.
         validate: decode every image and mask (:func:`validate_datalist`) before writing.
+        mpp: the patches' microns per pixel, written as the datalist's ``"mpp"`` (None: unknown); a row's own
+            ``mpp`` cell overrides it.
 
     Returns:
         the datalist JSON path.
@@ -159,6 +164,11 @@ def convert_camelyon(
         item = {"image": str(image), "mask": str(mask) if mask is not None else None, "label": label}
         if row.get("id"):
             item["id"] = row["id"]
+        if row.get("mpp"):
+            try:
+                item["mpp"] = float(row["mpp"])
+            except ValueError:
+                problems.append(f"{where}: mpp {row['mpp']!r} is not a number of microns per pixel")
         items.append((item, split, row["_line"]))
 
     _assign_ids(items, base, problems, csv_path)
@@ -189,6 +199,8 @@ def convert_camelyon(
             splits["train"] += extra["train"]
             splits["valcl"] += extra["valcl"]
     datalist = {"dataset": "camelyon16", "classes": list(CAMELYON_CLASSES), "negative_classes": [0], **splits}
+    if mpp is not None:
+        datalist["mpp"] = float(mpp)
     return save_validated_datalist(datalist, out_json, validate=validate)
 
 
@@ -222,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Convert a CAMELYON16 patch CSV (image, mask, label[, split]) into a datalist JSON.",
         "the CSV, or a folder holding exactly one CSV",
         convert_camelyon,
-        [("test_fraction", 0.3), ("valcl_fraction", 0.2)],
+        [("test_fraction", 0.3), ("valcl_fraction", 0.2), ("mpp", None)],
     )
 
 

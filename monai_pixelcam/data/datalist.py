@@ -5,11 +5,17 @@ A datalist is a dict::
     {
       "classes": ["benign", "malignant"],      # class names, label i -> classes[i]
       "negative_classes": [],                   # labels whose images hold no region of interest
+      "mpp": 0.62,                              # optional: microns per pixel of the image files
       "train":  [{"image": str, "mask": str | None, "label": int, "id": str}, ...],
       "valcl":  [...],   # image labels only, for B-CL model selection
       "valpx":  [...],   # a few pixel-annotated images, for B-LOC selection and the threshold
       "test":   [...],
     }
+
+Scale: the optional top-level ``"mpp"`` is the dataset's microns per pixel (of the files as stored, not
+after any resize); an item may carry its own ``"mpp"``, which overrides it for that image. Both are
+positive numbers (or null: unknown); :func:`load_datalist` rejects anything else, naming the file and
+item. :func:`datalist_mpp` gives the scale of the training images.
 
 Paths are stored relative to the JSON file's folder when they lie under it, and
 ``load_datalist`` makes them absolute again, so a dataset folder can be moved.
@@ -18,6 +24,7 @@ Paths are stored relative to the JSON file's folder when they lie under it, and
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -29,7 +36,11 @@ from .atomic import write_json_atomic
 
 SPLITS = ("train", "valcl", "valpx", "test")
 
-__all__ = ["SPLITS", "DatalistError", "make_splits", "save_datalist", "load_datalist"]
+__all__ = ["SPLITS", "DatalistError", "make_splits", "save_datalist", "load_datalist", "mpp_problems", "datalist_mpp"]
+
+#: Relative difference under which two items' microns per pixel count as one scale (scanner metadata of one
+#: objective differs in the third digit, e.g. 0.2425 and 0.2428).
+MPP_REL_TOL = 0.01
 
 
 class DatalistError(ValueError):
@@ -137,6 +148,7 @@ def load_datalist(path: str | os.PathLike) -> dict:
     problems = []
     if not isinstance(data, dict):
         raise DatalistError(f"{path}: a datalist must be a JSON object with 'classes' and the splits {SPLITS}")
+    problems += [f"{path}: {p}" for p in mpp_problems(data)]
     if not isinstance(data.get("classes"), list) or not data["classes"]:
         problems.append(f"{path}: missing or empty 'classes' list")
     for split in SPLITS:
@@ -155,3 +167,69 @@ def load_datalist(path: str | os.PathLike) -> dict:
                     it[key] = str((base / it[key]).resolve())
             it.setdefault("mask", None)
     return data
+
+
+def _is_mpp(value) -> bool:
+    return value is None or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
+def mpp_problems(datalist: dict) -> list[str]:
+    """Why the datalist's ``"mpp"`` entries are unusable: one line per bad value (top level, or split, index and
+    id of the item); empty when every one is a positive finite number or null."""
+    problems = []
+    if not _is_mpp(datalist.get("mpp")):
+        problems.append(f"'mpp' must be a positive number of microns per pixel (or null), got {datalist['mpp']!r}")
+    for split in SPLITS:
+        items = datalist.get(split)
+        for i, it in enumerate(items if isinstance(items, list) else []):
+            if isinstance(it, dict) and not _is_mpp(it.get("mpp")):
+                problems.append(
+                    f"{split}[{i}] (id {it.get('id')!r}): 'mpp' must be a positive number of microns per pixel "
+                    f"(or null), got {it['mpp']!r}"
+                )
+    return problems
+
+
+def datalist_mpp(datalist: dict, split: str = "train") -> float | None:
+    """Microns per pixel of the image files of ``split`` (the training images by default).
+
+    Each item's scale is its own ``"mpp"``, else the datalist's. All items at one scale (within
+    :data:`MPP_REL_TOL`, relative) give the median of their values; no scale anywhere gives None (unknown).
+
+    Raises:
+        DatalistError: a bad value (see :func:`mpp_problems`); some items have a scale and others none; or the
+            items disagree: a model is trained at one scale, so the message lists each scale with an item at
+            it, and the images must be resampled to one scale (or the split divided) first.
+    """
+    problems = mpp_problems(datalist)
+    if problems:
+        raise DatalistError(problems)
+    default = datalist.get("mpp")
+    values: list[float] = []
+    example: dict[float, str] = {}
+    unknown: list[str] = []
+    for i, it in enumerate(datalist.get(split) or []):
+        value = it.get("mpp") if it.get("mpp") is not None else default
+        where = f"{split}[{i}] (id {it.get('id')!r})"
+        if value is None:
+            unknown.append(where)
+        else:
+            values.append(float(value))
+            example.setdefault(float(value), where)
+    if not values:
+        return None
+    if unknown:
+        raise DatalistError(
+            f"{len(unknown)} {split} image(s) have no 'mpp' (e.g. {unknown[0]}) while {len(values)} do (e.g. "
+            f"{next(iter(example.values()))}); give the dataset an 'mpp' or every item its own"
+        )
+    if max(values) > min(values) * (1 + MPP_REL_TOL):
+        scales = sorted(example)
+        shown = ", ".join(f"{v:g} um/px ({example[v]})" for v in scales[:5]) + (", ..." if len(scales) > 5 else "")
+        raise DatalistError(
+            f"the {split} images are at {len(scales)} different scales: {shown}; a model is trained at one scale, "
+            "so resample the images to one mpp (or split the dataset) first"
+        )
+    return float(np.median(values))

@@ -12,6 +12,10 @@ values (``" benign"``), which are stripped. The class is ``grade (GlaS)``: benig
 Annotation images are gland instance-id maps (0 = background, k > 0 = gland k); the datalist points
 at them directly, since :func:`~monai_pixelcam.data.io.read_mask` reads id > 0 as foreground.
 
+Scale: the GlaS slides were scanned at 0.465 um per pixel and released rescaled to 0.620 um per pixel, the
+equivalent of a 20x objective (Sirinukunwattana et al. 2017); written as the datalist's ``"mpp"``
+(:data:`GLAS_MPP`).
+
 Splits: ``test`` = testA + testB (the challenge test sets); the training images are split into
 ``train`` / ``valcl`` / ``valpx`` by :func:`~monai_pixelcam.data.datalist.make_splits` (stratified,
 seeded; valpx drawn from the validation images). Images of one patient may fall on both sides of the
@@ -32,9 +36,11 @@ from .datalist import DatalistError, make_splits
 from .io import read_csv_table
 from .validate import converter_main, save_validated_datalist
 
-__all__ = ["GLAS_CLASSES", "convert_glas", "find_glas_root"]
+__all__ = ["GLAS_CLASSES", "GLAS_MPP", "convert_glas", "find_glas_root"]
 
 GLAS_CLASSES = ["benign", "malignant"]
+#: microns per pixel of the released images (20x equivalent)
+GLAS_MPP = 0.62
 _GRADE_COLUMN = "grade (glas)"
 _NAME = re.compile(r"^(train|testa|testb)_\d+$", re.IGNORECASE)
 _IMAGE_SUFFIXES = (".bmp", ".png", ".tif", ".tiff")
@@ -153,7 +159,7 @@ def convert_glas(
         raise DatalistError(problems)
 
     splits = make_splits(train, test, valcl_fraction=valcl_fraction, valpx_per_class=valpx_per_class, seed=seed)
-    datalist = {"dataset": "glas", "classes": list(GLAS_CLASSES), "negative_classes": [], **splits}
+    datalist = {"dataset": "glas", "classes": list(GLAS_CLASSES), "negative_classes": [], "mpp": GLAS_MPP, **splits}
     return save_validated_datalist(datalist, out_json, validate=validate)
 
 

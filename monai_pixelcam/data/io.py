@@ -19,8 +19,10 @@ Conversion rules (one place, used by the transforms, the validator and the conve
   by palette **index** (the label-map convention of instance-id and PASCAL VOC annotations), not
   colour; float masks are foreground where value > ``threshold``.
 
-TIFF files are read with PIL and, when PIL cannot decode them (tiled, planar, multi-sample 16-bit,
-...), with tifffile (first page).
+Files are opened by MONAI's :class:`~monai.data.PILReader` with ``reverse_indexing=False`` (rows stay rows),
+extended by :class:`HistologyReader` with the rules above, and the transforms are MONAI's ``LoadImage`` /
+``LoadImaged`` with that reader. A TIFF that PIL cannot decode (tiled, planar, multi-sample 16-bit, ...) is read
+by our own fallback with tifffile (first page): MONAI has no plain-TIFF reader (its ``WSIReader`` reads pyramids).
 """
 
 from __future__ import annotations
@@ -30,10 +32,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.data import MetaTensor, PILReader
+from monai.transforms import LoadImage, LoadImaged, MapTransform, Transform
 from monai.utils import ensure_tuple
 from PIL import Image
 
@@ -46,6 +47,7 @@ __all__ = [
     "image_to_rgb",
     "mask_to_binary",
     "read_csv_table",
+    "HistologyReader",
     "LoadHistologyImage",
     "LoadHistologyMask",
     "LoadHistologyd",
@@ -114,6 +116,33 @@ def _full_scale(arr: np.ndarray) -> float:
     return 1.0
 
 
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise DatalistError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise DatalistError(f"{path}: empty file (0 bytes)")
+
+
+def _fallback_pixels(path: Path, pil_error: BaseException) -> tuple[np.ndarray, bool]:
+    """Pixels of a file PIL failed on: tifffile for a TIFF, else the error naming the file."""
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        try:
+            return _tiff_pixels(path)
+        except Exception as e:  # noqa: BLE001
+            raise DatalistError(
+                f"{path}: cannot read image (PIL: {_describe(pil_error)}; tifffile: {_describe(e)})"
+            ) from None
+    raise DatalistError(f"{path}: cannot read image ({_describe(pil_error)})") from None
+
+
+def _decoded_pil_pixels(img: Image.Image, palette_as_index: bool) -> tuple[np.ndarray, bool]:
+    img.load()  # decode everything now: truncated or corrupt data fails here, not later
+    arr, has_alpha = _pil_pixels(img, palette_as_index)
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise ValueError(f"unsupported image layout {arr.shape}")
+    return arr, has_alpha
+
+
 def read_pixels(path: str | os.PathLike, *, palette_as_index: bool = False) -> tuple[np.ndarray, bool]:
     """Decode a 2D image file completely, without any value conversion.
 
@@ -129,29 +158,12 @@ def read_pixels(path: str | os.PathLike, *, palette_as_index: bool = False) -> t
         DatalistError: the file is missing, is not an image, or is corrupt or truncated; names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DatalistError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise DatalistError(f"{path}: empty file (0 bytes)")
-    pil_error: BaseException | None = None
+    _check_file(path)
     try:
         with Image.open(path) as img:
-            img.load()  # decode everything now: truncated or corrupt data fails here, not later
-            arr, has_alpha = _pil_pixels(img, palette_as_index)
+            return _decoded_pil_pixels(img, palette_as_index)
     except Exception as e:  # noqa: BLE001 - the boundary: any decoder failure becomes a named-file error
-        pil_error = e
-    if pil_error is None:
-        if arr.ndim not in (2, 3) or arr.size == 0:
-            raise DatalistError(f"{path}: unsupported image layout {arr.shape}")
-        return arr, has_alpha
-    if path.suffix.lower() in _TIFF_SUFFIXES:
-        try:
-            return _tiff_pixels(path)
-        except Exception as e:  # noqa: BLE001
-            raise DatalistError(
-                f"{path}: cannot read image (PIL: {_describe(pil_error)}; tifffile: {_describe(e)})"
-            ) from None
-    raise DatalistError(f"{path}: cannot read image ({_describe(pil_error)})") from None
+        return _fallback_pixels(path, e)
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -211,6 +223,62 @@ def mask_to_binary(pixels: np.ndarray, has_alpha: bool, threshold: float = 0.5) 
     return fg.astype(np.uint8)
 
 
+def _image_rules(pixels: np.ndarray, has_alpha: bool, path) -> np.ndarray:
+    try:
+        return image_to_rgb(pixels, has_alpha)
+    except ValueError as e:
+        raise DatalistError(f"{path}: cannot convert image of shape {pixels.shape} to RGB ({e})") from None
+
+
+class HistologyReader(PILReader):
+    """MONAI's ``PILReader(reverse_indexing=False)`` with the package's conversion rules (module docstring).
+
+    ``read(path)`` returns the decoded image, converted: ``uint8 H x W x 3`` RGB, or with ``mask=True`` the
+    ``uint8 H x W`` {0, 1} mask of :func:`mask_to_binary` (palette masks by index, value > ``threshold`` for
+    float masks); ``get_data`` is PILReader's. One file per call. A TIFF PIL cannot decode goes through
+    tifffile. Every failure raises :class:`~monai_pixelcam.data.datalist.DatalistError` naming the file.
+    """
+
+    def __init__(self, mask: bool = False, threshold: float = 0.5):
+        super().__init__(converter=self._convert, reverse_indexing=False)
+        self.mask = bool(mask)
+        self.threshold = threshold
+
+    def verify_suffix(self, filename) -> bool:
+        return True  # whatever PIL (or the TIFF fallback) decodes; a file it cannot read is named in the error
+
+    def _rules(self, pixels: np.ndarray, has_alpha: bool, path) -> Image.Image:
+        if self.mask:
+            return Image.fromarray(mask_to_binary(pixels, has_alpha, self.threshold))
+        return Image.fromarray(_image_rules(pixels, has_alpha, path))
+
+    def _convert(self, img: Image.Image) -> Image.Image:
+        try:
+            return self._rules(*_decoded_pil_pixels(img, palette_as_index=self.mask), img.filename)
+        finally:
+            img.close()  # the pixels are copied out; PILReader leaves multi-frame files open
+
+    def read(self, data, **kwargs) -> Image.Image:
+        (path,) = (Path(p) for p in ensure_tuple(data))
+        _check_file(path)
+        try:
+            return super().read(path, **kwargs)
+        except DatalistError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the boundary: any decoder failure becomes a named-file error
+            return self._rules(*_fallback_pixels(path, e), path)
+
+    def _get_meta_dict(self, img) -> dict:
+        return {}  # PIL's mode and size would describe our converted image, not the file
+
+    def _get_spatial_shape(self, img) -> np.ndarray:
+        # PILReader gives (width, height) whatever ``reverse_indexing``; the data here are H x W
+        return np.asarray((img.height, img.width))
+
+
+_RGB_READER = HistologyReader()
+
+
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as ``uint8 H x W x 3`` RGB (conversion rules in the module docstring).
 
@@ -218,11 +286,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         DatalistError: missing, unreadable, corrupt or truncated file, or an unsupported pixel layout;
             the message names the file.
     """
-    pixels, has_alpha = read_pixels(path)
-    try:
-        return image_to_rgb(pixels, has_alpha)
-    except ValueError as e:
-        raise DatalistError(f"{path}: cannot convert image of shape {pixels.shape} to RGB ({e})") from None
+    return _RGB_READER.get_data(_RGB_READER.read(path))[0]
 
 
 def read_mask(path: str | os.PathLike, threshold: float = 0.5) -> np.ndarray:
@@ -236,8 +300,8 @@ def read_mask(path: str | os.PathLike, threshold: float = 0.5) -> np.ndarray:
     Raises:
         DatalistError: missing, unreadable, corrupt or truncated file; the message names the file.
     """
-    pixels, has_alpha = read_pixels(path, palette_as_index=True)
-    return mask_to_binary(pixels, has_alpha, threshold)
+    reader = HistologyReader(mask=True, threshold=threshold)
+    return reader.get_data(reader.read(path))[0]
 
 
 def read_csv_table(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -277,45 +341,47 @@ def read_csv_table(path: str | os.PathLike) -> list[dict[str, str]]:
     return table
 
 
-def _meta_tensor(array: np.ndarray, path: str | os.PathLike) -> MetaTensor:
-    """``C x H x W`` float array -> MetaTensor carrying the source file name, as MONAI's LoadImage does.
-
-    Every tensor made here has the same meta keys, so that batches mixing loaded and empty masks collate.
-    """
-    meta = {"filename_or_obj": str(path), "spatial_shape": np.asarray(array.shape[1:]), "original_channel_dim": 0}
-    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), meta=meta)
-
-
 class LoadHistologyImage(Transform):
     """Load an image file as ``float32 3 x H x W`` in [0, 1] (a MetaTensor with ``filename_or_obj``).
 
-    Rows stay rows (H x W order, no transpose, unlike MONAI's default PILReader). Conversion to RGB
-    follows :func:`read_rgb`; bad files raise :class:`DatalistError` naming the file.
+    MONAI's ``LoadImage`` with :class:`HistologyReader`: rows stay rows (no transpose, unlike MONAI's default
+    PILReader), conversion to RGB as :func:`read_rgb`; bad files raise :class:`DatalistError` naming the file.
     """
 
+    def __init__(self) -> None:
+        self.reader = HistologyReader()
+        self.load = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
-        rgb = read_rgb(path)
-        return _meta_tensor(rgb.transpose(2, 0, 1).astype(np.float32) / 255.0, path)
+        return self.load(path, reader=self.reader) / 255.0
 
 
 class LoadHistologyMask(Transform):
-    """Load a mask file as ``float32 1 x H x W`` in {0, 1} (foreground rule of :func:`read_mask`).
+    """Load a mask file as ``float32 1 x H x W`` in {0, 1} (foreground rule of :func:`read_mask`), with
+    MONAI's ``LoadImage`` and :class:`HistologyReader` (``mask=True``).
 
     Args:
         threshold: foreground threshold for float-valued mask files only.
     """
 
     def __init__(self, threshold: float = 0.5):
-        self.threshold = threshold
+        self.reader = HistologyReader(mask=True, threshold=threshold)
+        self.load = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
-        mask = read_mask(path, self.threshold)
-        return _meta_tensor(mask[None].astype(np.float32), path)
+        return self.load(path, reader=self.reader)
+
+
+def _empty_mask(size: tuple[int, int]) -> MetaTensor:
+    """All-zero ``1 x H x W`` mask with the meta keys of a loaded one, so that batches mixing both collate."""
+    meta = {"filename_or_obj": "", "spatial_shape": np.asarray(size), "original_channel_dim": float("nan")}
+    return MetaTensor(np.zeros((1, *size), dtype=np.float32), meta=meta)
 
 
 class LoadHistologyd(MapTransform):
     """Dictionary version: load ``image`` keys as ``3 x H x W`` float [0, 1] and ``mask`` keys as ``1 x H x W``
-    float {0, 1}.
+    float {0, 1}, with MONAI's ``LoadImaged`` and a :class:`HistologyReader` for each (the conversion rules of
+    :func:`read_rgb` and :func:`read_mask`).
 
     A mask key whose value is None, or that is absent, becomes an all-zero ``1 x H x W`` mask of the
     size of the first image loaded from the same dict (images without a region of interest, e.g.
@@ -339,8 +405,13 @@ class LoadHistologyd(MapTransform):
     ):
         super().__init__(keys, allow_missing_keys)
         self.mask_keys = set(ensure_tuple(mask_keys))
-        self.load_image = LoadHistologyImage()
-        self.load_mask = LoadHistologyMask(threshold)
+        self.image_reader = HistologyReader()
+        self.mask_reader = HistologyReader(mask=True, threshold=threshold)
+        # each call names its reader: one given at construction would be one of several that LoadImage tries
+        # in turn, hiding our named-file error behind its own
+        self.load = LoadImaged(
+            keys=self.keys, image_only=True, ensure_channel_first=True, dtype=np.float32, allow_missing_keys=True
+        )
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -351,7 +422,7 @@ class LoadHistologyd(MapTransform):
             if key in self.mask_keys:
                 continue
             if isinstance(d[key], (str, os.PathLike)):
-                d[key] = self.load_image(d[key])
+                d[key] = self.load({key: d[key]}, reader=self.image_reader)[key] / 255.0
             elif not hasattr(d[key], "shape"):
                 raise DatalistError(f"{d.get('id', key)}: '{key}' must be an image path or array, got {d[key]!r}")
             if size is None:
@@ -359,11 +430,11 @@ class LoadHistologyd(MapTransform):
         for key in mask_keys:
             value = d.get(key)
             if isinstance(value, (str, os.PathLike)) and str(value):
-                d[key] = self.load_mask(value)
+                d[key] = self.load({key: value}, reader=self.mask_reader)[key]
             elif value is None or (isinstance(value, str) and not value):
                 if size is None:
                     raise KeyError(f"cannot make an empty '{key}' mask: no image key among {image_keys} was loaded")
-                d[key] = _meta_tensor(np.zeros((1, *size), dtype=np.float32), "")
+                d[key] = _empty_mask(size)
             if size is not None and tuple(d[key].shape[-2:]) != size:
                 where = d.get("id", getattr(d[key], "meta", {}).get("filename_or_obj", key))
                 raise DatalistError(f"{where}: mask '{key}' is {tuple(d[key].shape[-2:])} but image is {size} (H, W)")

@@ -3,7 +3,8 @@
 ``validate_datalist`` raises a single :class:`~monai_pixelcam.data.datalist.DatalistError` whose
 message has one line per problem, each naming the split, index, id and file or value concerned:
 
-* structure: ``classes`` missing or not unique non-empty names; ``negative_classes`` not labels;
+* structure: ``classes`` missing or not unique non-empty names; ``negative_classes`` not labels; an
+  ``mpp`` (the datalist's or an item's) that is not a positive number;
   a requested split missing or empty; an item that is not a dict or lacks ``image``, ``label`` or
   ``id``; a label that is not an int in ``range(len(classes))``; an id that is not a non-empty str;
   the same id, or the same image file, twice (across all checked splits, so a test image cannot
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datalist import SPLITS, DatalistError, load_datalist, save_datalist
+from .datalist import SPLITS, DatalistError, load_datalist, mpp_problems, save_datalist
 from .io import read_pixels, read_rgb
 
 __all__ = [
@@ -143,7 +144,7 @@ def _is_path(value) -> bool:
 
 def _structure_problems(datalist: Mapping, splits: Sequence[str]) -> tuple[list[str], list[tuple[str, int, dict]]]:
     """Checks that need no file access; returns the problems and the items whose files can be checked."""
-    problems: list[str] = []
+    problems: list[str] = mpp_problems(datalist)
     classes = datalist.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
         problems.append(f"'classes' must be a non-empty list of class names, got {classes!r}")

@@ -10,7 +10,16 @@ from monai.handlers import CheckpointSaver
 
 from monai_pixelcam.networks.wsol import unwrap_parallel
 
-__all__ = ["AtomicCheckpointSaver", "InitFromSource"]
+__all__ = ["AtomicCheckpointSaver", "InitFromSource", "writes_in_place"]
+
+logger = logging.getLogger(__name__)
+
+
+def writes_in_place(save_handler) -> bool:
+    """Whether an Ignite ``DiskSaver`` writes straight into the checkpoint file (its ``atomic`` option off), as the
+    one MONAI 1.6's ``CheckpointSaver`` builds does. The check reads the saver itself, so a MONAI that writes
+    atomically is not patched."""
+    return getattr(save_handler, "_atomic", None) is False
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
@@ -19,7 +28,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
     MONAI's saver turns Ignite's atomic writes off (for file permissions, which Ignite now sets itself), so a
     run killed while saving would corrupt the best model. With a fixed file name (``key_metric_filename`` or
     ``final_filename``) Ignite also deletes the previous best *before* writing the new one; here the rename
-    replaces it, so some complete checkpoint is on disk at every moment.
+    replaces it, so some complete checkpoint is on disk at every moment. Both corrections apply only where
+    :func:`writes_in_place` finds MONAI's in-place writes (Ignite's ``atomic`` flag is the only way to set them
+    after MONAI built the saver).
 
     Args:
         interval_filename: a fixed file name for the every-``save_interval`` checkpoint (e.g. ``last.pt``,
@@ -35,7 +46,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if ckpt is None:
                 continue
             saver = ckpt.save_handler
-            saver._atomic = True
+            if writes_in_place(saver):
+                saver._atomic = True
+            elif getattr(saver, "_atomic", None) is not True:
+                logger.warning(f"{type(saver).__name__} has no atomic-write switch: checkpoints are written as it writes")
+                continue
             if getattr(saver, "filename", None) is not None:
                 # the atomic rename overwrites the fixed name: deleting it first would open a window with no file
                 saver.remove = lambda filename: None

@@ -40,10 +40,9 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import name_to_device
 
-from ..data.atomic import atomic_path, write_json_atomic
+from ..data.atomic import write_json_atomic
 from ..data.datalist import DatalistError, make_splits, save_datalist
-from ..export import META_FILE, MODEL_FILE, publish_model
-from ..networks.weights import read_state_dict
+from ..export import META_FILE, MODEL_FILE, publish_model, source_checkpoint_from_model
 
 __all__ = [
     "STAGES",
@@ -55,7 +54,6 @@ __all__ = [
     "datastore_items",
     "split_items",
     "build_datalist",
-    "source_checkpoint_from_model",
     "PixelCAMTrainTask",
 ]
 
@@ -227,30 +225,6 @@ def build_datalist(
         logger.info(f"{len(unlabelled)} image(s) without an image-level '{label_key}' are left out: {shown}")
     splits = split_items(items, classes, valcl_fraction=valcl_fraction, valpx_per_class=valpx_per_class, seed=seed)
     return {"classes": list(classes), "negative_classes": [int(c) for c in negative_classes], **splits}
-
-
-def source_checkpoint_from_model(model_pt: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """The source classifier inside a published PixelCAM model: ``encoder.*`` and ``image_head.*`` of the
-    :class:`~monai_pixelcam.networks.PixelCAMNet` state dict, renamed to the
-    :class:`~monai_pixelcam.networks.WSOLClassifier` layout (``encoder.*``, ``head.*``); written atomically.
-
-    Raises:
-        ValueError: the file is not a PixelCAMNet state dict (names the file and the unexpected keys).
-    """
-    state = read_state_dict(model_pt)
-    out, unexpected = {}, []
-    for key, value in state.items():
-        if key.startswith("encoder."):
-            out[key] = value
-        elif key.startswith("image_head."):
-            out["head." + key[len("image_head.") :]] = value
-        elif not key.startswith("pixel_head."):
-            unexpected.append(key)
-    if unexpected or not any(k.startswith("head.") for k in out):
-        raise ValueError(f"{model_pt}: not a PixelCAMNet state dict (unexpected keys {unexpected[:5]})")
-    with atomic_path(out_path) as tmp:
-        torch.save(out, tmp)
-    return Path(out_path)
 
 
 def _read_json(path: Path) -> dict | None:

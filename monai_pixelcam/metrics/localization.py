@@ -19,12 +19,13 @@ localization metrics: pass ``include=`` to the metrics, or use :func:`from_engin
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler
-from monai.metrics import CumulativeIterationMetric
+from monai.metrics import Cumulative, CumulativeIterationMetric
 from monai.utils import convert_to_tensor
 
 __all__ = [
@@ -253,6 +254,21 @@ def select_included(y_pred: Any, y: Any, include: Any = None) -> tuple[Any, Any]
     return [p for p, f in zip(y_pred, flags) if f], [t for t, f in zip(y, flags) if f]
 
 
+@lru_cache(maxsize=1)
+def cumulative_keeps_every_call() -> bool:
+    """Whether MONAI's ``Cumulative`` keeps one buffer row per call, in the layout that
+    ``_PixelHistogramMetric`` folds (``_buffers``: a list per buffer, a tensor per call; MONAI 1.6).
+
+    Checked on the behaviour itself, not on a version number: two calls on a probe. A MONAI that bounds its
+    buffer or lays it out otherwise is left alone (no fold: the histogram stays exact, only memory grows).
+    """
+    probe = Cumulative()
+    probe.extend(torch.zeros(1, 1))
+    probe.extend(torch.zeros(1, 1))
+    buffers = getattr(probe, "_buffers", None)
+    return isinstance(buffers, list) and len(buffers) == 1 and isinstance(buffers[0], list) and len(buffers[0]) == 2
+
+
 class _PixelHistogramMetric(CumulativeIterationMetric):
     """Accumulates :class:`PixelHistogram` counts of every call; subclasses only say what ``aggregate`` reads.
 
@@ -299,6 +315,10 @@ class _PixelHistogramMetric(CumulativeIterationMetric):
         return self.histogram_fn(y_pred, y).unsqueeze(0)
 
     def _fold(self) -> None:
+        # MONAI's Cumulative has no public way to reduce its buffer: rewrite its private rows, where they are as
+        # expected (cumulative_keeps_every_call)
+        if not cumulative_keeps_every_call():
+            return
         if self._buffers and len(self._buffers[0]) >= self._FOLD_AT:
             self._buffers[0] = [torch.stack(self._buffers[0]).sum(0)]
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.utils import look_up_option
 
 __all__ = [
     "BasicBlock",
@@ -116,13 +117,14 @@ class ResNetEncoder(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        if block not in _BLOCKS:
-            raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {block!r}")
+        try:
+            block_cls = look_up_option(block, _BLOCKS)
+        except ValueError as e:
+            raise ValueError(f"unknown ResNet block {block!r}: {e}") from None
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ValueError(f"layers must be four positive block counts, got {tuple(layers)}")
         if base_width < 1:
             raise ValueError(f"base_width must be positive, got {base_width}")
-        block_cls = _BLOCKS[block]
         self.block = block
         self.base_width = int(base_width)
         self.wsol_strides = bool(wsol_strides)

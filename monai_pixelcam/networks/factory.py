@@ -12,11 +12,12 @@ import os
 from collections.abc import Callable
 
 import torch.nn as nn
+from monai.utils import look_up_option
 
 from .encoders import VGG16Encoder, ViTTinyEncoder, resnet18, resnet18_slim, resnet50
-from .heads import CAMHead, DeepMILHead
+from .heads import CAMHead, DeepMILHead, PixelHead
 from .pixelcam import PixelCAMLocalizer, PixelCAMNet
-from .weights import load_checkpoint, load_torchvision_weights
+from .weights import load_torchvision_weights
 from .wsol import WSOLClassifier
 
 __all__ = [
@@ -41,9 +42,11 @@ HEADS: dict[str, Callable[..., nn.Module]] = {"cam": CAMHead, "deepmil": DeepMIL
 
 
 def _lookup(table: dict[str, Callable[..., nn.Module]], name: str, what: str) -> Callable[..., nn.Module]:
-    if name not in table:
-        raise ValueError(f"unknown {what} {name!r}; valid names: {', '.join(sorted(table))}")
-    return table[name]
+    """``look_up_option`` (which suggests the closest name) with the kind of thing asked for in the message."""
+    try:
+        return look_up_option(name, table)
+    except ValueError as e:
+        raise ValueError(f"unknown {what} {name!r}: {e}") from None
 
 
 def build_encoder(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
@@ -81,8 +84,6 @@ def build_pixelcam(
     encoder: str = "resnet18",
     head: str = "cam",
     num_classes: int = 2,
-    source_checkpoint: str | os.PathLike | None = None,
-    source_key: str | None = None,
     pretrained: str | os.PathLike | None = None,
     pixel_hidden_channels: int | None = None,
     freeze_backbone: bool = False,
@@ -91,21 +92,16 @@ def build_pixelcam(
 ) -> PixelCAMNet:
     """PixelCAM network with the architecture of ``build_classifier(encoder, head, num_classes, ...)``.
 
-    ``source_checkpoint``: path of the trained source classifier's checkpoint
-    (its state dict, directly or under ``source_key`` / a usual container key);
-    encoder and image head start from it, strictly checked, and the pixel head
-    is fresh. Without it, encoder and head start from ``pretrained`` or scratch.
-    ``pixel_hidden_channels`` selects the MLP pixel head; ``freeze_backbone`` the
-    two-step variant (only the pixel head trains).
+    Encoder and image head start from ``pretrained`` or scratch, the pixel head is fresh; start them from a
+    trained source classifier with :meth:`PixelCAMNet.load_source` (``build_pixelcam(...).load_source(path)``).
+    ``pixel_hidden_channels`` selects the MLP pixel head; ``freeze_backbone`` the two-step variant (only the
+    pixel head trains).
     """
     source = build_classifier(
         encoder, head, num_classes, pretrained=pretrained, head_kwargs=head_kwargs, **encoder_kwargs
     )
-    if source_checkpoint:
-        load_checkpoint(source, source_checkpoint, key=source_key)
-    return PixelCAMNet.from_source(
-        source, freeze_backbone=freeze_backbone, pixel_hidden_channels=pixel_hidden_channels
-    )
+    pixel_head = PixelHead(source.encoder.out_channels, hidden_channels=pixel_hidden_channels)
+    return PixelCAMNet(source.encoder, source.image_head, pixel_head, freeze_backbone=freeze_backbone)
 
 
 def build_localizer(**kwargs) -> PixelCAMLocalizer:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import copy
+import os
+from collections.abc import Mapping
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .heads import PixelHead
-from .weights import _load_checked, read_state_dict
-from .wsol import WSOLClassifier, _check_channels, encoder_head_param_groups
+from .weights import load_state_strict, read_state_dict
+from .wsol import _check_channels, encoder_head_param_groups, unwrap_parallel
 
 __all__ = ["PixelCAMNet", "PixelCAMLocalizer", "foreground_map"]
 
@@ -65,40 +65,33 @@ class PixelCAMNet(nn.Module):
                 p.requires_grad_(False)
             self.train(self.training)
 
-    @classmethod
-    def from_source(
-        cls,
-        classifier: WSOLClassifier,
-        pixel_head: nn.Module | None = None,
-        freeze_backbone: bool = False,
-        pixel_hidden_channels: int | None = None,
+    def load_source(
+        self, source: str | os.PathLike | Mapping[str, torch.Tensor] | nn.Module, key: Optional[str] = None
     ) -> PixelCAMNet:
-        """PixelCAM network initialised from a trained source classifier.
+        """Start from a trained source classifier: the one way to initialise PixelCAM from its source model.
 
-        Encoder and image head are deep copies (training PixelCAM leaves the
-        source model untouched); the pixel head is ``pixel_head`` or a fresh
-        :class:`PixelHead` on the encoder's ``out_channels`` (an MLP when
-        ``pixel_hidden_channels`` is set).
+        The source's ``encoder.*`` and ``image_head.*`` (a :class:`WSOLClassifier` has this network's names, so
+        no key is mapped) are copied into the encoder and image head, strictly checked
+        (:func:`~monai_pixelcam.networks.weights.load_state_strict`); the pixel head keeps its weights. In
+        place, so a bundle can build the network before the source model exists and load it when training
+        starts (:class:`monai_pixelcam.handlers.InitFromSource`); copies, so training PixelCAM leaves the
+        source untouched.
+
+        Args:
+            source: a checkpoint file (read with :func:`~monai_pixelcam.networks.weights.read_state_dict`,
+                ``key`` as there), a trained :class:`WSOLClassifier` (or a parallel wrapper around one) or its
+                state dict.
+
+        Raises:
+            ValueError: names and lists every missing, unexpected or mis-shaped entry, and the file.
         """
-        if not isinstance(classifier, WSOLClassifier):
-            raise TypeError(f"from_source expects a WSOLClassifier, got {type(classifier).__name__}")
-        encoder = copy.deepcopy(classifier.encoder)
-        image_head = copy.deepcopy(classifier.head)
-        if pixel_head is None:
-            pixel_head = PixelHead(encoder.out_channels, hidden_channels=pixel_hidden_channels)
-        return cls(encoder, image_head, pixel_head, freeze_backbone=freeze_backbone)
-
-    def load_source(self, path, key: Optional[str] = None) -> PixelCAMNet:
-        """Load a trained source classifier's checkpoint (a :class:`WSOLClassifier` state dict, ``encoder.*``
-        and ``head.*``) into the encoder and image head, strictly; the pixel head keeps its weights.
-
-        The in-place twin of :meth:`from_source` for a network that already exists (e.g. built by a bundle
-        config before the source model was trained)."""
-        state = {
-            (f"image_head.{k[len('head.'):]}" if k.startswith("head.") else k): v
-            for k, v in read_state_dict(path, key=key).items()
-        }
-        _load_checked(nn.ModuleDict({"encoder": self.encoder, "image_head": self.image_head}), state, str(path))
+        if isinstance(source, nn.Module):
+            state, name = unwrap_parallel(source).state_dict(), f"source {type(unwrap_parallel(source)).__name__}"
+        elif isinstance(source, Mapping):
+            state, name = source, "source state dict"
+        else:
+            state, name = read_state_dict(source, key=key), os.fspath(source)
+        load_state_strict(self, state, name, skip_target=("pixel_head.",))
         return self
 
     def train(self, mode: bool = True) -> PixelCAMNet:

@@ -18,10 +18,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
+from monai.networks.utils import copy_model_state
 
 from .encoders import ResNetEncoder, VGG16Encoder
 
-__all__ = ["read_state_dict", "load_torchvision_weights", "load_checkpoint", "WEIGHT_CONTAINER_KEYS"]
+__all__ = ["read_state_dict", "load_state_strict", "load_torchvision_weights", "load_checkpoint", "WEIGHT_CONTAINER_KEYS"]
 
 #: Keys under which checkpoint files commonly nest the state dict.
 WEIGHT_CONTAINER_KEYS = ("state_dict", "model", "network", "net")
@@ -77,14 +78,16 @@ def _listing(title: str, items: Sequence[str]) -> str:
     return f"  {title} ({len(items)}):\n{shown}{more}"
 
 
-def _load_checked(
-    module: nn.Module, state: Mapping[str, torch.Tensor], path: str, skip_target: Sequence[str] = ()
-) -> None:
-    """Load ``state`` into ``module`` after checking names and shapes; raise one ValueError listing every problem.
+def load_state_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], source: str, skip_target: Sequence[str] = ()
+) -> nn.Module:
+    """Copy ``state`` into ``module`` (in place, returned) with ``monai.networks.utils.copy_model_state``, after
+    checking names and shapes; raise one ValueError naming ``source`` (a file, usually) and listing every problem.
 
-    Target entries whose name starts with a prefix in ``skip_target`` are not
-    expected in the file (layers without a counterpart there). BatchNorm's
-    ``num_batches_tracked`` may be absent (older torchvision files lack it).
+    ``copy_model_state`` alone skips what does not fit, silently; the check in front makes a wrong file an error.
+    Target entries whose name starts with a prefix in ``skip_target`` are not expected in ``state`` and keep
+    their values (layers without a counterpart there). BatchNorm's ``num_batches_tracked`` may be absent (older
+    torchvision files lack it).
     """
     target = {k: v for k, v in module.state_dict().items() if not k.startswith(tuple(skip_target))}
     missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")]
@@ -95,7 +98,7 @@ def _load_checked(
         if k in target and tuple(v.shape) != tuple(target[k].shape)
     ]
     if missing or unexpected or mismatched:
-        parts = [f"{path}: weights do not fit {type(module).__name__}"]
+        parts = [f"{source}: weights do not fit {type(module).__name__}"]
         if missing:
             parts.append(_listing("missing keys", missing))
         if unexpected:
@@ -103,7 +106,8 @@ def _load_checked(
         if mismatched:
             parts.append(_listing("shape mismatches", mismatched))
         raise ValueError("\n".join(parts))
-    module.load_state_dict(dict(state), strict=False)
+    copy_model_state(module, dict(state), inplace=True)
+    return module
 
 
 def load_torchvision_weights(encoder: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -139,8 +143,7 @@ def load_torchvision_weights(encoder: nn.Module, path: str | os.PathLike) -> nn.
                 f"{path}: a torchvision {'vgg16_bn' if file_bn else 'vgg16'} checkpoint, but the encoder has "
                 f"batch_norm={encoder.batch_norm}; build VGG16Encoder(batch_norm={file_bn})"
             )
-    _load_checked(encoder, state, path, skip_target=skip)
-    return encoder
+    return load_state_strict(encoder, state, path, skip_target=skip)
 
 
 def load_checkpoint(module: nn.Module, path: str | os.PathLike, key: str | None = None) -> nn.Module:
@@ -152,5 +155,4 @@ def load_checkpoint(module: nn.Module, path: str | os.PathLike, key: str | None 
     key and shape mismatch is listed in one ValueError naming the file.
     """
     path = os.fspath(path)
-    _load_checked(module, read_state_dict(path, key=key), path)
-    return module
+    return load_state_strict(module, read_state_dict(path, key=key), path)

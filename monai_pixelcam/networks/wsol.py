@@ -46,26 +46,29 @@ def _check_channels(encoder: nn.Module, head: nn.Module, what: str) -> None:
 
 
 class WSOLClassifier(nn.Module):
-    """Image classifier ``head(encoder(x))`` whose feature map is the CAM source.
+    """Image classifier ``image_head(encoder(x))`` whose feature map is the CAM source.
 
     ``forward(x: B x 3 x H x W) -> B x K`` logits; :meth:`features` returns the
     encoder map ``B x C x h x w``. CAM extractors hook ``self.encoder`` (its
-    output is the map) and read ``self.head.class_weights()`` (``K x C``).
+    output is the map) and read ``self.image_head.class_weights()`` (``K x C``).
+
+    The modules have :class:`~monai_pixelcam.networks.PixelCAMNet`'s names (``encoder``, ``image_head``), so
+    a source checkpoint is the PixelCAM state dict without ``pixel_head.*`` and loads with no key mapping.
     """
 
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, image_head: nn.Module) -> None:
         super().__init__()
-        _check_channels(encoder, head, f"image head {type(head).__name__}")
+        _check_channels(encoder, image_head, f"image head {type(image_head).__name__}")
         self.encoder = encoder
-        self.head = head
+        self.image_head = image_head
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder feature map ``B x C x h x w``."""
         return self.encoder(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+        return self.image_head(self.encoder(x))
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
         """SGD parameter groups: encoder at ``lr``, head at ``lr * head_lr_mult``."""
-        return encoder_head_param_groups(self.encoder, [self.head], lr, head_lr_mult)
+        return encoder_head_param_groups(self.encoder, [self.image_head], lr, head_lr_mult)

@@ -1,25 +1,24 @@
 """MONAI transforms for H&E histology: stain and colour augmentation (array and dictionary versions) and
-the training / evaluation chains."""
+the training / evaluation chains.
 
-from .array import (
+Modules: ``colour`` (colour-space functions), ``stain`` (stain estimation), ``array`` / ``dictionary`` (the
+transform classes), ``pipelines`` (the chains)."""
+
+from .array import AntialiasedResize, MacenkoNormalize, RandColorJitter, RandHEDJitter, RandStainAugment
+from .colour import (
     HED_FROM_RGB,
-    AntialiasedResize,
     RGB_FROM_HED,
-    MacenkoNormalize,
-    RandColorJitter,
-    RandHEDJitter,
-    RandStainAugment,
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
     hed_to_rgb,
     hsv_to_rgb,
-    macenko_stain_matrix,
     optical_density,
     rgb_to_hed,
     rgb_to_hsv,
 )
+from .stain import macenko_stain_matrix
 from .dictionary import (
     AntialiasedResizeD,
     AntialiasedResized,

@@ -1,20 +1,7 @@
 """Stain and colour transforms for H&E histology tiles (array versions).
 
-Conventions shared by every transform in this module:
-
-* An image is ``3 x H x W`` RGB (channel first, as everywhere in MONAI); the functions also take batches
-  ``B x 3 x H x W`` (channel dimension ``-3``).
-* Values are float in [0, 1] or integer (``uint8``) in [0, 255]: a transform converts to float [0, 1]
-  internally (``max_value``, default: 1 for floats, the dtype's maximum for integers) and returns the
-  input's dtype and range, clipped (and rounded for integers).
-* Optical density (Beer-Lambert): ``OD = -log(max(I, eps))`` with ``I`` in [0, 1] and ``eps = 1e-6``
-  (natural log; white glass has OD 0, a black pixel OD 13.8). The Macenko transforms work in these
-  natural OD units with unit-length stain vectors.
-* HED concentrations (:func:`rgb_to_hed`) follow :func:`skimage.color.rgb2hed` exactly: the OD divided
-  by ``-log(eps)`` (about 13.8) and unmixed with the Ruifrok-Johnston matrix, so the ``sigma``/``bias``
-  values published for HED jitter (Tellez et al., used with scikit-image) mean the same here. Unlike
-  scikit-image, negative concentrations are kept (not clipped to 0), so that ``hed_to_rgb(rgb_to_hed(x))``
-  gives back ``x`` for every colour, not only those inside the H-E-DAB cone.
+Value conventions (``3 x H x W`` RGB, float [0, 1] or uint8, optical density, HED units) are those of
+:mod:`monai_pixelcam.transforms.colour`; stain estimation lives in :mod:`monai_pixelcam.transforms.stain`.
 
 Random transforms keep the draw (``randomize``) apart from its application, as MONAI's do, so that a
 dictionary transform can apply one draw to several keys.
@@ -32,288 +19,34 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.apps.pathology.transforms import ExtractHEStains, NormalizeHEStains
+from monai.apps.pathology.transforms import NormalizeHEStains
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms.transform import RandomizableTransform, Transform
 from monai.utils.enums import TransformBackends
 from monai.utils.type_conversion import convert_to_dst_type, convert_to_tensor
 
-__all__ = [
-    "RGB_FROM_HED",
-    "HED_FROM_RGB",
-    "optical_density",
-    "rgb_to_hed",
-    "hed_to_rgb",
-    "rgb_to_hsv",
-    "hsv_to_rgb",
-    "adjust_brightness",
-    "adjust_contrast",
-    "adjust_saturation",
-    "adjust_hue",
-    "macenko_stain_matrix",
-    "RandHEDJitter",
-    "RandStainAugment",
-    "RandColorJitter",
-    "MacenkoNormalize",
-    "AntialiasedResize",
-]
+from .colour import (
+    OD_EPS,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    from_unit,
+    hed_to_rgb,
+    optical_density,
+    rgb_to_hed,
+    to_unit,
+)
+from .stain import (
+    OrderedExtractHEStains,
+    complete_basis,
+    macenko_stain_matrix,
+    monai_extracts_eosin_first,
+    ruifrok_basis,
+)
 
-OD_EPS = 1e-6
-# scikit-image's ``log_adjust``: HED concentrations are OD / -log(eps)
-_HED_SCALE = -math.log(OD_EPS)
-
-# Ruifrok & Johnston (2001) as in skimage.color: rows are the RGB optical densities of H, E and DAB
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
-
-# ITU-R 601 luma, as torchvision's rgb_to_grayscale
-_LUMA = (0.2989, 0.587, 0.114)
-
-
-def _check_rgb(img: torch.Tensor, name: str = "image") -> None:
-    if img.ndim < 3 or img.shape[-3] != 3:
-        raise ValueError(f"{name} must be 3 x H x W (or B x 3 x H x W) RGB, got shape {tuple(img.shape)}")
-
-
-def _work_dtype(img: torch.Tensor) -> torch.dtype:
-    return torch.float64 if img.dtype == torch.float64 else torch.float32
-
-
-def _default_max_value(dtype: torch.dtype) -> float:
-    if dtype.is_floating_point:
-        return 1.0
-    if dtype == torch.bool:
-        raise ValueError("boolean images are not supported; convert to uint8 or float first")
-    return float(torch.iinfo(dtype).max)
-
-
-def _to_unit(img: NdarrayOrTensor, max_value: float | None) -> tuple[torch.Tensor, float]:
-    """Any image -> (plain float tensor in [0, 1] for 1.0-range data, the ``max_value`` used)."""
-    t = convert_to_tensor(img, track_meta=False)
-    _check_rgb(t)
-    scale = _default_max_value(t.dtype) if max_value is None else float(max_value)
-    if scale <= 0:
-        raise ValueError(f"max_value must be positive, got {max_value}")
-    return t.to(_work_dtype(t)) / scale, scale
-
-
-def _from_unit(out: torch.Tensor, dst: NdarrayOrTensor, scale: float) -> NdarrayOrTensor:
-    """Float [0, 1] result -> the type, dtype and range of ``dst`` (clipped; rounded for integers)."""
-    out = out.clamp(0.0, 1.0) * scale
-    if not (dst.dtype.is_floating_point if isinstance(dst, torch.Tensor) else np.issubdtype(dst.dtype, np.floating)):
-        out = out.round()
-    result, *_ = convert_to_dst_type(out, dst=dst)
-    return result
-
-
-def _mix(img: torch.Tensor, matrix: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Per-pixel ``out[..., j, h, w] = sum_c img[..., c, h, w] * matrix[c, j]``."""
-    m = torch.as_tensor(matrix, dtype=img.dtype, device=img.device)
-    return torch.einsum("...chw,cj->...jhw", img, m)
-
-
-def optical_density(img: torch.Tensor) -> torch.Tensor:
-    """Natural optical density ``-log(max(I, 1e-6))`` of a float image in [0, 1] (any shape)."""
-    return -torch.log(img.clamp(min=OD_EPS))
-
-
-def rgb_to_hed(img: NdarrayOrTensor) -> NdarrayOrTensor:
-    """RGB -> HED stain concentrations (Ruifrok-Johnston colour deconvolution).
-
-    Same values as :func:`skimage.color.rgb2hed` (channel first, see the module docstring) except that
-    negative concentrations are kept, which makes the conversion invertible by :func:`hed_to_rgb`.
-
-    Args:
-        img: ``3 x H x W`` or ``B x 3 x H x W`` RGB; float in [0, 1], or an integer dtype scaled by its
-            maximum (uint8: 255). Torch tensor or numpy array.
-
-    Returns:
-        float ``3 x H x W`` (or batched) H, E, DAB concentrations, of the input's container type (float64
-        for float64 input, float32 otherwise). Typical H&E values lie in [0, 0.15].
-    """
-    x, _ = _to_unit(img, None)
-    hed = _mix(optical_density(x) / _HED_SCALE, HED_FROM_RGB)
-    out, *_ = convert_to_dst_type(hed, dst=img, dtype=hed.dtype)
-    return out
-
-
-def hed_to_rgb(hed: NdarrayOrTensor) -> NdarrayOrTensor:
-    """HED stain concentrations -> RGB float in [0, 1] (inverse of :func:`rgb_to_hed`, as
-    :func:`skimage.color.hed2rgb`).
-
-    Args:
-        hed: float ``3 x H x W`` or ``B x 3 x H x W`` concentrations (torch tensor or numpy array).
-
-    Returns:
-        float RGB of the same shape and container type, clipped to [0, 1].
-    """
-    h = convert_to_tensor(hed, track_meta=False)
-    _check_rgb(h, "hed")
-    h = h.to(_work_dtype(h))
-    rgb = torch.exp(-_mix(h * _HED_SCALE, RGB_FROM_HED)).clamp(0.0, 1.0)
-    out, *_ = convert_to_dst_type(rgb, dst=hed, dtype=rgb.dtype)
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# colour adjustments (torchvision semantics, float [0, 1] tensors ... x 3 x H x W)
-
-
-def _grayscale(img: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(_LUMA, dtype=img.dtype, device=img.device).view(3, 1, 1)
-    return (img * w).sum(dim=-3, keepdim=True)
-
-
-def _blend(img: torch.Tensor, other: torch.Tensor, factor: float) -> torch.Tensor:
-    return (factor * img + (1.0 - factor) * other).clamp(0.0, 1.0)
-
-
-def adjust_brightness(img: torch.Tensor, factor: float) -> torch.Tensor:
-    """Multiply intensities by ``factor`` >= 0 (0: black, 1: unchanged); float [0, 1] in and out."""
-    return _blend(img, torch.zeros_like(img), factor)
-
-
-def adjust_contrast(img: torch.Tensor, factor: float) -> torch.Tensor:
-    """Blend with the image's mean grey level (0: uniform grey, 1: unchanged); float [0, 1] in and out."""
-    mean = _grayscale(img).mean(dim=(-3, -2, -1), keepdim=True)
-    return _blend(img, mean, factor)
-
-
-def adjust_saturation(img: torch.Tensor, factor: float) -> torch.Tensor:
-    """Blend with the pixel's grey level (0: greyscale, 1: unchanged); float [0, 1] in and out."""
-    return _blend(img, _grayscale(img), factor)
-
-
-def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
-    """RGB float [0, 1] ``... x 3 x H x W`` -> HSV, each channel in [0, 1] (hue as a fraction of a turn)."""
-    r, g, b = img.unbind(dim=-3)
-    maxc = img.amax(dim=-3)
-    minc = img.amin(dim=-3)
-    delta = maxc - minc
-    grey = delta == 0
-    s = delta / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
-    d = torch.where(grey, torch.ones_like(delta), delta)
-    rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(grey, torch.zeros_like(h), torch.remainder(h / 6.0, 1.0))
-    return torch.stack((h, s, maxc), dim=-3)
-
-
-def hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
-    """HSV ``... x 3 x H x W`` (channels in [0, 1], hue wraps modulo 1) -> RGB float [0, 1]."""
-    h, s, v = img.unbind(dim=-3)
-    h6 = torch.remainder(h, 1.0) * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = i.long() % 6  # h6 can round up to exactly 6.0
-    p = v * (1.0 - s)
-    q = v * (1.0 - s * f)
-    t = v * (1.0 - s * (1.0 - f))
-    # sector i -> (r, g, b) as indices into (v, q, p, t)
-    table = torch.tensor(
-        [[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]], device=img.device
-    )  # rows: sector; columns: r, g, b
-    candidates = torch.stack((v, q, p, t), dim=-3)
-    index = table[i].movedim(-1, -3)  # ... x 3 x H x W
-    return torch.gather(candidates, -3, index).clamp(0.0, 1.0)
-
-
-def adjust_hue(img: torch.Tensor, shift: float) -> torch.Tensor:
-    """Rotate the hue by ``shift`` turns (any real; 0 and whole turns leave the image unchanged up to
-    float rounding); float RGB [0, 1] in and out."""
-    hsv = rgb_to_hsv(img)
-    h, s, v = hsv.unbind(dim=-3)
-    return hsv_to_rgb(torch.stack((torch.remainder(h + shift, 1.0), s, v), dim=-3))
-
-
-# --------------------------------------------------------------------------------------------------
-# Macenko stain estimation (torch)
-
-
-def _hematoxylin_first(he):
-    """Order two OD stain vectors (columns of a ``3 x 2`` numpy array or tensor) hematoxylin, eosin.
-
-    In optical density hematoxylin absorbs red relatively more than eosin does (Ruifrok: H (0.65, 0.70,
-    0.29), E (0.07, 0.99, 0.11); MONAI's reference: H (0.56, 0.72, 0.41), E (0.22, 0.80, 0.56)), so H
-    is the column with the larger red/blue OD ratio. MONAI 1.6's ``ExtractHEStains`` puts the *smaller*
-    ratio first (a colour-space intuition applied to OD), which returns eosin first on such images.
-    """
-    ratio = he[0] / (abs(he[2]) + 1e-6)
-    return he[:, [1, 0]] if ratio[0] < ratio[1] else he
-
-
-def macenko_stain_matrix(
-    od: torch.Tensor,
-    od_threshold: float = 0.15,
-    percentile: float = 1.0,
-    min_tissue_fraction: float = 0.01,
-    min_stain_angle: float = 0.05,
-    max_pixels: int = 1_000_000,
-) -> torch.Tensor | None:
-    """Macenko et al. (2009) H and E stain vectors of one image.
-
-    Tissue pixels (every channel's OD above ``od_threshold``) are projected on the plane of their two
-    main principal axes; the directions at the ``percentile`` and ``100 - percentile`` percentiles of
-    the angle in that plane are the two stains; the one with the larger red/blue OD ratio is
-    hematoxylin (as in Macenko's reference code; MONAI 1.6's ``ExtractHEStains`` orders them the other
-    way round, see :func:`_hematoxylin_first`).
-
-    Args:
-        od: natural optical density ``3 x H x W`` (:func:`optical_density`).
-        od_threshold: OD above which a channel counts as stained (0.15 as in MONAI).
-        percentile: robust extreme angles, in percent.
-        min_tissue_fraction: fewer tissue pixels than this fraction of the image -> no estimate.
-        min_stain_angle: stain vectors closer than this angle (radians) -> no estimate (one stain only,
-            grey or uniform image).
-        max_pixels: tissue pixels beyond this number are subsampled with a fixed stride (deterministic;
-            also keeps ``torch.quantile`` under its input size limit).
-
-    Returns:
-        ``3 x 2`` float tensor, columns the unit OD vectors of H and E, or None when the image holds
-        too little tissue or no two distinct stains.
-    """
-    _check_rgb(od, "od")
-    pixels = od.reshape(3, -1).T  # N x 3
-    tissue = pixels[(pixels > od_threshold).all(dim=1)]
-    # three points at least: a plane needs them
-    if tissue.shape[0] < max(3, math.ceil(min_tissue_fraction * pixels.shape[0])):
-        return None
-    if tissue.shape[0] > max_pixels:
-        tissue = tissue[:: math.ceil(tissue.shape[0] / max_pixels)]
-    tissue = tissue.to(torch.float64)  # 3 x 3 eigen-decomposition of nearly degenerate covariances
-    _, eigvecs = torch.linalg.eigh(torch.cov(tissue.T))
-    plane = eigvecs[:, 1:3]
-    t = tissue @ plane
-    # measure angles from the mean direction so that the data never straddles the -pi/pi cut of atan2
-    mean_angle = torch.atan2(t[:, 1].mean(), t[:, 0].mean())
-    phi = torch.remainder(torch.atan2(t[:, 1], t[:, 0]) - mean_angle + math.pi, 2 * math.pi) - math.pi
-    q = torch.tensor([percentile / 100.0, 1.0 - percentile / 100.0], dtype=phi.dtype)
-    extremes = torch.quantile(phi, q) + mean_angle
-    vectors = plane @ torch.stack((torch.cos(extremes), torch.sin(extremes)))  # 3 x 2
-    vectors = vectors * torch.where(vectors.sum(dim=0) < 0, -1.0, 1.0)
-    vectors = vectors / vectors.norm(dim=0, keepdim=True)
-    if not torch.isfinite(vectors).all():
-        return None
-    if torch.linalg.cross(vectors[:, 0], vectors[:, 1]).norm() < math.sin(min_stain_angle):
-        return None
-    return _hematoxylin_first(vectors).to(od.dtype)
-
-
-def _complete_basis(he: torch.Tensor) -> torch.Tensor:
-    """``3 x 2`` stain vectors -> invertible ``3 x 3`` basis; the third column (their normalised cross
-    product) carries whatever the two stains do not explain, so unmixing and remixing is lossless."""
-    residual = torch.linalg.cross(he[:, 0], he[:, 1])
-    return torch.cat((he, (residual / residual.norm())[:, None]), dim=1)
-
-
-def _ruifrok_basis(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    m = torch.as_tensor(RGB_FROM_HED.T, dtype=dtype, device=device)  # columns H, E, DAB
-    return m / m.norm(dim=0, keepdim=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# random transforms
+__all__ = ["RandHEDJitter", "RandStainAugment", "RandColorJitter", "MacenkoNormalize", "AntialiasedResize"]
 
 
 def _check_range(value: float, name: str, upper: float | None = None) -> float:
@@ -350,8 +83,8 @@ class _RandColourTransform(RandomizableTransform):
             return img
         if any(getattr(self, name) is None for name in self._draw_attrs):
             raise RuntimeError("please call the `randomize()` function first.")
-        x, scale = _to_unit(img, self.max_value)
-        return _from_unit(self._apply(x), img, scale)
+        x, scale = to_unit(img, self.max_value)
+        return from_unit(self._apply(x), img, scale)
 
 
 class RandHEDJitter(_RandColourTransform):
@@ -469,7 +202,7 @@ class RandStainAugment(_RandColourTransform):
             min_tissue_fraction=self.min_tissue_fraction,
             min_stain_angle=self.min_stain_angle,
         )
-        return _ruifrok_basis(od.dtype, od.device) if he is None else _complete_basis(he)
+        return ruifrok_basis(od.dtype, od.device) if he is None else complete_basis(he)
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:
@@ -561,13 +294,6 @@ class RandColorJitter(_RandColourTransform):
         return x
 
 
-class _OrderedExtractHEStains(ExtractHEStains):
-    """MONAI's Macenko stain extraction with hematoxylin reliably first (see :func:`_hematoxylin_first`)."""
-
-    def _deconvolution_extract_stain(self, image: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(_hematoxylin_first(super()._deconvolution_extract_stain(image)))
-
-
 class MacenkoNormalize(Transform):
     """Channel-first adapter of :class:`monai.apps.pathology.transforms.NormalizeHEStains` (Macenko
     stain normalisation to a reference H&E stain matrix).
@@ -579,9 +305,10 @@ class MacenkoNormalize(Transform):
     (MONAI raises "All pixels of the input image are below the absorbance threshold") is returned
     unchanged: there is no stain to normalise.
 
-    The stain extraction is MONAI's with one correction: MONAI 1.6 returns the eosin vector first on
-    typical H&E (even on an image stained with its own reference matrix), which maps eosin onto the
-    target hematoxylin colour; here hematoxylin is put first by its larger red/blue OD ratio.
+    The stain extraction is MONAI's with one correction where the installed MONAI needs it
+    (:func:`~monai_pixelcam.transforms.stain.monai_extracts_eosin_first`): MONAI 1.6 returns the eosin vector
+    first on typical H&E (even on an image stained with its own reference matrix), which maps eosin onto the
+    target hematoxylin colour; then hematoxylin is put first by its larger red/blue OD ratio.
 
     Args: as :class:`monai.apps.pathology.transforms.NormalizeHEStains` (``tli``, ``alpha``, ``beta``,
         ``target_he``, ``max_cref``), plus ``max_value`` (None: 1 for float input, 255 for uint8).
@@ -599,7 +326,8 @@ class MacenkoNormalize(Transform):
         max_value: float | None = None,
     ):
         self.normalizer = NormalizeHEStains(tli=tli, alpha=alpha, beta=beta, target_he=target_he, max_cref=max_cref)
-        self.normalizer.stain_extractor = _OrderedExtractHEStains(tli=tli, alpha=alpha, beta=beta, max_cref=max_cref)
+        if monai_extracts_eosin_first():
+            self.normalizer.stain_extractor = OrderedExtractHEStains(tli=tli, alpha=alpha, beta=beta, max_cref=max_cref)
         self.max_value = max_value
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -608,7 +336,7 @@ class MacenkoNormalize(Transform):
             img: ``3 x H x W`` RGB image, float [0, 1] or uint8 [0, 255].
         """
         img = convert_to_tensor(img, track_meta=get_track_meta())
-        x, scale = _to_unit(img, self.max_value)
+        x, scale = to_unit(img, self.max_value)
         if x.ndim != 3:
             raise ValueError(f"MacenkoNormalize takes one 3 x H x W image, got shape {tuple(x.shape)}")
         hwc = (x * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
@@ -619,7 +347,7 @@ class MacenkoNormalize(Transform):
                 return img
             raise
         out = torch.from_numpy(normed).permute(2, 0, 1).to(device=x.device, dtype=x.dtype) / 255.0
-        return _from_unit(out, img, scale)
+        return from_unit(out, img, scale)
 
 
 class AntialiasedResize(Transform):

@@ -28,12 +28,18 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
+from monai.utils import look_up_option
+
 from ..data.io import LoadHistologyd
 from .dictionary import AntialiasedResized, MacenkoNormalized, RandColorJitterd, RandHEDJitterd, RandStainAugmentd
 
 __all__ = ["train_transforms", "eval_transforms"]
 
-_STAIN_AUGMENTS = ("hed", "macenko")
+# stain augmentation by name: the transform on the image key (strengths in train_transforms' docstring)
+_STAIN_AUGMENTS: dict[str, Callable[[str], Callable]] = {
+    "hed": lambda key: RandHEDJitterd(keys=key, prob=0.5, sigma=0.05, bias=0.01),
+    "macenko": lambda key: RandStainAugmentd(keys=key, prob=0.5),
+}
 
 
 def _check_size(value: int, name: str) -> int:
@@ -109,8 +115,9 @@ def train_transforms(
             it is resized with the image).
         with_mask: the items carry a mask under ``mask_key`` (a path, None for an empty mask, or a
             ``1 x H x W`` tensor).
-        load: start with :class:`monai_pixelcam.data.io.LoadHistologyd` (paths -> tensors; tensors pass
-            through it unchanged); False when the items already hold tensors.
+        load: start with :class:`monai_pixelcam.data.io.LoadHistologyd` (MONAI's ``LoadImaged`` with
+            ``PILReader(reverse_indexing=False)`` and the package's conversion rules: paths -> tensors; tensors
+            pass through it unchanged); False when the items already hold tensors.
         cam_loader: dictionary transform that puts the CAM in the item (e.g. ``LoadStoredCAMd``), run
             right after loading.
         stain_normalize: Macenko-normalise the image to MONAI's reference stain first
@@ -125,8 +132,12 @@ def train_transforms(
     image_size = _check_size(image_size, "image_size")
     if crop_size is not None and _check_size(crop_size, "crop_size") > image_size:
         raise ValueError(f"crop_size {crop_size} is larger than image_size {image_size}")
-    if stain_augment not in (True, False, None, *_STAIN_AUGMENTS):
-        raise ValueError(f"stain_augment must be a bool or one of {_STAIN_AUGMENTS}, got {stain_augment!r}")
+    stain = None
+    if stain_augment not in (False, None):
+        try:
+            stain = look_up_option("hed" if stain_augment is True else stain_augment, _STAIN_AUGMENTS)
+        except ValueError as e:
+            raise ValueError(f"stain_augment must be a bool or one of {sorted(_STAIN_AUGMENTS)}: {e}") from None
     m_key = mask_key if with_mask else None
     c_key = cam_key if with_cam else None
     keys = [k for k in (image_key, m_key, c_key) if k]
@@ -139,10 +150,8 @@ def train_transforms(
         RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
         RandRotate90d(keys=keys, prob=0.5, max_k=3),
     ]
-    if stain_augment in (True, "hed"):
-        chain.append(RandHEDJitterd(keys=image_key, prob=0.5, sigma=0.05, bias=0.01))
-    elif stain_augment == "macenko":
-        chain.append(RandStainAugmentd(keys=image_key, prob=0.5))
+    if stain is not None:
+        chain.append(stain(image_key))
     if color_augment:
         chain.append(
             RandColorJitterd(keys=image_key, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.04, prob=0.8)
