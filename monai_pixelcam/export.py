@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from monai_pixelcam.data.atomic import atomic_path, write_json_atomic
@@ -36,6 +38,7 @@ __all__ = [
     "read_threshold",
     "read_model_meta",
     "publish_model",
+    "network_mpp",
     "source_checkpoint_from_model",
     "TRAIN_HINT",
 ]
@@ -113,6 +116,35 @@ def export_model(
     write_json_atomic(meta, model_dir / META_FILE)
     logger.info(f"exported {checkpoint} to {model_dir / MODEL_FILE} (threshold {float(threshold):.3f})")
     return model_dir / MODEL_FILE
+
+
+def network_mpp(datalist: Mapping, image_size: int, split: str = "train", max_images: int = 32) -> float | None:
+    """Microns per pixel of the network's input when a model trained on ``datalist`` sees a whole image
+    resized to ``image_size`` x ``image_size`` (as evaluation and inference do): the images' own scale
+    (:func:`~monai_pixelcam.data.datalist.datalist_mpp`) times their side over ``image_size``. The side of a
+    non-square image is ``sqrt(H W)``, the median over up to ``max_images`` images of ``split`` (read from the
+    file headers). None when the datalist gives no scale.
+
+    Raises:
+        DatalistError: the split's scales are invalid or disagree (see ``datalist_mpp``), or an image cannot
+            be opened (names the file).
+    """
+    from PIL import Image
+
+    from monai_pixelcam.data.datalist import DatalistError, datalist_mpp
+
+    mpp = datalist_mpp(dict(datalist), split)
+    if mpp is None:
+        return None
+    sides = []
+    for item in list(datalist[split])[:max_images]:
+        try:
+            with Image.open(item["image"]) as img:
+                width, height = img.size
+        except OSError as e:
+            raise DatalistError(f"{item['image']}: cannot read the image size ({e})") from None
+        sides.append(math.sqrt(width * height))
+    return float(mpp * np.median(sides) / int(image_size))
 
 
 def read_model_meta(model_dir: str | os.PathLike) -> dict:

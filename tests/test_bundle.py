@@ -59,7 +59,7 @@ def _scalars(folder: Path) -> dict[str, list]:
     return {**scalars, **{tag: [] for tag in acc.Tags()["images"]}}
 
 
-def test_train_workflow_writes_models_metrics_logs_and_figures(trained_bundle):
+def test_train_workflow_writes_models_metrics_logs_and_figures(trained_bundle, tiny_glas):
     models = trained_bundle / "models"
     for name in ("model.pt", "model_meta.json", "metrics.json", "source_bloc.pt", "source_bcl.pt",
                  "pixelcam_bloc.pt", "pixelcam_bcl.pt", "source_last.pt", "pixelcam_last.pt",
@@ -75,6 +75,9 @@ def test_train_workflow_writes_models_metrics_logs_and_figures(trained_bundle):
         )
     meta = json.loads((models / "model_meta.json").read_text())
     assert meta["threshold"] == metrics["pixelcam"]["bloc"]["threshold"]
+    # the scale the network sees: the 64 px tiles' own mpp, resized to crop_size for evaluation and inference
+    tiles = json.loads(Path(tiny_glas).read_text())
+    assert meta["mpp"] == pytest.approx(tiles["mpp"] * 64 / TINY_BUNDLE["crop_size"])
     pixelcam = _scalars(models / "tb" / "pixelcam")
     assert {"loss", "loss_cls", "loss_pix", "valpx_pxap", "valcl_accuracy", "valpx/maps"} <= set(pixelcam)
     # LossTermsHandler puts the terms beside the loss they add up to (lambda_pix = 1)
