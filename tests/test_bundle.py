@@ -207,3 +207,43 @@ def test_overrides_change_handlers_augmentation_and_evaluator(tiny_glas, tmp_pat
     assert type(flip).__name__ == "RandFlipd" and flip.prob == 1.0
     inferer = parsed("source#validate#evaluator", **{"source#validate#inferer#method": "gradcampp"}).inferer
     assert inferer.method == "gradcampp"
+
+
+def test_evaluate_a_labelled_set_with_test_only_or_its_own_valpx(trained_bundle, tiny_glas, tmp_path, caplog):
+    """A user's own annotated tiles: a datalist with only ``test`` (thresholds from the bundle's valpx), or with
+    ``test`` and a ``valpx`` of its own (used unless it shares images with test)."""
+    from monai_pixelcam.data import load_datalist
+
+    items = load_datalist(tiny_glas)
+    head = {"classes": items["classes"], "negative_classes": items["negative_classes"]}
+    sets = {
+        "only_test": {**head, "test": items["test"]},
+        "shared_valpx": {**head, "valpx": items["test"][:3], "test": items["test"]},
+        "own_valpx": {**head, "valpx": [it for it in items["train"] if it["mask"]][:4], "test": items["test"]},
+    }
+    results = {}
+    for name, content in sets.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(content))
+        eval_dir = tmp_path / name
+        workflow = ConfigWorkflow(
+            config_file=[TRAIN, str(CONFIGS / "evaluate.json")], workflow_type=None, logging_file=False,
+            bundle_root=str(trained_bundle), datalist=str(tiny_glas), ood_datalist=str(path),
+            eval_dir=str(eval_dir), cam_methods=["cam"], **TINY_BUNDLE,
+        )
+        workflow.initialize()
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            workflow.parser.get_parsed_content("ood_evaluation")()
+        results[name] = (json.loads((eval_dir / "ood" / "metrics.json").read_text()), caplog.text)
+    trained = json.loads((trained_bundle / "models" / "metrics.json").read_text())
+    bundle_threshold = trained["pixelcam"]["bloc"]["threshold"]
+    only_test, _ = results["only_test"]
+    assert only_test["pixelcam"]["bloc"]["threshold"] == bundle_threshold
+    # the same classes: accuracy and per-class figures, equal to the bundle's own test evaluation
+    assert only_test["pixelcam"]["bloc"]["pxap"] == pytest.approx(trained["pixelcam"]["bloc"]["pxap"], abs=1e-6)
+    assert only_test["pixelcam"]["bloc"]["accuracy"] == trained["pixelcam"]["bloc"]["accuracy"]
+    shared, log = results["shared_valpx"]
+    assert "also test images" in log and shared["pixelcam"]["bloc"]["threshold"] == bundle_threshold
+    _, log = results["own_valpx"]
+    assert "thresholds chosen on its own valpx (4 images)" in log

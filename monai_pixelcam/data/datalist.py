@@ -132,11 +132,15 @@ def save_datalist(datalist: dict, path: str | os.PathLike) -> Path:
     return write_json_atomic(out, path)
 
 
-def load_datalist(path: str | os.PathLike) -> dict:
+def load_datalist(path: str | os.PathLike, splits: Sequence[str] = SPLITS) -> dict:
     """Read a datalist JSON written by ``save_datalist`` (or by hand); relative paths resolve against its folder.
 
+    Args:
+        splits: the splits the file must hold (training needs all four; evaluating a trained model needs
+            ``test`` only). The other splits, when absent, are empty lists.
+
     Raises:
-        DatalistError: the file is missing, is not JSON, or lacks ``classes`` or a split.
+        DatalistError: the file is missing, is not JSON, or lacks ``classes`` or a required split.
     """
     path = Path(path)
     try:
@@ -152,13 +156,16 @@ def load_datalist(path: str | os.PathLike) -> dict:
     if not isinstance(data.get("classes"), list) or not data["classes"]:
         problems.append(f"{path}: missing or empty 'classes' list")
     for split in SPLITS:
-        if not isinstance(data.get(split), list):
+        if split in splits and not isinstance(data.get(split), list):
             problems.append(f"{path}: missing split '{split}' (a list of items)")
+        elif data.get(split) is not None and not isinstance(data[split], list):
+            problems.append(f"{path}: split '{split}' must be a list of items")
     if problems:
         raise DatalistError(problems)
     base = path.parent.resolve()
     data.setdefault("negative_classes", [])
     for split in SPLITS:
+        data.setdefault(split, [])
         for it in data[split]:
             if not isinstance(it, dict):
                 continue  # validate_datalist reports malformed items with their split and index

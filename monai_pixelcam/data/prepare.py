@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from .datalist import DatalistError, load_datalist
+from .datalist import SPLITS, DatalistError, load_datalist
 
 __all__ = ["DATASETS", "prepare_datalist", "check_class_names"]
 
@@ -22,6 +23,7 @@ def prepare_datalist(
     image_size: int = 256,
     n_images: int | None = None,
     validate: bool = True,
+    splits: Sequence[str] = SPLITS,
 ) -> str:
     """Return the path of a validated datalist JSON, creating it when needed.
 
@@ -37,6 +39,8 @@ def prepare_datalist(
         seed: split seed (and generator seed for synthetic data).
         image_size, n_images: synthetic data only.
         validate: check every file before training (fails fast, naming each bad file).
+        splits: the splits the datalist must hold and that are checked (all four to train; ``("test",)`` to
+            evaluate a trained model on a labelled set of one's own).
 
     Raises:
         DatalistError: unknown dataset name, missing folder, or any invalid file (all listed at once).
@@ -69,9 +73,12 @@ def prepare_datalist(
                 from .camelyon import convert_camelyon
 
                 convert_camelyon(root, path, seed=seed)
-    data = load_datalist(path)
+    data = load_datalist(path, splits)
     if validate:
-        validate_datalist(data)
+        validate_datalist(data, splits)
+        if "valpx" not in splits and data["valpx"]:
+            # an evaluation set's optional valpx (thresholds) is checked on its own: its ids may repeat in test
+            validate_datalist(data, ("valpx",))
     return str(path)
 
 

@@ -157,13 +157,16 @@ def evaluate_external(
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> dict | None:
-    """:func:`evaluate_pipeline` on the test split of another dataset, without adaptation: out of
-    distribution (e.g. a GlaS model on CAMELYON16 patches) or the same task re-rendered (e.g. shifted stain).
+    """:func:`evaluate_pipeline` on the test split of another labelled set, without adaptation: a user's own
+    annotated tiles, another dataset (out of distribution, e.g. a GlaS model on CAMELYON16 patches) or the same
+    task re-rendered (e.g. shifted stain).
 
-    The dataset is given like the training data (``dataset`` name and ``dataset_dir``, or a ``datalist``
-    JSON) and prepared by :func:`monai_pixelcam.data.prepare_datalist`; thresholds still come from the
-    training dataset's valpx. Returns None, doing nothing, when neither ``dataset`` nor ``datalist`` is set,
-    so that a bundle can always list this step.
+    The set is given like the training data (``dataset`` name and ``dataset_dir``, or a ``datalist`` JSON) and
+    prepared by :func:`monai_pixelcam.data.prepare_datalist`; it needs a ``test`` split only. The threshold of
+    each model is chosen on the set's own ``valpx`` when it brings one that shares no image with its test
+    split, else on the training dataset's ``valpx_loader`` (a valpx overlapping test would choose the threshold
+    on test images, which the protocol forbids; a warning says so). Returns None, doing nothing, when neither
+    ``dataset`` nor ``datalist`` is set, so that a bundle can always list this step.
     """
     from monai_pixelcam.data import load_datalist, prepare_datalist
     from monai_pixelcam.transforms import eval_transforms
@@ -172,10 +175,24 @@ def evaluate_external(
 
     if not dataset and not datalist:
         return None
-    path = prepare_datalist(dataset or "synthetic_glas", dataset_dir or f"data/{dataset}", datalist, seed=seed)
-    external = load_datalist(path)
-    loader = build_dataloader(external["test"], eval_transforms(image_size), batch_size=batch_size)
+    path = prepare_datalist(
+        dataset or "synthetic_glas", dataset_dir or f"data/{dataset}", datalist, seed=seed, splits=("test",)
+    )
+    external = load_datalist(path, splits=("test",))
     name = Path(datalist).stem if datalist else str(dataset)
+    if external["valpx"]:
+        shared = {it["id"] for it in external["valpx"]} & {it["id"] for it in external["test"]}
+        if shared:
+            logger.warning(
+                f"{path}: {len(shared)} valpx image(s) are also test images (e.g. {sorted(shared)[0]!r}); the "
+                "thresholds are chosen on the bundle's own valpx instead"
+            )
+        elif list(external["classes"]) != list(class_names):
+            logger.warning(f"{path}: its classes {external['classes']} are not the model's; its valpx is not used")
+        else:
+            logger.info(f"{name}: thresholds chosen on its own valpx ({len(external['valpx'])} images)")
+            valpx_loader = build_dataloader(external["valpx"], eval_transforms(image_size), batch_size=batch_size)
+    loader = build_dataloader(external["test"], eval_transforms(image_size), batch_size=batch_size)
     return evaluate_pipeline(
         source_network, pixelcam_network, checkpoint_dir, valpx_loader, loader, class_names, negative_classes,
         cam_methods, output_dir, device, tag=name, test_class_names=external["classes"],
