@@ -220,7 +220,7 @@ def test_app_info_infer_and_missing_image_id(bundle_dir, png, tmp_path, monkeypa
 def test_parse_label_and_resolve_classes():
     assert [parse_label(v, CLASSES) for v in ("benign", " Malignant ", 1, "0", np.int64(1))] == [0, 1, 1, 0, 1]
     for bad in ("tumor", 2, "-1", True, 0.5):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"label {bad!r}|label index {bad}"):
             parse_label(bad, CLASSES)
     assert resolve_classes(["a", "b"], ["x", "y"], ["z"]) == ["a", "b"]
     assert resolve_classes([], ["x", "y"], ["z"]) == ["x", "y"]
@@ -308,7 +308,7 @@ def test_source_checkpoint_and_publish(tmp_path, model_dir):
         ["model.pt", "model_meta.json"]
     )
     assert json.loads((target / "model_meta.json").read_text())["threshold"] == 0.3
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="did not write .*empty"):
         publish_model(tmp_path / "empty", target)
 
 
@@ -349,7 +349,9 @@ def test_train_task_full_then_finetune_publishes_models(tmp_path, tiny_glas):
     # publishing leaves no temporary file of atomic_path (".<hex>.tmp.<name>") beside the model
     assert not [p.name for p in (bundle / "models").rglob("*") if TMP_MARKER in p.name]
     meta = json.loads((bundle / "models" / "model_meta.json").read_text())
-    assert meta["classes"] == CLASSES and 0.0 <= meta["threshold"] <= 1.0 and result["class_name"] in CLASSES
+    metrics = json.loads((run_ft / "metrics.json").read_text())
+    assert meta["classes"] == CLASSES and meta["threshold"] == metrics["pixelcam"]["bloc"]["threshold"]
+    assert result["class_name"] in CLASSES
     label_file, again = infer({"image": store.get_image_uri("glas_0000"), "device": "cpu"})
     os.remove(label_file)
     assert again["model"]["modified"] != result["model"]["modified"] and again["bundle_threshold"] == meta["threshold"]

