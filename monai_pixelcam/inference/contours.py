@@ -50,7 +50,8 @@ def foreground_polygons(
         score: ``H x W`` map in [0, 1] (rows, columns).
         threshold: iso-value in (0, 1]; the same threshold as the binary mask.
         min_area: regions whose area (exterior minus holes, in output units squared, i.e. level-0 pixels
-            when ``scale`` maps to level 0) is below this are dropped.
+            when ``scale`` maps to level 0) is below this are dropped; an outline already smaller before
+            simplification is dropped without being simplified (the speckle of a noisy map costs little).
         tolerance: Douglas-Peucker tolerance in map pixels (0 keeps every traced vertex).
         scale: output units per map pixel, one number or ``(sx, sy)``; e.g. the level's downsample.
         offset: ``(x, y)`` of the map's top-left corner in output units (a tile's level-0 location).
@@ -78,6 +79,10 @@ def foreground_polygons(
     for ring in rings:
         if len(ring) < 4:
             continue
+        # (col, row) has the orientation of the output (x, y): negative is an exterior, and holes only subtract
+        traced = _signed_area(ring[:, ::-1]) * sx * sy
+        if traced < 0 and -traced < float(min_area):
+            continue
         if tolerance > 0:
             ring = approximate_polygon(ring, tolerance=float(tolerance))
             if len(ring) < 4:
@@ -92,9 +97,13 @@ def foreground_polygons(
     polygons = []
     ext_areas = [_signed_area(e) for e in exteriors]
     owner: dict[int, list[np.ndarray]] = {i: [] for i in range(len(exteriors))}
+    boxes = np.array([[*e.min(axis=0), *e.max(axis=0)] for e in exteriors]).reshape(-1, 4)
     for hole in holes:
-        # a hole belongs to the smallest exterior that contains its first point
-        inside = [i for i, e in enumerate(exteriors) if points_in_poly(hole[:1], e)[0]]
+        # a hole belongs to the smallest exterior that contains its first point; bounding boxes first, as a noisy
+        # map has thousands of rings
+        (x, y) = hole[0]
+        near = np.flatnonzero((boxes[:, 0] <= x) & (x <= boxes[:, 2]) & (boxes[:, 1] <= y) & (y <= boxes[:, 3]))
+        inside = [i for i in near if points_in_poly(hole[:1], exteriors[i])[0]]
         if inside:
             owner[min(inside, key=lambda i: ext_areas[i])].append(hole)
     for i, ext in enumerate(exteriors):

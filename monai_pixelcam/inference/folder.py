@@ -202,7 +202,7 @@ def localize_folder(
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; it is reported
             failed[name] = _describe(name, e)
             expected = isinstance(e, (DatalistError, ValueError, OSError))
-            logger.warning("[%d/%d] %s", n, len(mine), failed[name], exc_info=not expected)
+            logger.warning("rank %d: [%d/%d] %s", rank, n, len(mine), failed[name], exc_info=not expected)
             continue
         probs = res["probs"]
         results[name] = {
@@ -213,7 +213,7 @@ def localize_folder(
             "threshold": threshold,
             "foreground_fraction": f"{res['foreground_fraction']:.6f}",
         }
-        logger.info("[%d/%d] %s: %s", n, len(mine), name, res["class_name"])
+        logger.info("rank %d: [%d/%d] %s: %s", rank, n, len(mine), name, res["class_name"])
 
     if world > 1:
         for part in idist.all_gather({"results": results, "failed": failed}):

@@ -120,7 +120,7 @@ def localize_slide(
     num_workers: int = 2,
     backend: str = "auto",
     blend: str = "gaussian",
-    min_polygon_area: float = 0.0,
+    min_polygon_area: float | None = None,
     save_nifti: bool = False,
     stem: str | None = None,
     progress: bool = True,
@@ -151,7 +151,8 @@ def localize_slide(
         num_workers: ``DataLoader`` processes reading windows (0: read in this process, between passes).
         backend: ``"auto"`` (OpenSlide, else tifffile), ``"openslide"``, ``"tifffile"`` or ``"cucim"``.
         blend: how overlapping windows are weighted.
-        min_polygon_area: GeoJSON polygons smaller than this (level-0 pixels squared) are left out.
+        min_polygon_area: GeoJSON polygons smaller than this (level-0 pixels squared) are left out; None: the
+            area of 4 x 4 heat-map pixels (speckle a viewer would only be slowed by).
         save_nifti: also write ``<stem>_map.nii.gz``.
         stem: output file prefix; default the file name without its suffix.
         progress: show the tqdm bar.
@@ -239,6 +240,8 @@ def localize_slide(
     ]
 
     write_start = time.perf_counter()
+    if min_polygon_area is None:
+        min_polygon_area = 16.0 * pixel0[0] * pixel0[1]
     paths = write_localization(
         output_dir, stem, heat, predictor.threshold, predictor.classes, mean_probs, thumb, valid=valid,
         tissue=tissue, scale=(pixel0[1], pixel0[0]), min_polygon_area=min_polygon_area, save_nifti=save_nifti,

@@ -239,11 +239,17 @@ def open_slide(path: str | os.PathLike, backend: str = "auto"):
         tries = [backend]
     errors = []
     for name in tries:
-        reader = wsi_reader(name)
+        reader, wsi = wsi_reader(name), None
         try:
-            return reader, reader.read(str(path))
+            wsi = reader.read(str(path))
+            # tifffile opens a damaged TIFF lazily: ask for what every caller needs first
+            if reader.get_level_count(wsi) < 1 or min(reader.get_size(wsi, 0)) < 1:
+                raise ValueError("no image data")
+            return reader, wsi
         except Exception as e:  # noqa: BLE001 - the boundary: any decoder failure becomes a named-file error
             errors.append(f"{name}: {type(e).__name__}: {e}")
+            if wsi is not None:
+                close_slide(wsi)
     raise ValueError(f"{path}: cannot open as a whole-slide image ({'; '.join(errors)})")
 
 
