@@ -18,7 +18,7 @@ from .wsi import (
 )
 from .windows import BlendedMerger, SlideWindowDataset, TissueWindowSplitter, tissue_mask
 from .outputs import write_localization, write_tiles_csv
-from .slide import DEFAULT_MAX_HEATMAP_PIXELS, heatmap_patch_size, localize_slide
+from .slide import DEFAULT_MAX_HEATMAP_PIXELS, SlidePlan, heatmap_patch_size, localize_slide, plan_slide
 from .folder import IMAGE_SUFFIXES, localize_folder, localize_image
 from .pyramid import write_pyramid_tiff
 
@@ -44,8 +44,10 @@ __all__ = [
     "write_localization",
     "write_tiles_csv",
     "DEFAULT_MAX_HEATMAP_PIXELS",
+    "SlidePlan",
     "heatmap_patch_size",
     "localize_slide",
+    "plan_slide",
     "IMAGE_SUFFIXES",
     "localize_folder",
     "localize_image",

@@ -142,6 +142,7 @@ class PixelCAMPredictor:
         self.mpp = None if mpp is None else float(mpp)
         # the evaluation chain's resize (transforms.pipelines._load_and_resize), so inputs match evaluation
         self.prepare = InputPreparation(self.image_size, self.stain_normalize)
+        self._map_size: int | None = None
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None, **kwargs):
@@ -185,6 +186,15 @@ class PixelCAMPredictor:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return cls(network, classes, device=device, **settings)
+
+    @property
+    def map_size(self) -> int:
+        """Side of the pixel head's map for an ``image_size`` input (e.g. 20 for 160 at stride 8); found by one
+        forward pass of a blank image, then remembered."""
+        if self._map_size is None:
+            blank = torch.zeros(1, 3, self.image_size, self.image_size)
+            self._map_size = int(self.forward_prepared(blank)[1].shape[-1])
+        return self._map_size
 
     def to(self, device: str | torch.device) -> PixelCAMPredictor:
         """Move the network to ``device`` (e.g. this rank's GPU); returns self."""
