@@ -158,19 +158,22 @@ def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     predictor = PixelCAMPredictor.from_model_dir(args.model_dir, device="cpu", batch_size=args.batch)
     out_dir = Path(tempfile.mkdtemp(prefix="bench_wsi_"))
-    settings = {"overlap": args.overlap, "batch_size": args.batch, "backend": args.backend,
-                "max_heatmap_pixels": args.max_heatmap_pixels}
+    settings = {"overlap": args.overlap, "backend": args.backend, "max_heatmap_pixels": args.max_heatmap_pixels}
     # the windows localize_slide will predict, and a batch of them (read as it reads them) for the baseline
     plan = plan_slide(args.slide, predictor, num_workers=0, **settings)
     windows = len(plan.splitter.windows)
-    reads = SlideWindowDataset(args.slide, plan.backend, plan.scale.level, plan.scale.read_size(plan.window),
-                               [w[1] for w in plan.splitter.windows[: args.batch]], predictor.prepare)
-    batch = torch.stack([reads[i][0] for i in range(len(reads))])
+    reads = SlideWindowDataset(args.slide, plan.backend, plan.scale, plan.window, [w[0] for w in plan.splitter.windows],
+                               predictor.prepare, plan.splitter.block_span)
+    parts, block = [], 0
+    while sum(len(p) for p in parts) < args.batch and block < len(reads):
+        parts.append(reads[block][0])
+        block += 1
+    batch = torch.cat(parts)[: args.batch]
     reads.close()
     _time_forward(predictor, batch, 2 * args.batch)  # warm-up
 
     before = _time_forward(predictor, batch, windows // 2)
-    res = localize_slide(args.slide, predictor, out_dir, num_workers=args.workers, **settings)
+    res = localize_slide(args.slide, predictor, out_dir, num_workers=args.workers, batch_size=args.batch, **settings)
     rss_main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     rss_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     after = _time_forward(predictor, batch, windows - windows // 2)

@@ -152,18 +152,17 @@ def plan_slide(
     max_heatmap_pixels: int = DEFAULT_MAX_HEATMAP_PIXELS,
     tissue_threshold: float | None = None,
     min_tissue_fraction: float = 0.0,
-    batch_size: int = 8,
     num_workers: int = 2,
     backend: str = "auto",
 ) -> SlidePlan:
     """Steps 1 and 2 of :func:`localize_slide` (same arguments): scale, heat-map grid, thumbnail, tissue mask and
-    the windows to predict."""
+    the windows to predict (in the order they will be read)."""
     start = time.perf_counter()
     path = Path(path)
     window = int(predictor.image_size)
     stride = _stride(window, overlap)
-    if int(batch_size) < 1 or int(num_workers) < 0:
-        raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
+    if int(num_workers) < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if not 0.0 <= float(min_tissue_fraction) < 1.0:
         raise ValueError(f"min_tissue_fraction must lie in [0, 1), got {min_tissue_fraction}")
     reader, wsi = open_slide(path, backend)
@@ -182,7 +181,7 @@ def plan_slide(
     tissue, used_threshold = tissue_mask(thumbnail, tissue_threshold)
     splitter = TissueWindowSplitter(
         path, backend_used, shape0, scale, window, overlap, tissue, (window / out, window / out),
-        min_tissue_fraction, predictor.prepare, batch_size=batch_size, num_workers=num_workers,
+        min_tissue_fraction, predictor.prepare, num_workers=num_workers,
     )
     read_size = scale.read_size(window)
     logger.info(
@@ -271,10 +270,12 @@ def localize_slide(
     start = time.perf_counter()
     path, output_dir = Path(path), Path(output_dir)
     stem = stem or path.stem
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     plan = plan_slide(
         path, predictor, mpp=mpp, overlap=overlap, max_heatmap_pixels=max_heatmap_pixels,
-        tissue_threshold=tissue_threshold, min_tissue_fraction=min_tissue_fraction, batch_size=batch_size,
-        num_workers=num_workers, backend=backend,
+        tissue_threshold=tissue_threshold, min_tissue_fraction=min_tissue_fraction, num_workers=num_workers,
+        backend=backend,
     )
     splitter, scale, pixel0 = plan.splitter, plan.scale, plan.pixel0
     n_windows = len(splitter.windows)

@@ -16,6 +16,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from itertools import groupby
 
 import numpy as np
 import torch
@@ -23,6 +24,8 @@ from monai.data.utils import compute_importance_map, iter_patch_position
 from monai.inferers import Merger, WSISlidingWindowSplitter
 from monai.utils import BlendMode, look_up_option
 
+from ..transforms.array import AntialiasedResize
+from .predictor import InputPreparation
 from .wsi import SlideScale, close_slide, open_slide, read_rgb_region, wsi_reader
 
 __all__ = ["tissue_mask", "BlendedMerger", "SlideWindowDataset", "TissueWindowSplitter"]
@@ -140,42 +143,74 @@ class BlendedMerger(Merger):
         return self.values
 
 
-class SlideWindowDataset(torch.utils.data.Dataset):
-    """Windows of a slide as network inputs, for a ``DataLoader`` whose workers read while the network runs.
+def _block_key(location: Sequence[int], span: int) -> tuple[int, int]:
+    """The block of ``span x span`` frame pixels a window's top-left corner falls in."""
+    return int(location[0]) // span, int(location[1]) // span
 
-    Item ``i``: ``(x, i, seconds)``: ``x`` the window at level-0 ``locations[i]`` read at ``level`` with
-    ``read_size`` ``(h, w)`` (outside the slide: white), as ``3 x S x S`` float32 in [0, 1] after ``prepare``
-    (resize to the network input, optional stain normalisation); ``seconds`` the time reading, decoding and
-    preparing took. Each process opens its own slide handle (file handles do not cross a fork safely).
+
+class SlideWindowDataset(torch.utils.data.Dataset):
+    """Windows of a slide as network inputs, read block by block, for a ``DataLoader`` whose workers read while
+    the network runs.
+
+    The windows are ``window x window`` squares of the frame (the slide at the model's mpp, ``scale.frame_scale``
+    level-0 pixels per frame pixel) at frame ``locations``; consecutive windows in the same block of
+    ``block_span x block_span`` frame pixels (see :func:`_block_key`) form one item. Item ``b`` reads the
+    block's bounding box once at ``scale.level`` (outside the slide: white), resizes it to the frame with the
+    predictor's resize and cuts its windows: with overlap 0.5 every pixel belongs to four windows, and one
+    region read and resized per block costs a fraction of one per window. Cutting from the resized block
+    differs from resizing each window alone only in the resize filter's reach at window borders (the block is
+    the truer picture of the slide at the frame's scale). With stain normalisation each window is cut at the
+    level's resolution and prepared alone (Macenko statistics per window, as for a tile).
+
+    Returns per item ``(x, indices, seconds)``: ``x`` ``n x 3 x window x window`` float32 in [0, 1], the
+    windows' indices into ``locations``, and the time reading, decoding and preparing took. Each process opens
+    its own slide handle (file handles do not cross a fork safely).
     """
 
     def __init__(
         self,
         path: str | os.PathLike,
         backend: str,
-        level: int,
-        read_size: tuple[int, int],
+        scale: SlideScale,
+        window: int,
         locations: Sequence[tuple[int, int]],
-        prepare: Callable[[torch.Tensor], torch.Tensor],
+        prepare: InputPreparation,
+        block_span: int,
     ) -> None:
-        self.path, self.backend, self.level = str(path), backend, int(level)
-        self.read_size = (int(read_size[0]), int(read_size[1]))
-        self.locations = list(locations)
+        self.path, self.backend, self.scale, self.window = str(path), backend, scale, int(window)
+        self.locations = [(int(r), int(c)) for r, c in locations]
         self.prepare = prepare
+        self.blocks: list[list[int]] = []
+        for _, members in groupby(range(len(self.locations)), key=lambda i: _block_key(self.locations[i], block_span)):
+            self.blocks.append(list(members))
         self._slide: tuple | None = None
         self._pid: int | None = None
 
     def __len__(self) -> int:
-        return len(self.locations)
+        return len(self.blocks)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, float]:
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, list[int], float]:
         start = time.perf_counter()
         if self._slide is None or self._pid != os.getpid():
             self._slide, self._pid = open_slide(self.path, self.backend), os.getpid()
         reader, wsi = self._slide
-        rgb = read_rgb_region(reader, wsi, self.locations[i], self.read_size, self.level)
-        x = self.prepare(torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0))
-        return x, i, time.perf_counter() - start
+        members, (fy, fx), d = self.blocks[b], self.scale.frame_scale, self.scale.downsample
+        rows, cols = [self.locations[i][0] for i in members], [self.locations[i][1] for i in members]
+        r0, c0 = min(rows), min(cols)
+        frame_size = (max(rows) + self.window - r0, max(cols) + self.window - c0)
+        read_size = (max(1, round(frame_size[0] * fy / d)), max(1, round(frame_size[1] * fx / d)))
+        rgb = read_rgb_region(reader, wsi, (round(r0 * fy), round(c0 * fx)), read_size, self.scale.level)
+        pixels = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
+        if self.prepare.stain is None:
+            if read_size != frame_size:
+                pixels = AntialiasedResize(frame_size)(pixels)
+            x = torch.stack([pixels[:, r - r0 : r - r0 + self.window, c - c0 : c - c0 + self.window]
+                             for r, c in zip(rows, cols)])
+        else:
+            h, w = self.scale.read_size(self.window)
+            cuts = [(round((r - r0) * fy / d), round((c - c0) * fx / d)) for r, c in zip(rows, cols)]
+            x = torch.stack([self.prepare(pixels[:, a : a + h, b_ : b_ + w]) for a, b_ in cuts])
+        return x.contiguous(), members, time.perf_counter() - start
 
     def close(self) -> None:
         if self._slide is not None and self._pid == os.getpid():
@@ -191,8 +226,8 @@ class TissueWindowSplitter(WSISlidingWindowSplitter):
     pixel); windows are ``patch_size`` frame pixels, ``overlap`` apart as in MONAI (a fraction or pixels),
     padded past the bottom and right border. The stock ``__call__`` reads every window at one level, serially,
     before its ``filter_fn`` sees it; this one plans the windows on ``tissue`` first (kept when their tissue
-    fraction exceeds ``min_tissue_fraction``) and reads each at ``scale.level`` with ``scale.read_size``,
-    resized to the network input, in ``num_workers`` processes.
+    fraction exceeds ``min_tissue_fraction``), orders them block by block (``block x block`` window steps) and
+    reads each block once at ``scale.level`` in ``num_workers`` processes (:class:`SlideWindowDataset`).
 
     Args:
         path: the slide; ``backend`` the reader that opened it (``"openslide"`` or ``"tifffile"``).
@@ -202,8 +237,9 @@ class TissueWindowSplitter(WSISlidingWindowSplitter):
         overlap: between windows, a float in [0, 1) or pixels.
         tissue: bool ``h x w`` mask on a grid of ``tissue_scale`` frame pixels per mask pixel.
         min_tissue_fraction: in [0, 1).
-        prepare: a window ``3 x h x w`` float -> network input (``PixelCAMPredictor.prepare``).
-        batch_size, num_workers: of the ``DataLoader``.
+        prepare: the predictor's :class:`~monai_pixelcam.inference.predictor.InputPreparation`.
+        num_workers: ``DataLoader`` processes.
+        block: windows per side of a block read at once.
 
     Attributes:
         windows: the planned windows, ``[(frame (row, col), level-0 (row, col), tissue fraction)]`` in the order
@@ -224,9 +260,9 @@ class TissueWindowSplitter(WSISlidingWindowSplitter):
         tissue: np.ndarray,
         tissue_scale: tuple[float, float],
         min_tissue_fraction: float,
-        prepare: Callable[[torch.Tensor], torch.Tensor],
-        batch_size: int = 8,
+        prepare: InputPreparation,
         num_workers: int = 0,
+        block: int = 4,
     ) -> None:
         with warnings.catch_warnings():
             # MONAI warns that its tifffile reader decodes whole levels; our tifffile reader decodes tiles
@@ -234,9 +270,12 @@ class TissueWindowSplitter(WSISlidingWindowSplitter):
             super().__init__(patch_size=int(patch_size), overlap=overlap, pad_mode="constant", reader=wsi_reader(backend))
         self.path, self.backend, self.scale = str(path), backend, scale
         self.frame_shape = tuple(math.ceil(s / f) for s, f in zip(shape0, scale.frame_scale))
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.prepare = prepare
-        self.windows = self._plan(np.asarray(tissue, dtype=bool), tissue_scale, float(min_tissue_fraction))
+        self.num_workers, self.prepare = int(num_workers), prepare
+        _, overlap_, _ = self._get_valid_shape_parameters(self.frame_shape)
+        step = round(patch_size * (1.0 - overlap_[0])) if isinstance(overlap_[0], float) else patch_size - overlap_[0]
+        self.block_span = max(1, int(block)) * step
+        windows = self._plan(np.asarray(tissue, dtype=bool), tissue_scale, float(min_tissue_fraction))
+        self.windows = sorted(windows, key=lambda w: (_block_key(w[0], self.block_span), w[0]))
         self.read_seconds = 0.0
         self.wait_seconds = 0.0
 
@@ -268,24 +307,23 @@ class TissueWindowSplitter(WSISlidingWindowSplitter):
     def __call__(self, inputs=None) -> Iterable[tuple[torch.Tensor, Sequence[int]]]:
         """Yield ``(1 x 3 x S x S window, frame (row, col))`` for every planned window, in order."""
         dataset = SlideWindowDataset(
-            self.path, self.backend, self.scale.level, self.scale.read_size(int(self.patch_size)),
-            [w[1] for w in self.windows], self.prepare,
+            self.path, self.backend, self.scale, int(self.patch_size), [w[0] for w in self.windows], self.prepare,
+            self.block_span,
         )
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, num_workers=self.num_workers, shuffle=False,
-            pin_memory=torch.cuda.is_available(),
+            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available()
         )
-        batches = iter(loader)
+        blocks = iter(loader)
         try:
             while True:
                 start = time.perf_counter()
                 try:
-                    x, index, seconds = next(batches)
+                    x, members, seconds = next(blocks)
                 except StopIteration:
                     break
                 self.wait_seconds += time.perf_counter() - start
-                self.read_seconds += float(seconds.sum())
-                for k, i in enumerate(index.tolist()):
+                self.read_seconds += float(seconds)
+                for k, i in enumerate(members):
                     yield x[k : k + 1], self.windows[i][0]
         finally:
             dataset.close()
