@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_inference import CLASSES, DarknessNet
+from test_inference import CLASSES, DarknessNet, one_torch_thread  # noqa: F401 - the autouse fixture
 
 from monai_pixelcam.data.synthetic import render_tile
 from monai_pixelcam.inference import (
     BlendedMerger,
+    InputPreparation,
     PixelCAMPredictor,
+    SlideWindowDataset,
     TiledTiffWSIReader,
     choose_scale,
     close_slide,
@@ -28,6 +30,7 @@ from monai_pixelcam.inference import (
     localize_folder,
     localize_slide,
     open_slide,
+    plan_slide,
     read_rgb_region,
     read_thumbnail,
     slide_mpp,
@@ -45,14 +48,6 @@ MPP = 0.499
 def darkness_predictor(mpp: float | None = 2 * MPP, image_size: int = 64) -> PixelCAMPredictor:
     """Darkness at stride 8 is about 0.35 on the bright cells and 0.7 on the dark ones: centred between them."""
     return PixelCAMPredictor(DarknessNet(stride=8, offset=0.53), CLASSES, threshold=0.5, image_size=image_size, mpp=mpp)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _pool(a: np.ndarray, f: int) -> np.ndarray:
@@ -250,6 +245,34 @@ def test_blended_merger_against_avg_merger():
     row = out[4]
     assert row[:4].eq(0).all() and row[8:12].eq(1).all()
     assert (row[4:8].diff() > 0).all() and 0.1 < row[5] < row[6] < 0.9  # a ramp across the overlap, no step
+
+
+def test_block_reads_match_window_reads(slides):
+    """Windows cut from one read (and resize) per block are the windows read one by one: exactly without a
+    resize, and within the resize filter's reach at the window border with one (1.5 level-0 px per network px)."""
+    for model_mpp, stain in ((2 * MPP, False), (2 * MPP, True), (1.5 * MPP, False)):
+        pred = darkness_predictor(mpp=model_mpp)
+        if stain:
+            pred.prepare = InputPreparation(pred.image_size, stain_normalize=True)
+        plan = plan_slide(slides["svs"], pred, num_workers=0, backend="tifffile")
+        frame = [w[0] for w in plan.splitter.windows]
+        blocks = SlideWindowDataset(slides["svs"], "tifffile", plan.scale, 64, frame, pred.prepare, plan.splitter.block_span)
+        reader, wsi = open_slide(slides["svs"], "tifffile")
+        try:
+            x, members, _ = blocks[max(range(len(blocks)), key=lambda b: len(blocks.blocks[b]))]
+            assert len(members) >= 9  # several overlapping windows from one read
+            for k, i in enumerate(members):
+                (_, level0, _) = plan.splitter.windows[i]
+                rgb = read_rgb_region(reader, wsi, level0, plan.scale.read_size(64), plan.scale.level)
+                alone = pred.prepare(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0)
+                if model_mpp == 2 * MPP:
+                    torch.testing.assert_close(x[k], alone, atol=1e-6, rtol=0)
+                else:
+                    inner = (slice(None), slice(2, -2), slice(2, -2))
+                    assert (x[k] - alone)[inner].abs().max() < 0.03 and (x[k] - alone).abs().mean() < 0.01
+        finally:
+            close_slide(wsi)
+            blocks.close()
 
 
 def test_tissue_mask():

@@ -20,21 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from ..data.atomic import atomic_path
+from .wsi import block_mean
 
 __all__ = ["write_pyramid_tiff"]
 
 _APERIO = "Aperio Image Library v12.0.15"
 _THUMBNAIL_SIDE = 1024
-
-
-def _block_mean(tile: np.ndarray, factor: int) -> np.ndarray:
-    """``h x w x 3`` uint8 averaged over ``factor x factor`` blocks (edges replicated up to a whole block)."""
-    h, w = tile.shape[:2]
-    ph, pw = math.ceil(h / factor) * factor, math.ceil(w / factor) * factor
-    if (ph, pw) != (h, w):
-        tile = np.pad(tile, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-    blocks = tile.reshape(ph // factor, factor, pw // factor, factor, 3).astype(np.float32).mean(axis=(1, 3))
-    return np.round(blocks).astype(np.uint8)
 
 
 def write_pyramid_tiff(
@@ -91,7 +82,7 @@ def write_pyramid_tiff(
                 if part.shape != (h, w, 3):
                     raise ValueError(f"{path}: the source gave shape {part.shape} for a {h} x {w} region")
                 for d, level in zip(factors, levels):
-                    small = _block_mean(part, d)
+                    small = block_mean(part, d)
                     level[r // d : r // d + small.shape[0], c // d : c // d + small.shape[1]] = small
                 out = np.full((tile, tile, 3), 255, np.uint8)  # TIFF tiles are whole; the border tiles padded
                 out[:h, :w] = part

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from ..networks.pixelcam import foreground_map
 from .outputs import write_localization, write_tiles_csv
 from .predictor import PixelCAMPredictor
-from .windows import BlendedMerger, TissueWindowSplitter, tissue_mask
-from .wsi import SlideScale, choose_scale, close_slide, open_slide, read_thumbnail, slide_mpp
+from .windows import BlendedMerger, TissueWindowSplitter, tissue_mask, window_step
+from .wsi import SlideScale, block_mean, choose_scale, close_slide, open_slide, read_thumbnail, slide_mpp
 
 __all__ = ["DEFAULT_MAX_HEATMAP_PIXELS", "SlidePlan", "plan_slide", "localize_slide", "heatmap_patch_size"]
 
@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 #: Default bound on the heat map's pixels (about 2048 x 2048): what a person looks at; polygons carry the detail.
 DEFAULT_MAX_HEATMAP_PIXELS = 2048 * 2048
+# The tissue mask is computed on at most this many thumbnail pixels (blocks averaged) and repeated onto the heat
+# map's grid: tissue needs no finer outline, and the HSV conversion of a 4-megapixel thumbnail costs seconds and
+# hundreds of MB.
+_TISSUE_PIXELS = 1024 * 1024
 
 
 def heatmap_patch_size(
@@ -105,16 +109,6 @@ class _WindowForward:
         return maps
 
 
-def _stride(window: int, overlap: float | int) -> int:
-    if isinstance(overlap, float):
-        if not 0.0 <= overlap < 1.0:
-            raise ValueError(f"a fractional overlap must lie in [0, 1), got {overlap}")
-        return round(window * (1.0 - overlap))
-    if not 0 <= int(overlap) < window:
-        raise ValueError(f"overlap must lie in [0, {window}) pixels of the {window} px window, got {overlap}")
-    return window - int(overlap)
-
-
 @dataclass
 class SlidePlan:
     """What :func:`plan_slide` decided for a slide, before any window is read.
@@ -160,7 +154,7 @@ def plan_slide(
     start = time.perf_counter()
     path = Path(path)
     window = int(predictor.image_size)
-    stride = _stride(window, overlap)
+    stride = window_step(window, overlap)
     if int(num_workers) < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if not 0.0 <= float(min_tissue_fraction) < 1.0:
@@ -178,7 +172,9 @@ def plan_slide(
         backend_used = reader.backend
     finally:
         close_slide(wsi)
-    tissue, used_threshold = tissue_mask(thumbnail, tissue_threshold)
+    k = max(1, math.ceil(math.sqrt(heat_shape[0] * heat_shape[1] / _TISSUE_PIXELS)))
+    coarse, used_threshold = tissue_mask(block_mean(thumbnail, k), tissue_threshold)
+    tissue = np.repeat(np.repeat(coarse, k, axis=0), k, axis=1)[: heat_shape[0], : heat_shape[1]]
     splitter = TissueWindowSplitter(
         path, backend_used, shape0, scale, window, overlap, tissue, (window / out, window / out),
         min_tissue_fraction, predictor.prepare, num_workers=num_workers,

@@ -28,7 +28,7 @@ from ..transforms.array import AntialiasedResize
 from .predictor import InputPreparation
 from .wsi import SlideScale, close_slide, open_slide, read_rgb_region, wsi_reader
 
-__all__ = ["tissue_mask", "BlendedMerger", "SlideWindowDataset", "TissueWindowSplitter"]
+__all__ = ["tissue_mask", "window_step", "BlendedMerger", "SlideWindowDataset", "TissueWindowSplitter"]
 
 # Saturation bounds for the Otsu threshold: glass is nearly grey (saturation < 0.02..0.05) and H&E tissue
 # is clearly coloured (> 0.15). Clamping keeps a thumbnail that is all tissue (or all glass) from being
@@ -141,6 +141,18 @@ class BlendedMerger(Merger):
             self.values = self.values[tuple(slice(0, end) for end in self.cropped_shape)]
             self.is_finalized = True
         return self.values
+
+
+def window_step(window: int, overlap: float | int) -> int:
+    """Pixels between neighbouring windows of side ``window``, as MONAI's splitters step: ``overlap`` a fraction
+    in [0, 1) (``round(window * (1 - overlap))``) or whole pixels in [0, window)."""
+    if isinstance(overlap, float):
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"a fractional overlap must lie in [0, 1), got {overlap}")
+        return round(window * (1.0 - overlap))
+    if not 0 <= int(overlap) < window:
+        raise ValueError(f"overlap must lie in [0, {window}) pixels of the {window} px window, got {overlap}")
+    return window - int(overlap)
 
 
 def _block_key(location: Sequence[int], span: int) -> tuple[int, int]:
@@ -271,9 +283,7 @@ class TissueWindowSplitter(WSISlidingWindowSplitter):
         self.path, self.backend, self.scale = str(path), backend, scale
         self.frame_shape = tuple(math.ceil(s / f) for s, f in zip(shape0, scale.frame_scale))
         self.num_workers, self.prepare = int(num_workers), prepare
-        _, overlap_, _ = self._get_valid_shape_parameters(self.frame_shape)
-        step = round(patch_size * (1.0 - overlap_[0])) if isinstance(overlap_[0], float) else patch_size - overlap_[0]
-        self.block_span = max(1, int(block)) * step
+        self.block_span = max(1, int(block)) * window_step(int(patch_size), overlap)
         windows = self._plan(np.asarray(tissue, dtype=bool), tissue_scale, float(min_tissue_fraction))
         self.windows = sorted(windows, key=lambda w: (_block_key(w[0], self.block_span), w[0]))
         self.read_seconds = 0.0

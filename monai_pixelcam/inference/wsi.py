@@ -45,6 +45,7 @@ __all__ = [
     "SlideScale",
     "choose_scale",
     "read_rgb_region",
+    "block_mean",
     "read_thumbnail",
 ]
 
@@ -404,6 +405,19 @@ def read_rgb_region(reader, wsi, location: tuple[int, int], size: tuple[int, int
     return out
 
 
+def block_mean(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """``h x w x 3`` uint8 averaged over ``factor x factor`` blocks -> ``ceil(h / factor) x ceil(w / factor) x 3``
+    uint8 (the last row and column of blocks are completed by repeating the edge)."""
+    if factor == 1:
+        return rgb
+    h, w = rgb.shape[:2]
+    ph, pw = math.ceil(h / factor) * factor, math.ceil(w / factor) * factor
+    if (ph, pw) != (h, w):
+        rgb = np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+    blocks = rgb.reshape(ph // factor, factor, pw // factor, factor, 3).astype(np.float32).mean(axis=(1, 3))
+    return np.round(blocks).astype(np.uint8)
+
+
 def read_thumbnail(reader, wsi, level: int, max_pixels: int) -> tuple[np.ndarray, int]:
     """Level ``level`` as ``uint8 h x w x 3``, averaged down by an integer ``factor`` when it has more than
     ``max_pixels`` pixels; read in blocks, so a large level is never decoded whole.
@@ -419,11 +433,6 @@ def read_thumbnail(reader, wsi, level: int, max_pixels: int) -> tuple[np.ndarray
     for r in range(0, height, block):
         for c in range(0, width, block):
             h, w = min(block, height - r), min(block, width - c)
-            part = read_rgb_region(reader, wsi, (round(r * ratio), round(c * ratio)), (h, w), level)
-            if factor > 1:
-                ph, pw = math.ceil(h / factor) * factor, math.ceil(w / factor) * factor
-                padded = np.pad(part, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge").astype(np.float32)
-                part = padded.reshape(ph // factor, factor, pw // factor, factor, 3).mean(axis=(1, 3))
-                part = np.round(part).astype(np.uint8)
+            part = block_mean(read_rgb_region(reader, wsi, (round(r * ratio), round(c * ratio)), (h, w), level), factor)
             out[r // factor : r // factor + part.shape[0], c // factor : c // factor + part.shape[1]] = part
     return out, factor
