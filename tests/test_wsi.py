@@ -305,7 +305,7 @@ def test_localize_slide_places_maps_at_the_model_mpp(slides, tmp_path, backend, 
             if (r, c) in TISSUE_CELLS:
                 assert res["tissue"][block].mean() > 0.9 and res["covered"][block].all(), (r, c)
             else:
-                # windows reaching in from tissue neighbours may cover glass, but the mask stays on tissue
+                # windows reaching in from tissue neighbours may cover glass; the map calls it background
                 assert not res["tissue"][block].any() and not res["mask"][block].any(), (r, c)
     # DarknessNet's map of level 1 (stride 8, offset 0.53) against the heat map pooled to that grid
     level1 = _pool(slides["level0"], 2)

@@ -128,7 +128,7 @@ def localize_folder(
     - ``predictions.csv``: one row per processed file: ``image`` (path relative to ``input_dir``),
       ``kind`` (``image`` or ``slide``), ``class`` (predicted), ``prob_<class>`` for each class (slides:
       mean over the predicted windows; empty when a slide shows no tissue), ``threshold``,
-      ``foreground_fraction`` (share of the analysed pixels in the mask: the whole image, or the tissue of a
+      ``foreground_fraction`` (share of the analysed pixels in the mask: the whole image, or the pixels of a
       slide under predicted windows);
     - ``errors.csv``: ``image``, ``status`` (``failed``: unreadable, corrupt or unsupported file, with the
       error; ``skipped``: not an image file), ``message``; header only when there are none.

@@ -255,11 +255,11 @@ def localize_slide(
     Returns:
         dict with ``"heatmap"`` (float32 ``H x W`` in [0, 1]; 0 where no window was predicted), ``"covered"``
         (bool, under a predicted window), ``"tissue"`` (uint8 {0, 1}), ``"mask"`` (uint8 {0, 1}: ``heatmap >=
-        threshold`` on covered tissue), ``"paths"``, ``"scale"`` (:class:`SlideScale`), ``"level"``,
+        threshold`` under a predicted window), ``"paths"``, ``"scale"`` (:class:`SlideScale`), ``"level"``,
         ``"read_size"`` (window ``(h, w)`` at that level), ``"heatmap_pixel"`` (``(y, x)`` level-0 pixels per
         heat-map pixel), ``"tiles_total"``, ``"tiles_predicted"``, ``"tiles_skipped"``, ``"tissue_threshold"``,
         ``"probs"`` (mean class probabilities over the windows, None without tissue), ``"label"``,
-        ``"class_name"``, ``"foreground_fraction"`` (share of covered tissue in the mask) and ``"timings"``
+        ``"class_name"``, ``"foreground_fraction"`` (share of the covered pixels in the mask) and ``"timings"``
         (seconds: ``tissue``, ``read_wait``, ``read_decode_workers``, ``forward``, ``merge``, ``write``,
         ``total``).
     """
@@ -289,8 +289,8 @@ def localize_slide(
 
     covered = np.isfinite(merged)
     heat = np.clip(np.nan_to_num(merged, nan=0.0), 0.0, 1.0).astype(np.float32)
-    valid = covered & plan.tissue
-    mask = ((heat >= predictor.threshold) & valid).astype(np.uint8)
+    # the tissue mask chooses the windows; it does not cut the map: a gland's lumen is glass-white and foreground
+    mask = ((heat >= predictor.threshold) & covered).astype(np.uint8)
     probs = torch.cat(forward.probs).numpy() if forward.probs else np.zeros((0, len(predictor.classes)))
     foreground = torch.cat(forward.foreground).numpy() if forward.foreground else np.zeros(0)
     mean_probs = probs.mean(axis=0) if len(probs) else None
@@ -305,7 +305,7 @@ def localize_slide(
     if min_polygon_area is None:
         min_polygon_area = 16.0 * pixel0[0] * pixel0[1]
     paths = write_localization(
-        output_dir, stem, heat, predictor.threshold, predictor.classes, mean_probs, plan.thumbnail, valid=valid,
+        output_dir, stem, heat, predictor.threshold, predictor.classes, mean_probs, plan.thumbnail, valid=covered,
         tissue=plan.tissue, scale=(pixel0[1], pixel0[0]), min_polygon_area=min_polygon_area, save_nifti=save_nifti,
     )
     paths["tiles"] = write_tiles_csv(output_dir / f"{stem}_tiles.csv", rows, predictor.classes)
@@ -340,6 +340,6 @@ def localize_slide(
         "probs": mean_probs,
         "label": label,
         "class_name": predictor.classes[label] if label is not None else None,
-        "foreground_fraction": float(mask[valid].mean()) if valid.any() else 0.0,
+        "foreground_fraction": float(mask[covered].mean()) if covered.any() else 0.0,
         "timings": timings,
     }
