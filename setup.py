@@ -22,6 +22,10 @@ setup(
         "scikit-image>=0.22",
         "pillow>=10",
         "tifffile>=2023.7",
+        # whole-slide images: OpenSlide (wheels bundle the C library) and tifffile's JPEG/JPEG 2000/LZW/WebP tiles
+        "openslide-bin>=4.0.0",
+        "openslide-python>=1.4.1",
+        "imagecodecs>=2024.1.1",
         "numpy>=1.24",
         "tqdm>=4.60",
         "matplotlib>=3.7",

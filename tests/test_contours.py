@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from monai_pixelcam.inference.contours import _signed_area, foreground_polygons, polygons_geojson
+from monai_pixelcam.inference.contours import _douglas_peucker, _signed_area, foreground_polygons, polygons_geojson
 
 
 def _ring_area(ring):
@@ -59,3 +59,25 @@ def test_geojson_feature_collection():
     assert feature["properties"]["prob_tumour"] == 0.9
     ring = feature["geometry"]["coordinates"][0]
     assert ring[0] == ring[-1] and _ring_area(ring) > 0
+
+
+def test_douglas_peucker_matches_skimage():
+    from scipy.ndimage import gaussian_filter
+    from skimage.measure import approximate_polygon, find_contours
+
+    rng = np.random.default_rng(0)
+    smooth = gaussian_filter(rng.random((96, 96)), 3)
+    staircase = (smooth > np.median(smooth)).astype(np.float32)
+    for score, identical in ((smooth, True), (staircase, False)):
+        rings = [r for r in find_contours(np.pad(score, 1), float(np.median(score))) if len(r) >= 4]
+        ends = np.cumsum([len(r) for r in rings])
+        keep = _douglas_peucker(np.concatenate(rings), np.stack([np.r_[0, ends[:-1]], ends - 1], axis=1), 0.5)
+        for ring, kept in zip(rings, np.split(keep, ends[:-1])):
+            simple = ring[kept]
+            if identical:  # same points as skimage's loop
+                np.testing.assert_array_equal(simple, approximate_polygon(ring, 0.5))
+            # the Douglas-Peucker bound: every traced point within the tolerance of the simplified chain
+            a, b = simple[:-1, None], simple[1:, None]
+            ab, ap = b - a, ring[None] - a
+            t = np.clip((ap * ab).sum(-1) / np.maximum((ab**2).sum(-1), 1e-12), 0, 1)
+            assert np.hypot(*np.moveaxis(ap - t[..., None] * ab, -1, 0)).min(axis=0).max() <= 0.5 + 1e-9

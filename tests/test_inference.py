@@ -1,4 +1,4 @@
-"""Inference: predictor (tiles), folder runs with bad files, and whole-slide sliding windows on a pyramidal TIFF."""
+"""Inference on tiles: the predictor and folder runs with bad files (whole-slide images: test_wsi.py)."""
 
 from __future__ import annotations
 
@@ -8,30 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
 from monai_pixelcam.data.io import read_rgb
-from monai_pixelcam.data.synthetic import render_tile
-from monai_pixelcam.inference import (
-    PixelCAMPredictor,
-    TiledTiffWSIReader,
-    is_whole_slide,
-    localize_folder,
-    localize_slide,
-    tile_grid,
-    tissue_mask,
-)
+from monai_pixelcam.inference import PixelCAMPredictor, localize_folder
 from monai_pixelcam.networks import build_pixelcam
 
 CLASSES = ["benign", "malignant"]
 NET_KWARGS = {"encoder": "resnet18", "head": "cam", "num_classes": 2, "base_width": 8}
 
 
-def make_model_dir(root: Path, threshold: float = 0.42, image_size: int = 64, seed: int = 0) -> Path:
+def make_model_dir(
+    root: Path, threshold: float = 0.42, image_size: int = 64, seed: int = 0, mpp: float | None = None
+) -> Path:
     """A trained-bundle model folder as the training pipeline writes it (random weights)."""
     torch.manual_seed(seed)
     net = build_pixelcam(**NET_KWARGS)
@@ -43,18 +35,23 @@ def make_model_dir(root: Path, threshold: float = 0.42, image_size: int = 64, se
         "negative_classes": [],
         "threshold": threshold,
         "image_size": image_size,
+        "mpp": mpp,
     }
     (root / "model_meta.json").write_text(json.dumps(meta))
     return root
 
 
 class DarknessNet(nn.Module):
-    """Stand-in network with a known map: foreground logit = 10 * (darkness - 0.3) at stride 4, where
+    """Stand-in network with a known map: foreground logit = 10 * (darkness - offset) at ``stride``, where
     darkness = 1 - mean RGB; class logits from the mean darkness. Lets tests check where maps land."""
 
+    def __init__(self, stride: int = 4, offset: float = 0.3) -> None:
+        super().__init__()
+        self.stride, self.offset = stride, offset
+
     def forward(self, x: torch.Tensor) -> dict:
-        dark = F.avg_pool2d(1.0 - x.mean(1, keepdim=True), 4)
-        pix = torch.cat([torch.zeros_like(dark), 10.0 * (dark - 0.3)], dim=1)
+        dark = F.avg_pool2d(1.0 - x.mean(1, keepdim=True), self.stride)
+        pix = torch.cat([torch.zeros_like(dark), 10.0 * (dark - self.offset)], dim=1)
         m = dark.mean(dim=(1, 2, 3))
         return {"cls": torch.stack([1.0 - m, m], dim=1) * 5.0, "pix": pix}
 
@@ -90,11 +87,16 @@ def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------- predictor
 
 
-def test_from_model_dir_reads_meta(predictor):
+def test_from_model_dir_reads_meta(predictor, tmp_path):
     assert predictor.classes == CLASSES
     assert predictor.threshold == pytest.approx(0.42)
-    assert predictor.image_size == 64
+    assert predictor.image_size == 64 and predictor.mpp is None
     assert not predictor.network.training
+    at_mpp = PixelCAMPredictor.from_model_dir(make_model_dir(tmp_path / "mpp", mpp=0.5), device="cpu")
+    assert at_mpp.mpp == 0.5
+    assert PixelCAMPredictor.from_model_dir(tmp_path / "mpp", device="cpu", mpp=1.0).mpp == 1.0  # an override
+    with pytest.raises(ValueError, match="mpp"):
+        PixelCAMPredictor(DarknessNet(), CLASSES, mpp=-1.0)
 
 
 def test_predict_non_square_image(predictor):
@@ -193,8 +195,17 @@ def test_localize_folder_with_bad_files(tmp_path, predictor):
         mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
         assert heat.shape == (h, w, 3) and heat.dtype == np.uint8
         assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
-        ref = predictor.predict(read_rgb(src / f"{stem}.png" if stem == "a" else src / "b.JPG"))
+        image = read_rgb(src / f"{stem}.png" if stem == "a" else src / "b.JPG")
+        ref = predictor.predict(image)
         np.testing.assert_array_equal(mask // 255, ref["mask"])
+        overlay = np.asarray(Image.open(out / f"{stem}_overlay.png"))
+        assert overlay.shape == (h, w, 3) and not np.array_equal(overlay, image)
+        regions = json.loads((out / f"{stem}_regions.geojson").read_text())
+        assert regions["type"] == "FeatureCollection"
+        for feature in regions["features"]:  # polygons in the image's own pixels
+            ring = np.asarray(feature["geometry"]["coordinates"][0])
+            assert ring[:, 0].min() >= -1 and ring[:, 0].max() <= w + 1 and ring[:, 1].max() <= h + 1
+            assert feature["properties"]["classification"]["name"] == ref["class_name"]
 
     rows = _read_csv(out / "predictions.csv")
     assert [r["image"] for r in rows] == ["a.png", "b.JPG"]
@@ -240,165 +251,3 @@ def test_localize_folder_refuses_output_in_place(tmp_path, predictor):
         localize_folder(tmp_path, tmp_path, predictor)
     with pytest.raises(FileNotFoundError):
         localize_folder(tmp_path / "missing", tmp_path / "out", predictor)
-
-
-# ---------------------------------------------------------------- whole-slide images
-
-CELL = 256  # level-0 size of a tissue cell
-TISSUE_CELLS = {(0, 0): 1.0, (1, 2): 0.55, (2, 1): 0.8, (3, 0): 0.7, (3, 2): 0.9}  # (row, col) -> brightness
-
-
-def _downsample2(img: np.ndarray) -> np.ndarray:
-    h, w = img.shape[0] // 2, img.shape[1] // 2
-    return img[: 2 * h, : 2 * w].reshape(h, 2, w, 2, 3).astype(np.float32).mean(axis=(1, 3)).round().astype(np.uint8)
-
-
-def _pool(a: np.ndarray, f: int) -> np.ndarray:
-    """Mean over f x f blocks of the two leading axes."""
-    h, w = a.shape[0] // f, a.shape[1] // f
-    a = np.asarray(a, dtype=np.float64)[: h * f, : w * f]
-    return a.reshape(h, f, w, f, *a.shape[2:]).mean(axis=(1, 3))
-
-
-@pytest.fixture(scope="module")
-def slide(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
-    """A 1024 x 768 three-level pyramidal TIFF (tiles 256 x 256 / 128 x 128, reduced-resolution pages) of
-    white glass with five synthetic CAMELYON tissue cells of different brightness."""
-    level0 = np.full((4 * CELL, 3 * CELL, 3), 245, dtype=np.uint8)
-    for k, ((r, c), bright) in enumerate(TISSUE_CELLS.items()):
-        tile, _ = render_tile("camelyon", k % 2, CELL, seed=3, index=k)
-        level0[r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL] = (tile * bright).astype(np.uint8)
-    levels = [level0, _downsample2(level0)]
-    levels.append(_downsample2(levels[1]))
-    path = tmp_path_factory.mktemp("slides") / "slide.tif"
-    with tifffile.TiffWriter(path) as tif:
-        tif.write(levels[0], tile=(256, 256), photometric="rgb", compression="zlib")
-        for lv in levels[1:]:
-            tif.write(lv, tile=(128, 128), photometric="rgb", subfiletype=1, compression="zlib")
-    return path, levels
-
-
-def test_tile_grid_and_tissue_mask():
-    assert tile_grid(256, 64, 64) == [0, 64, 128, 192]
-    assert tile_grid(100, 64, 64) == [0, 36]  # the last tile moves inward instead of reading padding
-    assert tile_grid(30, 64, 64) == [0]
-    assert tile_grid(128, 64, 32) == [0, 32, 64]
-    glass = np.full((60, 80, 3), 240, dtype=np.uint8)
-    glass[10:30, 20:50] = (180, 90, 160)
-    mask, t = tissue_mask(glass)
-    inside = np.zeros(mask.shape, dtype=bool)
-    inside[10:30, 20:50] = True
-    assert mask[12:28, 22:48].all() and not mask[~inside].any() and 0.02 <= t <= 0.15
-    pink = np.array([150, 60, 140], dtype=np.uint8)
-    all_tissue = np.random.default_rng(0).integers(0, 60, (40, 40, 3), dtype=np.uint8) + pink
-    assert tissue_mask(all_tissue)[0].all()  # clamped Otsu does not split tissue-only thumbnails
-
-
-def test_wsi_readers_agree_on_levels_and_regions(slide):
-    from monai.data import WSIReader
-
-    path, levels = slide
-    stock, tiled = WSIReader(backend="tifffile"), TiledTiffWSIReader()
-    a, b = stock.read(str(path)), tiled.read(str(path))
-    try:
-        for reader, wsi in ((stock, a), (tiled, b)):
-            assert reader.get_level_count(wsi) == 3
-            assert [reader.get_size(wsi, lv) for lv in range(3)] == [(1024, 768), (512, 384), (256, 192)]
-        # location is (row, col) in the level-0 frame; size (height, width) at the level
-        for loc, size, lv in (((256, 512), (64, 96), 1), ((1000, 700), (40, 40), 0), ((0, 0), (256, 192), 2)):
-            pa, _ = stock.get_data(a, location=loc, size=size, level=lv)
-            pb, _ = tiled.get_data(b, location=loc, size=size, level=lv)
-            np.testing.assert_array_equal(pa, pb)
-            r, c = loc[0] // 2**lv, loc[1] // 2**lv
-            np.testing.assert_array_equal(pb, levels[lv][r : r + size[0], c : c + size[1]].transpose(2, 0, 1))
-    finally:
-        a.close()
-        b.close()
-
-
-def test_read_thumbnail_in_blocks(slide, monkeypatch):
-    from monai_pixelcam.inference import read_thumbnail, wsi
-
-    path, levels = slide
-    reader = TiledTiffWSIReader()
-    handle = reader.read(str(path))
-    try:
-        whole, factor = read_thumbnail(reader, handle, 2)
-        assert factor == 1 and np.array_equal(whole, levels[2])
-        monkeypatch.setattr(wsi, "_BLOCK", 100)  # several blocks, and blocks not aligned with the image
-        small, factor = read_thumbnail(reader, handle, 0, max_pixels=256 * 192)
-    finally:
-        handle.close()
-    assert factor == 4 and small.shape == (256, 192, 3)
-    assert np.abs(small.astype(int) - _pool(levels[0], 4).round()).max() <= 1
-def test_localize_slide_tissue_tiles_and_heatmap_placement(slide, tmp_path):
-    path, levels = slide
-    assert is_whole_slide(path)
-    pred = darkness_predictor(threshold=0.5, image_size=64)
-    res = localize_slide(path, pred, tmp_path, level=1, batch_size=8)
-
-    # level 1 is 512 x 384: 8 x 6 tiles of 64; each tissue cell is 2 x 2 of them
-    assert res["heatmap_level"] == 2 and res["heatmap"].shape == (256, 192)
-    assert res["tiles_total"] == 48
-    assert res["tiles_predicted"] == 4 * len(TISSUE_CELLS) and res["tiles_skipped"] == 48 - 4 * len(TISSUE_CELLS)
-    cell = CELL // 4  # cell side at the heatmap level
-    means = {}
-    for r in range(4):
-        for c in range(3):
-            block = (slice(r * cell, (r + 1) * cell), slice(c * cell, (c + 1) * cell))
-            assert res["covered"][block].all() == ((r, c) in TISSUE_CELLS)
-            assert res["tissue"][block].mean() > 0.9 if (r, c) in TISSUE_CELLS else not res["tissue"][block].any()
-            if (r, c) in TISSUE_CELLS:
-                means[(r, c)] = res["heatmap"][block].mean()
-            else:
-                assert not res["heatmap"][block].any()
-    # darker cells give higher maps: the tile maps landed on their own cells
-    order = sorted(TISSUE_CELLS, key=TISSUE_CELLS.get)
-    assert [means[k] for k in order] == sorted(means.values(), reverse=True)
-    # pixelwise: DarknessNet's map of level 1 (stride 4, so 128 x 96) against the heatmap pooled to that
-    # grid; a shift by one pixel of that grid drops the correlation to about 0.6
-    expected = 1.0 / (1.0 + np.exp(-10.0 * (_pool(1.0 - levels[1].mean(axis=-1) / 255.0, 4) - 0.3)))
-    heat, cov = _pool(res["heatmap"], 2), _pool(res["covered"], 2) == 1
-    assert np.corrcoef(heat[cov], expected[cov])[0, 1] > 0.9
-    cov = res["covered"]
-    np.testing.assert_array_equal(res["mask"], ((res["heatmap"] >= 0.5) & cov).astype(np.uint8))
-
-    for name, shape in (("heatmap", (256, 192, 3)), ("mask", (256, 192)), ("tissue", (256, 192))):
-        assert np.asarray(Image.open(res["paths"][name])).shape == shape
-    rows = _read_csv(res["paths"]["tiles"])
-    assert len(rows) == res["tiles_predicted"]
-    locations = {(int(r["row"]), int(r["col"])) for r in rows}
-    assert {(lr // CELL, lc // CELL) for lr, lc in locations} == set(TISSUE_CELLS)
-    assert all(float(r["prob_benign"]) + float(r["prob_malignant"]) == pytest.approx(1.0, abs=1e-5) for r in rows)
-
-
-def test_localize_slide_overlap_and_options(slide, tmp_path):
-    path, _ = slide
-    pred = darkness_predictor()
-    plain = localize_slide(path, pred, tmp_path / "a", level=1, heatmap_level=1)
-    overlapped = localize_slide(path, pred, tmp_path / "b", level=1, heatmap_level=1, overlap=32, batch_size=3)
-    assert plain["heatmap"].shape == (512, 384) == overlapped["heatmap"].shape
-    assert overlapped["tiles_predicted"] > plain["tiles_predicted"]
-    # averaging overlapping windows of a translation-equivariant map changes it only near tile borders
-    cov = plain["covered"] & overlapped["covered"]
-    assert np.abs(plain["heatmap"][cov] - overlapped["heatmap"][cov]).mean() < 0.05
-    with pytest.raises(ValueError, match="levels 0..2"):
-        localize_slide(path, pred, tmp_path / "c", level=3)
-    with pytest.raises(ValueError, match="overlap"):
-        localize_slide(path, pred, tmp_path / "c", overlap=64)
-
-
-def test_localize_folder_routes_slides(slide, tmp_path, predictor):
-    path, _ = slide
-    src, out = tmp_path / "in", tmp_path / "out"
-    src.mkdir()
-    (src / "slide.tif").write_bytes(path.read_bytes())
-    Image.fromarray(random_image(40, 40, 8)).save(src / "small.tif")  # a plain TIFF stays an image
-    report = localize_folder(src, out, predictor, save_nifti=True, slide_kwargs={"level": 1})
-    assert report["processed"] == ["slide.tif", "small.tif"] and not report["failed"]
-    kinds = {r["image"]: r["kind"] for r in _read_csv(out / "predictions.csv")}
-    assert kinds == {"slide.tif": "slide", "small.tif": "image"}
-    for name in ("slide_heatmap.png", "slide_mask.png", "slide_tissue.png", "slide_tiles.csv", "slide_map.nii.gz"):
-        assert (out / name).is_file()
-    assert np.asarray(Image.open(out / "slide_mask.png")).shape == (256, 192)
-    assert np.asarray(Image.open(out / "small_mask.png")).shape == (40, 40)

@@ -1,8 +1,12 @@
-"""Localization maps for every image in a folder: heatmap and mask PNGs (NIfTI on request) and one CSV.
+"""Localization maps for every image in a folder: heat map, mask, overlay and GeoJSON per image (NIfTI on
+request) and one CSV.
 
 One bad file never stops a run: unreadable images are reported with their error and skipped, files that
-are not images are listed as skipped, and everything else is processed. Whole-slide images (pyramidal or
-very large TIFFs, SVS) go through the sliding-window path of :mod:`monai_pixelcam.inference.wsi`.
+are not images are listed as skipped, and everything else is processed. Whole-slide images (vendor formats,
+pyramidal or very large TIFFs) go through :func:`~monai_pixelcam.inference.slide.localize_slide`.
+
+Under ``torchrun`` the images are sharded across the ranks (``ignite.distributed``): each rank writes its own
+images' outputs, and rank 0 gathers every rank's rows and writes ``predictions.csv`` and ``errors.csv``.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import ignite.distributed as idist
 import numpy as np
+import torch.distributed as dist
 
-from ..data.atomic import write_csv_atomic, write_nifti_atomic, write_png_atomic
+from ..data.atomic import write_csv_atomic
 from ..data.datalist import DatalistError
 from ..data.io import read_rgb
-from ..visualize import heatmap_rgb
+from .outputs import write_localization
 from .predictor import PixelCAMPredictor
-from .wsi import DEFAULT_MAX_TILE_PIXELS, SLIDE_SUFFIXES, is_whole_slide, localize_slide
+from .slide import localize_slide
+from .wsi import DEFAULT_MAX_TILE_PIXELS, SLIDE_SUFFIXES, is_whole_slide
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -29,24 +36,23 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Image files a folder run processes (compared case-insensitively); ``.svs`` slides are added by the WSI code.
+#: Image files a folder run processes (compared case-insensitively); slide suffixes come from the WSI code.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def localize_image(
     image: np.ndarray, predictor: PixelCAMPredictor, output_dir: str | os.PathLike, stem: str, save_nifti: bool = False
 ) -> dict:
-    """Predict one ``H x W x 3`` uint8 image and write ``<stem>_heatmap.png`` (RGB colour map),
-    ``<stem>_mask.png`` (0/255 at ``predictor.threshold``, same ``H x W``) and, when asked,
-    ``<stem>_map.nii.gz``. Returns the prediction (see :meth:`PixelCAMPredictor.predict`) plus ``"paths"``."""
-    output_dir = Path(output_dir)
+    """Predict one ``H x W x 3`` uint8 image and write its outputs
+    (:func:`~monai_pixelcam.inference.outputs.write_localization`): ``<stem>_heatmap.png`` (RGB colour map),
+    ``<stem>_mask.png`` (0/255 at ``predictor.threshold``, same ``H x W``), ``<stem>_overlay.png``,
+    ``<stem>_regions.geojson`` (polygons in the image's pixels) and, when asked, ``<stem>_map.nii.gz``.
+    Returns the prediction (see :meth:`PixelCAMPredictor.predict`) plus ``"paths"``."""
     pred = predictor.predict(image)
-    paths = {
-        "heatmap": write_png_atomic(output_dir / f"{stem}_heatmap.png", heatmap_rgb(pred["map"])),
-        "mask": write_png_atomic(output_dir / f"{stem}_mask.png", pred["mask"] * 255),
-    }
-    if save_nifti:
-        paths["map"] = write_nifti_atomic(output_dir / f"{stem}_map.nii.gz", pred["map"])
+    paths = write_localization(
+        output_dir, stem, pred["map"], predictor.threshold, predictor.classes, pred["probs"], image,
+        save_nifti=save_nifti,
+    )
     return {**pred, "paths": paths}
 
 
@@ -81,6 +87,16 @@ def _describe(rel: str, e: BaseException) -> str:
     return f"{rel}: {type(e).__name__}: {msg}"
 
 
+def _join_launched_group() -> bool:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) with no process group yet, start a gloo one: the ranks only gather
+    CSV rows, which gloo does on any device. Returns whether this call started it (and so must end it)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        idist.sync()  # a group someone else started (or none): let Ignite see it
+        return False
+    idist.initialize("gloo")
+    return True
+
+
 def localize_folder(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -92,24 +108,30 @@ def localize_folder(
 ) -> dict:
     """Localization maps and class probabilities for every image in ``input_dir``.
 
-    Every PNG / JPEG / TIFF / BMP file (suffix case-insensitive) is predicted and gets
+    Every PNG / JPEG / TIFF / BMP file (suffix case-insensitive) is predicted and gets (:func:`localize_image`)
     ``<stem>_heatmap.png`` (RGB colour map of the foreground probability), ``<stem>_mask.png`` (0/255, the
-    image's ``H x W``, ``map >= predictor.threshold``) and, with ``save_nifti``, ``<stem>_map.nii.gz``
-    (:func:`~monai_pixelcam.data.atomic.write_nifti_atomic`). Whole-slide images (:func:`~monai_pixelcam.inference.wsi.is_whole_slide`:
-    multi-level TIFF, TIFF over ``max_tile_pixels`` pixels, SVS) go to
-    :func:`~monai_pixelcam.inference.wsi.localize_slide` (``slide_kwargs`` are passed on), which adds
-    ``<stem>_tissue.png`` and ``<stem>_tiles.csv``. Outputs of ``sub/a.png`` (``recursive``) go to
-    ``output_dir/sub/``; inputs sharing a stem (``a.png``, ``a.jpg``) keep their suffix in the prefix.
+    image's ``H x W``, ``map >= predictor.threshold``), ``<stem>_overlay.png``, ``<stem>_regions.geojson`` and,
+    with ``save_nifti``, ``<stem>_map.nii.gz``. Whole-slide images
+    (:func:`~monai_pixelcam.inference.wsi.is_whole_slide`: vendor suffixes, multi-level TIFF, TIFF over
+    ``max_tile_pixels`` pixels) go to :func:`~monai_pixelcam.inference.slide.localize_slide` (``slide_kwargs``
+    are passed on), whose outputs are at most ``max_heatmap_pixels`` and add ``<stem>_tissue.png`` and
+    ``<stem>_tiles.csv``. Outputs of ``sub/a.png`` (``recursive``) go to ``output_dir/sub/``; inputs sharing
+    a stem (``a.png``, ``a.jpg``) keep their suffix in the prefix.
+
+    Under ``torchrun`` (a process group, or ``WORLD_SIZE`` > 1: a gloo group is started and ended here), rank
+    ``r`` of ``n`` processes images ``r, r + n, ...`` of the sorted list and writes their outputs; on a GPU it
+    moves the network to ``cuda:LOCAL_RANK``. Rank 0 gathers every rank's rows and writes the two CSVs; every
+    rank returns the merged report.
 
     At the end, written atomically:
 
     - ``predictions.csv``: one row per processed file: ``image`` (path relative to ``input_dir``),
       ``kind`` (``image`` or ``slide``), ``class`` (predicted), ``prob_<class>`` for each class (slides:
-      mean over the predicted tiles; empty when a slide shows no tissue), ``threshold``,
-      ``foreground_fraction`` (share of the analysed pixels in the mask: the whole image, or the pixels
-      of a slide covered by predicted tiles);
-    - ``errors.csv``: ``image``, ``status`` (``failed``: unreadable or corrupt image, with the error;
-      ``skipped``: not an image file), ``message``; header only when there are none.
+      mean over the predicted windows; empty when a slide shows no tissue), ``threshold``,
+      ``foreground_fraction`` (share of the analysed pixels in the mask: the whole image, or the pixels of a
+      slide under predicted windows);
+    - ``errors.csv``: ``image``, ``status`` (``failed``: unreadable, corrupt or unsupported file, with the
+      error; ``skipped``: not an image file), ``message``; header only when there are none.
 
     Args:
         input_dir: folder of images (or a single image / slide file).
@@ -120,8 +142,9 @@ def localize_folder(
         recursive: include sub-folders (``output_dir`` is left out when it lies inside).
         max_tile_pixels: TIFFs with more pixels are treated as slides; default
             :data:`~monai_pixelcam.inference.wsi.DEFAULT_MAX_TILE_PIXELS` (4096 x 4096).
-        slide_kwargs: keyword arguments of :func:`~monai_pixelcam.inference.wsi.localize_slide` (``level``,
-            ``tile_size``, ``overlap``, ``heatmap_level``, ``tissue_threshold``, ``batch_size``, ``backend``).
+        slide_kwargs: keyword arguments of :func:`~monai_pixelcam.inference.slide.localize_slide` (``mpp``,
+            ``overlap``, ``max_heatmap_pixels``, ``tissue_threshold``, ``batch_size``, ``num_workers``,
+            ``backend``, ...).
 
     Returns:
         ``{"processed": [relative paths], "failed": {relative path: message}, "skipped": [relative paths],
@@ -151,13 +174,21 @@ def localize_folder(
     images = [f for f in files if f.suffix.lower() in accepted]
     skipped = [rel[f] for f in files if f.suffix.lower() not in accepted]
     stems = _output_stems([rel[f] for f in images])
-    logger.info("%d image(s) to process in %s, %d other file(s) skipped", len(images), input_dir, len(skipped))
 
-    processed: list[str] = []
+    started_group = _join_launched_group()
+    rank, world = idist.get_rank(), idist.get_world_size()
+    if world > 1 and predictor.device.type == "cuda":
+        predictor.to(f"cuda:{idist.get_local_rank()}")
+    mine = images[rank::world]
+    logger.info(
+        "rank %d/%d: %d of %d image(s) to process in %s, %d other file(s) skipped",
+        rank, world, len(mine), len(images), input_dir, len(skipped),
+    )
+
     failed: dict[str, str] = {}
     results: dict[str, dict] = {}
     threshold = f"{predictor.threshold:.6g}"
-    for n, f in enumerate(images, start=1):
+    for n, f in enumerate(mine, start=1):
         name, stem = rel[f], stems[rel[f]]
         out = output_dir / Path(stem).parent
         try:
@@ -171,7 +202,7 @@ def localize_folder(
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the run; it is reported
             failed[name] = _describe(name, e)
             expected = isinstance(e, (DatalistError, ValueError, OSError))
-            logger.warning("[%d/%d] %s", n, len(images), failed[name], exc_info=not expected)
+            logger.warning("rank %d: [%d/%d] %s", rank, n, len(mine), failed[name], exc_info=not expected)
             continue
         probs = res["probs"]
         results[name] = {
@@ -182,21 +213,29 @@ def localize_folder(
             "threshold": threshold,
             "foreground_fraction": f"{res['foreground_fraction']:.6f}",
         }
-        processed.append(name)
-        logger.info("[%d/%d] %s: %s", n, len(images), name, res["class_name"])
+        logger.info("rank %d: [%d/%d] %s: %s", rank, n, len(mine), name, res["class_name"])
 
+    if world > 1:
+        for part in idist.all_gather({"results": results, "failed": failed}):
+            results.update(part["results"])
+            failed.update(part["failed"])
+    order = {rel[f]: k for k, f in enumerate(images)}
+    processed = sorted(results, key=order.get)
+    failed = {k: failed[k] for k in sorted(failed, key=order.get)}
     header = ["image", "kind", "class", *[f"prob_{c}" for c in predictor.classes], "threshold", "foreground_fraction"]
-    predictions = write_csv_atomic(
-        output_dir / "predictions.csv", header, [[results[p][h] for h in header] for p in processed]
-    )
-    errors = write_csv_atomic(
-        output_dir / "errors.csv",
-        ["image", "status", "message"],
-        [[k, "failed", v] for k, v in failed.items()] + [[s, "skipped", "not an image file"] for s in skipped],
-    )
-    logger.info(
-        "%d processed, %d failed, %d skipped; %s", len(processed), len(failed), len(skipped), predictions
-    )
+    predictions, errors = output_dir / "predictions.csv", output_dir / "errors.csv"
+    if rank == 0:
+        write_csv_atomic(predictions, header, [[results[p][h] for h in header] for p in processed])
+        write_csv_atomic(
+            errors,
+            ["image", "status", "message"],
+            [[k, "failed", v] for k, v in failed.items()] + [[s, "skipped", "not an image file"] for s in skipped],
+        )
+        logger.info("%d processed, %d failed, %d skipped; %s", len(processed), len(failed), len(skipped), predictions)
+    if world > 1:
+        idist.barrier()  # rank 0 has written the CSVs when any rank returns
+    if started_group:
+        idist.finalize()
     return {
         "processed": processed,
         "failed": failed,

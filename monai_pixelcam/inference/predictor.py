@@ -49,6 +49,31 @@ def _as_rgb_uint8(image: np.ndarray, index: int) -> np.ndarray:
         raise ValueError(f"image {index}: expected an H x W x 3 RGB array, got shape {arr.shape} ({e})") from None
 
 
+class InputPreparation:
+    """One ``3 x H x W`` float [0, 1] image -> the ``3 x S x S`` float32 network input, as evaluation prepares it:
+    optional Macenko stain normalisation at full resolution, then :class:`AntialiasedResize`.
+
+    A small picklable object, so that data-loader workers (slide windows) prepare inputs in parallel with the
+    forward pass.
+    """
+
+    def __init__(self, image_size: int, stain_normalize: bool = False) -> None:
+        self.resize = AntialiasedResize(int(image_size))
+        self.image_size = int(image_size)
+        self.stain = None
+        if stain_normalize:
+            from ..transforms import MacenkoNormalize
+
+            self.stain = MacenkoNormalize()
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.stain is not None:
+            image = self.stain(image)
+        if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
+            image = self.resize(image)
+        return convert_to_tensor(image, dtype=torch.float32, track_meta=False)
+
+
 class PixelCAMPredictor:
     """Class probabilities and foreground maps of a trained :class:`~monai_pixelcam.networks.PixelCAMNet`.
 
@@ -68,6 +93,8 @@ class PixelCAMPredictor:
         stain_normalize: Macenko-normalise each image at full resolution before resizing; must match the
             training setting (``train_transforms(stain_normalize=...)``).
         batch_size: most images per forward pass in :meth:`predict`.
+        mpp: microns per pixel of the network input (of an ``image_size`` input) the model was trained at, or
+            None when unknown; slide inference reads slides at this scale.
     """
 
     def __init__(
@@ -80,6 +107,7 @@ class PixelCAMPredictor:
         negative_classes: Sequence[int] = (),
         stain_normalize: bool = False,
         batch_size: int = 16,
+        mpp: float | None = None,
     ) -> None:
         classes = [str(c) for c in classes]
         if not classes:
@@ -91,6 +119,8 @@ class PixelCAMPredictor:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if mpp is not None and not (isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and mpp > 0):
+            raise ValueError(f"mpp must be a positive number of microns per pixel or None, got {mpp!r}")
         negative = [int(c) for c in negative_classes]
         bad = [c for c in negative if c not in range(len(classes))]
         if bad:
@@ -109,13 +139,10 @@ class PixelCAMPredictor:
         self.negative_classes = tuple(negative)
         self.batch_size = int(batch_size)
         self.stain_normalize = bool(stain_normalize)
+        self.mpp = None if mpp is None else float(mpp)
         # the evaluation chain's resize (transforms.pipelines._load_and_resize), so inputs match evaluation
-        self._resize = AntialiasedResize(self.image_size)
-        self._stain = None
-        if self.stain_normalize:
-            from ..transforms import MacenkoNormalize
-
-            self._stain = MacenkoNormalize()
+        self.prepare = InputPreparation(self.image_size, self.stain_normalize)
+        self._map_size: int | None = None
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None, **kwargs):
@@ -123,7 +150,8 @@ class PixelCAMPredictor:
 
         ``model_meta.json`` holds ``network`` (keyword arguments of
         :func:`~monai_pixelcam.networks.build_pixelcam`), ``classes``, and optionally ``negative_classes``,
-        ``threshold`` (default 0.5, with a warning), ``image_size`` (default 224) and ``stain_normalize``.
+        ``threshold`` (default 0.5, with a warning), ``image_size`` (default 224), ``stain_normalize`` and ``mpp``
+        (microns per pixel of the network input; None when unknown).
         Weights are read with ``torch.load(weights_only=True)`` and loaded strictly.
 
         Args:
@@ -152,23 +180,32 @@ class PixelCAMPredictor:
             "image_size": meta.get("image_size", 224),
             "negative_classes": meta.get("negative_classes", ()),
             "stain_normalize": meta.get("stain_normalize", False),
+            "mpp": meta.get("mpp"),
         }
         settings.update(kwargs)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return cls(network, classes, device=device, **settings)
 
-    def _prepare(self, image: torch.Tensor) -> torch.Tensor:
-        """One ``3 x H x W`` float [0, 1] image -> ``3 x S x S`` network input (evaluation preprocessing)."""
-        if self._stain is not None:
-            image = self._stain(image)
-        if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
-            image = self._resize(image)
-        return convert_to_tensor(image, dtype=torch.float32, track_meta=False)
+    @property
+    def map_size(self) -> int:
+        """Side of the pixel head's map for an ``image_size`` input (e.g. 20 for 160 at stride 8); found by one
+        forward pass of a blank image, then remembered."""
+        if self._map_size is None:
+            blank = torch.zeros(1, 3, self.image_size, self.image_size)
+            self._map_size = int(self.forward_prepared(blank)[1].shape[-1])
+        return self._map_size
+
+    def to(self, device: str | torch.device) -> PixelCAMPredictor:
+        """Move the network to ``device`` (e.g. this rank's GPU); returns self."""
+        self.device = torch.device(device)
+        self.network = self.network.to(self.device)
+        return self
 
     @torch.inference_mode()
-    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``B x 3 x S x S`` -> (softmax probabilities ``B x K``, pixel logits ``B x 2 x h x w``)."""
+    def forward_prepared(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prepared inputs (:attr:`prepare`) ``B x 3 x S x S`` -> (softmax probabilities ``B x K``, pixel logits
+        ``B x 2 x h x w``), both float32 on the predictor's device."""
         out = self.network(batch.to(self.device))
         probs = torch.softmax(out["cls"].float(), dim=1)
         if probs.shape[1] != len(self.classes):
@@ -189,8 +226,8 @@ class PixelCAMPredictor:
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"predict_tensor expects a B x 3 x h x w batch, got shape {tuple(batch.shape)}")
         size = [int(batch.shape[-2]), int(batch.shape[-1])]
-        x = torch.stack([self._prepare(img.float().cpu()) for img in batch]) if len(batch) else batch
-        probs, pix = self._forward(x)
+        x = torch.stack([self.prepare(img.float().cpu()) for img in batch]) if len(batch) else batch
+        probs, pix = self.forward_prepared(x)
         return probs.cpu(), foreground_map(pix, size).cpu()
 
     @torch.inference_mode()
@@ -213,9 +250,9 @@ class PixelCAMPredictor:
         for start in range(0, len(arrays), self.batch_size):
             chunk = arrays[start : start + self.batch_size]
             x = torch.stack(
-                [self._prepare(torch.tensor(a).permute(2, 0, 1).float().div_(255.0)) for a in chunk]
+                [self.prepare(torch.tensor(a).permute(2, 0, 1).float().div_(255.0)) for a in chunk]
             )
-            probs, pix = self._forward(x)
+            probs, pix = self.forward_prepared(x)
             for i, a in enumerate(chunk):
                 score = foreground_map(pix[i : i + 1], list(a.shape[:2]))[0, 0].cpu().numpy().astype(np.float32)
                 p = probs[i].cpu().double().numpy()
