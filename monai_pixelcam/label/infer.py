@@ -162,16 +162,18 @@ def _read_slide_region(path: Path, region: ImageRegion, backend: str | None) -> 
             raise RequestError(
                 400, f"location [{region.x}, {region.y}] lies outside {path.name} ({width0} x {height0} at level 0)"
             )
+        downsample = float(reader.get_downsample_ratio(wsi, region.level))
+        level_h, level_w = reader.get_size(wsi, region.level)
+        # cut at the border for every backend (OpenSlide pads a region past it with transparent pixels)
+        height = min(region.height, level_h - int(region.y / downsample))
+        width = min(region.width, level_w - int(region.x / downsample))
         try:
             # MONAI's WSIReader takes (row, col) and (height, width)
-            patch, _ = reader.get_data(
-                wsi, location=(region.y, region.x), size=(region.height, region.width), level=region.level
-            )
+            patch, _ = reader.get_data(wsi, location=(region.y, region.x), size=(height, width), level=region.level)
         except ValueError as e:
             raise RequestError(400, f"cannot read region {tuple(region)} of {path.name}: {e}") from None
         except Exception as e:  # noqa: BLE001
             raise RequestError(422, f"cannot decode region of {path.name}: {type(e).__name__}: {e}") from None
-        downsample = float(reader.get_downsample_ratio(wsi, region.level))
         rgb = image_to_rgb(np.moveaxis(np.asarray(patch), reader.channel_dim, -1), has_alpha=False)
     return rgb, downsample
 
