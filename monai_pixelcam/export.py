@@ -39,6 +39,8 @@ __all__ = [
     "read_model_meta",
     "publish_model",
     "network_mpp",
+    "network_kwargs",
+    "inference_network",
     "source_checkpoint_from_model",
     "TRAIN_HINT",
 ]
@@ -47,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 META_FILE = "model_meta.json"
+
+# build_pixelcam arguments that point at weight files used to *start* training; model.pt holds every weight, so
+# rebuilding the network for inference drops them rather than requiring those files on this machine
+TRAINING_ONLY_KWARGS = ("pretrained",)
 
 TRAIN_HINT = (
     "train the bundle first (python -m monai.bundle run training --config_file "
@@ -145,6 +151,25 @@ def network_mpp(datalist: Mapping, image_size: int, split: str = "train", max_im
             raise DatalistError(f"{item['image']}: cannot read the image size ({e})") from None
         sides.append(math.sqrt(width * height))
     return float(mpp * np.median(sides) / int(image_size))
+
+
+def network_kwargs(model_dir: str | os.PathLike, defaults: Mapping) -> dict:
+    """The ``build_pixelcam`` keyword arguments of the model in ``model_dir`` (its ``model_meta.json``'s
+    ``network``, without the arguments that only start training), or ``defaults`` while the folder holds no
+    trained model, so that a bundle's ``network_def`` can be built, checked and exported before training."""
+    try:
+        meta = read_model_meta(model_dir)
+    except FileNotFoundError:
+        return dict(defaults)
+    return inference_network(meta)
+
+
+def inference_network(meta: Mapping) -> dict:
+    """A model description's ``build_pixelcam`` arguments for inference: its ``network`` without the arguments
+    that only start training, with ``num_classes`` the number of its classes when not given."""
+    kwargs = {k: v for k, v in meta["network"].items() if k not in TRAINING_ONLY_KWARGS}
+    kwargs.setdefault("num_classes", len(meta["classes"]))
+    return kwargs
 
 
 def read_model_meta(model_dir: str | os.PathLike) -> dict:

@@ -133,7 +133,7 @@ def test_inference_workflow_on_a_folder_with_bad_files(trained_bundle, tiny_glas
     )
     workflow.initialize()
     workflow.run()
-    report = workflow.parser.get_parsed_content("inference")[0]  # resolved by the run, not run again
+    report = workflow.parser.get_parsed_content("evaluator").state.localization
     workflow.finalize()
     assert len(report["processed"]) == 3 and list(report["failed"]) == ["corrupt.png"]
     assert "corrupt.png" in report["failed"]["corrupt.png"], "the error names the file"
@@ -177,6 +177,10 @@ def test_standard_ids_and_properties_of_train_and_infer_workflows(tiny_glas, tmp
     infer = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer", logging_file=False)
     infer.initialize()
     assert infer.check_properties() == []
+    assert type(infer.parser.get_parsed_content("evaluator")).__name__ == "SupervisedEvaluator"
+    with pytest.raises(RuntimeError) as error:  # nothing to localize: the cause says what to pass
+        infer.run()
+    assert isinstance(error.value.__cause__, ValueError) and "--input_dir" in str(error.value.__cause__)
 
 
 def test_overrides_change_handlers_augmentation_and_evaluator(tiny_glas, tmp_path):
@@ -247,3 +251,13 @@ def test_evaluate_a_labelled_set_with_test_only_or_its_own_valpx(trained_bundle,
     assert "also test images" in log and shared["pixelcam"]["bloc"]["threshold"] == bundle_threshold
     _, log = results["own_valpx"]
     assert "thresholds chosen on its own valpx (4 images)" in log
+
+
+def test_no_bundle_file_over_the_model_zoos_size_limit():
+    """The model zoo's pre-commit hook refuses files over 1024 KB (weights travel as large files)."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "bundles/pixelcam"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert tracked, "the bundle's files are tracked by git"
+    sizes = {name: (ROOT / name).stat().st_size // 1024 for name in tracked if (ROOT / name).is_file()}
+    assert {name: kb for name, kb in sizes.items() if kb > 1024} == {}

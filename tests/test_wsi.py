@@ -446,13 +446,13 @@ def test_torchrun_two_ranks_shard_the_folder(slides, tmp_path):
     )
     returned = elastic_launch(config, _sharded_run)(str(src), str(out), str(tmp_path))
     logs = {rank: (tmp_path / f"rank{rank}.log").read_text() for rank in (0, 1)}
-    # sorted inputs corrupt.svs, slide0.svs, slide1.svs, tile0.png, tile1.png: rank r takes r, r + 2, ...
-    shards = {0: ["corrupt.svs", "slide1.svs", "tile1.png"], 1: ["slide0.svs", "tile0.png"]}
+    # sorted inputs corrupt.svs, notes.txt, slide0.svs, slide1.svs, tile0.png, tile1.png: rank r takes r, r + 2, ...
+    shards = {0: ["corrupt.svs", "slide0.svs", "tile0.png"], 1: ["notes.txt", "slide1.svs", "tile1.png"]}
     for rank, names in shards.items():
-        assert f"rank {rank}/2: {len(names)} of 5 image(s)" in logs[rank]
-        for k, name in enumerate(names, start=1):
-            assert f"rank {rank}: [{k}/{len(names)}] {name}" in logs[rank]
-        assert not any(f"] {name}" in logs[rank] for name in shards[1 - rank])
+        assert f"rank {rank}/2: 3 of 6 file(s)" in logs[rank]
+        for name in names[1:]:  # the processed ones
+            assert f"rank {rank}: {name}: " in logs[rank] and f": {name}: " not in logs[1 - rank]
+    assert "corrupt.svs" in logs[0] and "corrupt.svs" not in logs[1]
     # every rank returns the merged report; rank 0 alone wrote the merged CSVs
     expected = ["slide0.svs", "slide1.svs", "tile0.png", "tile1.png"]
     assert returned == {0: expected, 1: expected}

@@ -19,8 +19,32 @@ from .wsi import (
 )
 from .windows import BlendedMerger, SlideWindowDataset, TissueWindowSplitter, tissue_mask
 from .outputs import write_localization, write_tiles_csv
-from .slide import DEFAULT_MAX_HEATMAP_PIXELS, SlidePlan, heatmap_patch_size, localize_slide, plan_slide
-from .folder import IMAGE_SUFFIXES, localize_folder, localize_image
+from .slide import (
+    DEFAULT_MAX_HEATMAP_PIXELS,
+    SlidePlan,
+    heatmap_patch_size,
+    infer_slide,
+    localize_slide,
+    plan_slide,
+    write_slide,
+)
+from .folder import (
+    IMAGE_SUFFIXES,
+    LoadLocalizationInputd,
+    LocalizationInferer,
+    LocalizationReport,
+    PrepareLocalizationInput,
+    SaveLocalizationd,
+    join_launched_group,
+    leave_launched_group,
+    list_inputs,
+    localization_evaluator,
+    localize_folder,
+    localize_image,
+    one_item,
+    rank_sampler,
+    require_inputs,
+)
 from .pyramid import write_pyramid_tiff
 
 __all__ = [
@@ -48,10 +72,24 @@ __all__ = [
     "DEFAULT_MAX_HEATMAP_PIXELS",
     "SlidePlan",
     "heatmap_patch_size",
+    "infer_slide",
     "localize_slide",
     "plan_slide",
+    "write_slide",
     "IMAGE_SUFFIXES",
+    "LoadLocalizationInputd",
+    "LocalizationInferer",
+    "LocalizationReport",
+    "PrepareLocalizationInput",
+    "SaveLocalizationd",
+    "join_launched_group",
+    "leave_launched_group",
+    "list_inputs",
+    "localization_evaluator",
     "localize_folder",
     "localize_image",
+    "one_item",
+    "rank_sampler",
+    "require_inputs",
     "write_pyramid_tiff",
 ]

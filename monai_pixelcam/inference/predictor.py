@@ -20,7 +20,7 @@ import torch.nn as nn
 from monai.utils import convert_to_tensor
 
 from ..data.io import image_to_rgb
-from ..export import META_FILE, MODEL_FILE, read_model_meta
+from ..export import META_FILE, MODEL_FILE, inference_network, read_model_meta
 from ..networks.factory import build_pixelcam
 from ..networks.pixelcam import foreground_map
 from ..networks.weights import load_checkpoint
@@ -29,10 +29,6 @@ from ..transforms.array import AntialiasedResize
 __all__ = ["PixelCAMPredictor"]
 
 logger = logging.getLogger(__name__)
-
-# build_pixelcam arguments that point at weight files used to *start* training; model.pt holds every
-# weight, so at inference they are dropped instead of requiring those files to exist on this machine.
-_TRAINING_ONLY_KWARGS = ("pretrained", "source_checkpoint", "source_key")
 
 
 def _as_rgb_uint8(image: np.ndarray, index: int) -> np.ndarray:
@@ -79,7 +75,9 @@ class PixelCAMPredictor:
 
     Args:
         network: module whose ``forward(x: B x 3 x S x S)`` returns ``{"cls": B x K, "pix": B x 2 x h x w}``
-            logits; it is moved to ``device`` and put in eval mode.
+            logits (a :class:`~monai_pixelcam.networks.PixelCAMNet`), or a
+            :class:`~monai_pixelcam.networks.PixelCAMLocalizer` (whose ``outputs`` gives them); it is moved to
+            ``device`` and put in eval mode.
         classes: the ``K`` class names, in label order.
         threshold: foreground threshold in [0, 1] for the binary mask (a pixel is foreground when its map
             value is ``>= threshold``, as in :class:`~monai_pixelcam.metrics.LocalizationDiceMetric`);
@@ -145,7 +143,13 @@ class PixelCAMPredictor:
         self._map_size: int | None = None
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | os.PathLike, device: str | torch.device | None = None, **kwargs):
+    def from_model_dir(
+        cls,
+        model_dir: str | os.PathLike,
+        device: str | torch.device | None = None,
+        network: nn.Module | None = None,
+        **kwargs,
+    ):
         """Load a trained bundle's model folder: ``model.pt`` (PixelCAMNet state dict) and ``model_meta.json``.
 
         ``model_meta.json`` holds ``network`` (keyword arguments of
@@ -156,6 +160,8 @@ class PixelCAMPredictor:
 
         Args:
             device: None picks CUDA when available, else CPU.
+            network: the network to load the weights into (e.g. a bundle's ``network_def``); None builds it from
+                the meta file's ``network``.
             kwargs: override the meta file's predictor settings (e.g. ``threshold=0.5``, ``batch_size``).
 
         Raises:
@@ -165,13 +171,13 @@ class PixelCAMPredictor:
         """
         meta = read_model_meta(model_dir)
         classes = list(meta["classes"])
-        net_kwargs = {k: v for k, v in meta["network"].items() if k not in _TRAINING_ONLY_KWARGS}
-        net_kwargs.setdefault("num_classes", len(classes))
+        net_kwargs = inference_network(meta)
         meta_path = Path(model_dir) / META_FILE
-        try:
-            network = build_pixelcam(**net_kwargs)
-        except TypeError as e:
-            raise ValueError(f"{meta_path}: 'network' does not describe a PixelCAM network ({e})") from None
+        if network is None:
+            try:
+                network = build_pixelcam(**net_kwargs)
+            except TypeError as e:
+                raise ValueError(f"{meta_path}: 'network' does not describe a PixelCAM network ({e})") from None
         load_checkpoint(network, Path(model_dir) / MODEL_FILE)
         if "threshold" not in meta and "threshold" not in kwargs:
             logger.warning("%s has no 'threshold' (the valpx threshold); using 0.5", meta_path)
@@ -206,7 +212,7 @@ class PixelCAMPredictor:
     def forward_prepared(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prepared inputs (:attr:`prepare`) ``B x 3 x S x S`` -> (softmax probabilities ``B x K``, pixel logits
         ``B x 2 x h x w``), both float32 on the predictor's device."""
-        out = self.network(batch.to(self.device))
+        out = getattr(self.network, "outputs", self.network)(batch.to(self.device))
         probs = torch.softmax(out["cls"].float(), dim=1)
         if probs.shape[1] != len(self.classes):
             raise ValueError(f"the network returned {probs.shape[1]} class logits for {len(self.classes)} classes")

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,15 @@ from .predictor import PixelCAMPredictor
 from .windows import BlendedMerger, TissueWindowSplitter, tissue_mask, window_step
 from .wsi import SlideScale, block_mean, choose_scale, close_slide, open_slide, read_thumbnail, slide_mpp
 
-__all__ = ["DEFAULT_MAX_HEATMAP_PIXELS", "SlidePlan", "plan_slide", "localize_slide", "heatmap_patch_size"]
+__all__ = [
+    "DEFAULT_MAX_HEATMAP_PIXELS",
+    "SlidePlan",
+    "plan_slide",
+    "infer_slide",
+    "write_slide",
+    "localize_slide",
+    "heatmap_patch_size",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +204,9 @@ def plan_slide(
     )
 
 
-def localize_slide(
+def infer_slide(
     path: str | os.PathLike,
     predictor: PixelCAMPredictor,
-    output_dir: str | os.PathLike,
     mpp: float | None = None,
     overlap: float | int = 0.5,
     max_heatmap_pixels: int = DEFAULT_MAX_HEATMAP_PIXELS,
@@ -208,12 +216,10 @@ def localize_slide(
     num_workers: int = 2,
     backend: str = "auto",
     blend: str = "gaussian",
-    min_polygon_area: float | None = None,
-    save_nifti: bool = False,
-    stem: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Localization heat map of a whole-slide image by overlapping windows over its tissue, at the model's mpp.
+    """Localization heat map of a whole-slide image by overlapping windows over its tissue, at the model's mpp
+    (:func:`localize_slide` also writes the outputs).
 
     1. Scale (:func:`~monai_pixelcam.inference.wsi.choose_scale`): the slide's level-0 mpp (``mpp`` overrides
        it) and the model's (``predictor.mpp``) give the level windows are read at and their size there; each
@@ -229,7 +235,6 @@ def localize_slide(
     Args:
         path: slide file (any format the backend reads).
         predictor: a loaded :class:`PixelCAMPredictor`; its ``threshold`` makes the mask, its ``mpp`` the scale.
-        output_dir: folder for the outputs (created).
         mpp: level-0 microns per pixel to use instead of the slide's metadata.
         overlap: between neighbouring windows, a fraction of the window in [0, 1) or whole pixels (int). At 0.5
             every point lies a quarter window or more inside a window that sees it, and the Gaussian weights let
@@ -242,31 +247,22 @@ def localize_slide(
         num_workers: ``DataLoader`` processes reading windows (0: read in this process, between passes).
         backend: ``"auto"`` (OpenSlide, else tifffile), ``"openslide"``, ``"tifffile"`` or ``"cucim"``.
         blend: how overlapping windows are weighted.
-        min_polygon_area: GeoJSON polygons smaller than this (level-0 pixels squared) are left out; None: the
-            area of 4 x 4 heat-map pixels (speckle a viewer would only be slowed by).
-        save_nifti: also write ``<stem>_map.nii.gz``.
-        stem: output file prefix; default the file name without its suffix.
         progress: show the tqdm bar.
-
-    Outputs (:func:`~monai_pixelcam.inference.outputs.write_localization`, all at the heat map's size):
-    ``<stem>_heatmap.png``, ``<stem>_mask.png``, ``<stem>_overlay.png``, ``<stem>_tissue.png``,
-    ``<stem>_regions.geojson`` (level-0 pixels), ``<stem>_tiles.csv`` (one row per window: level-0 ``row``,
-    ``col``, ``level`` and size read there, tissue fraction, class, probabilities, foreground fraction).
 
     Returns:
         dict with ``"heatmap"`` (float32 ``H x W`` in [0, 1]; 0 where no window was predicted), ``"covered"``
         (bool, under a predicted window), ``"tissue"`` (uint8 {0, 1}), ``"mask"`` (uint8 {0, 1}: ``heatmap >=
-        threshold`` under a predicted window), ``"paths"``, ``"scale"`` (:class:`SlideScale`), ``"level"``,
+        threshold`` under a predicted window), ``"thumbnail"`` (uint8 ``H x W x 3``, the slide on the heat map's
+        grid), ``"tiles"`` (rows of ``<stem>_tiles.csv``: level-0 ``row``, ``col``, ``level`` and size read
+        there, tissue fraction, class, probabilities, foreground fraction), ``"scale"`` (:class:`SlideScale`), ``"level"``,
         ``"read_size"`` (window ``(h, w)`` at that level), ``"heatmap_pixel"`` (``(y, x)`` level-0 pixels per
         heat-map pixel), ``"tiles_total"``, ``"tiles_predicted"``, ``"tiles_skipped"``, ``"tissue_threshold"``,
         ``"probs"`` (mean class probabilities over the windows, None without tissue), ``"label"``,
         ``"class_name"``, ``"foreground_fraction"`` (share of the covered pixels in the mask) and ``"timings"``
-        (seconds: ``tissue``, ``read_wait``, ``read_decode_workers``, ``forward``, ``merge``, ``write``,
-        ``total``).
+        (seconds: ``tissue``, ``read_wait``, ``read_decode_workers``, ``forward``, ``merge``, ``total``).
     """
     start = time.perf_counter()
-    path, output_dir = Path(path), Path(output_dir)
-    stem = stem or path.stem
+    path = Path(path)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     plan = plan_slide(
@@ -302,14 +298,6 @@ def localize_slide(
         for k, ((_, level0, fraction), p, fg) in enumerate(zip(splitter.windows, probs, foreground))
     ]
 
-    write_start = time.perf_counter()
-    if min_polygon_area is None:
-        min_polygon_area = 16.0 * pixel0[0] * pixel0[1]
-    paths = write_localization(
-        output_dir, stem, heat, predictor.threshold, predictor.classes, mean_probs, plan.thumbnail, valid=covered,
-        tissue=plan.tissue, scale=(pixel0[1], pixel0[0]), min_polygon_area=min_polygon_area, save_nifti=save_nifti,
-    )
-    paths["tiles"] = write_tiles_csv(output_dir / f"{stem}_tiles.csv", rows, predictor.classes)
     end = time.perf_counter()
     timings = {
         "tissue": plan.seconds,
@@ -317,7 +305,6 @@ def localize_slide(
         "read_decode_workers": splitter.read_seconds,
         "forward": forward.seconds,
         "merge": max(0.0, loop_seconds - splitter.wait_seconds - forward.seconds),
-        "write": end - write_start,
         "total": end - start,
     }
     logger.info(
@@ -329,7 +316,8 @@ def localize_slide(
         "covered": covered,
         "tissue": plan.tissue.astype(np.uint8),
         "mask": mask,
-        "paths": paths,
+        "thumbnail": plan.thumbnail,
+        "tiles": rows,
         "scale": scale,
         "level": scale.level,
         "read_size": read_size,
@@ -344,3 +332,57 @@ def localize_slide(
         "foreground_fraction": float(mask[covered].mean()) if covered.any() else 0.0,
         "timings": timings,
     }
+
+
+def write_slide(
+    result: dict,
+    output_dir: str | os.PathLike,
+    stem: str,
+    threshold: float,
+    classes: Sequence[str],
+    min_polygon_area: float | None = None,
+    save_nifti: bool = False,
+) -> dict[str, Path]:
+    """The outputs of an :func:`infer_slide` result (:func:`~monai_pixelcam.inference.outputs.write_localization`,
+    all at the heat map's size): ``<stem>_heatmap.png``, ``<stem>_mask.png``, ``<stem>_overlay.png`` (on the
+    slide's thumbnail), ``<stem>_tissue.png``, ``<stem>_regions.geojson`` (level-0 pixels), ``<stem>_tiles.csv``
+    and, with ``save_nifti``, ``<stem>_map.nii.gz``.
+
+    Args:
+        min_polygon_area: GeoJSON polygons smaller than this (level-0 pixels squared) are left out; None: the
+            area of 4 x 4 heat-map pixels (speckle a viewer would only be slowed by).
+    """
+    output_dir = Path(output_dir)
+    pixel0 = result["heatmap_pixel"]
+    if min_polygon_area is None:
+        min_polygon_area = 16.0 * pixel0[0] * pixel0[1]
+    paths = write_localization(
+        output_dir, stem, result["heatmap"], threshold, classes, result["probs"], result["thumbnail"],
+        valid=result["covered"], tissue=result["tissue"], scale=(pixel0[1], pixel0[0]),
+        min_polygon_area=min_polygon_area, save_nifti=save_nifti,
+    )
+    paths["tiles"] = write_tiles_csv(output_dir / f"{stem}_tiles.csv", result["tiles"], classes)
+    return paths
+
+
+def localize_slide(
+    path: str | os.PathLike,
+    predictor: PixelCAMPredictor,
+    output_dir: str | os.PathLike,
+    min_polygon_area: float | None = None,
+    save_nifti: bool = False,
+    stem: str | None = None,
+    **kwargs,
+) -> dict:
+    """:func:`infer_slide` (``kwargs``: its settings), then :func:`write_slide` into ``output_dir`` with the
+    prefix ``stem`` (default the file name without its suffix). Returns the result with ``"paths"`` added and
+    the writing time in ``timings["write"]`` (and in ``timings["total"]``)."""
+    result = infer_slide(path, predictor, **kwargs)
+    start = time.perf_counter()
+    result["paths"] = write_slide(
+        result, output_dir, stem or Path(path).stem, predictor.threshold, predictor.classes,
+        min_polygon_area=min_polygon_area, save_nifti=save_nifti,
+    )
+    result["timings"]["write"] = time.perf_counter() - start
+    result["timings"]["total"] += result["timings"]["write"]
+    return result

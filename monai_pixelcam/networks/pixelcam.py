@@ -145,3 +145,10 @@ class PixelCAMLocalizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return foreground_map(self.pixel_head(self.encoder(x)), [x.shape[-2], x.shape[-1]])
+
+    @torch.jit.unused
+    def outputs(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Both heads' logits in one pass, as :meth:`PixelCAMNet.forward` gives them: ``{"cls": B x K,
+        "pix": B x 2 x h x w}`` (what inference needs for the class probabilities besides the map)."""
+        features = self.encoder(x)
+        return {"cls": self.image_head(features), "pix": self.pixel_head(features)}
