@@ -28,6 +28,7 @@ by our own fallback with tifffile (first page): MONAI has no plain-TIFF reader (
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -341,6 +342,15 @@ def read_csv_table(path: str | os.PathLike) -> list[dict[str, str]]:
     return table
 
 
+def _monai_loader(loader_class, **kwargs):
+    """MONAI's ``LoadImage`` / ``LoadImaged``, built without the warning of its DICOM reader: it instantiates every
+    reader it knows, and that one says an optional GPU decoder (nvImageCodec) is missing, which histology tiles
+    never need."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+        return loader_class(**kwargs)
+
+
 class LoadHistologyImage(Transform):
     """Load an image file as ``float32 3 x H x W`` in [0, 1] (a MetaTensor with ``filename_or_obj``).
 
@@ -350,7 +360,7 @@ class LoadHistologyImage(Transform):
 
     def __init__(self) -> None:
         self.reader = HistologyReader()
-        self.load = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+        self.load = _monai_loader(LoadImage, image_only=True, ensure_channel_first=True, dtype=np.float32)
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
         return self.load(path, reader=self.reader) / 255.0
@@ -366,7 +376,7 @@ class LoadHistologyMask(Transform):
 
     def __init__(self, threshold: float = 0.5):
         self.reader = HistologyReader(mask=True, threshold=threshold)
-        self.load = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+        self.load = _monai_loader(LoadImage, image_only=True, ensure_channel_first=True, dtype=np.float32)
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
         return self.load(path, reader=self.reader)
@@ -409,8 +419,9 @@ class LoadHistologyd(MapTransform):
         self.mask_reader = HistologyReader(mask=True, threshold=threshold)
         # each call names its reader: one given at construction would be one of several that LoadImage tries
         # in turn, hiding our named-file error behind its own
-        self.load = LoadImaged(
-            keys=self.keys, image_only=True, ensure_channel_first=True, dtype=np.float32, allow_missing_keys=True
+        self.load = _monai_loader(
+            LoadImaged, keys=self.keys, image_only=True, ensure_channel_first=True, dtype=np.float32,
+            allow_missing_keys=True,
         )
 
     def __call__(self, data: Mapping) -> dict:
