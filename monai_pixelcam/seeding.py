@@ -168,11 +168,7 @@ class PixelSeeder(ABC):
     - negative classes: when ``labels`` are given and ``negative_background`` is on, an image whose label is
       in ``negative_classes`` contains no region of interest: it gets no foreground seed and its ``n_bg``
       background seeds are drawn uniformly from the whole image rather than from its lowest-CAM pixels.
-      Without ``labels`` every image is seeded from its CAM;
-    - unseeded classes: when ``labels`` are given, an image whose label is in ``unseeded_classes`` gets no
-      seed at all. For a class whose CAMs do not localize its region of interest (no better than a constant
-      map on valpx), so that its seeds would be noise; the pixel head, which is class-agnostic, then learns
-      foreground and background from the other classes' images only. The image still trains the image head.
+      Without ``labels`` every image is seeded from its CAM.
 
     Args:
         n_fg: foreground seeds per image (>= 0).
@@ -180,7 +176,6 @@ class PixelSeeder(ABC):
         bg_fraction: fraction ``p`` in (0, 1] of the lowest CAM values that forms the background pool.
         negative_classes: label ints whose images contain no region of interest (e.g. ``[0]`` = normal).
         negative_background: give negative-class images background-only seeds from the whole image.
-        unseeded_classes: label ints whose images get no seed (see above); disjoint from ``negative_classes``.
         disjoint_pools: remove the background pool from the foreground candidates.
         fallback_size: size of the top-CAM foreground pool used when the regular one is empty
             (default ``max(n_fg, 1)``).
@@ -189,7 +184,7 @@ class PixelSeeder(ABC):
     Call: ``seeder(cam, labels=None, generator=None)``
 
     - ``cam``: B x 1 x h x w or B x h x w float in [0, 1], any resolution;
-    - ``labels``: B (or B x 1) integer class labels, used only for ``negative_classes`` and ``unseeded_classes``;
+    - ``labels``: B (or B x 1) integer class labels, used only for ``negative_classes``;
     - ``generator``: optional ``torch.Generator`` on ``cam``'s device; the same generator state gives the
       same seeds.
 
@@ -207,7 +202,6 @@ class PixelSeeder(ABC):
         disjoint_pools: bool = False,
         fallback_size: int | None = None,
         ignore_index: int = -100,
-        unseeded_classes: Sequence[int] = (),
     ) -> None:
         if int(n_fg) < 0 or int(n_bg) < 0:
             raise ValueError(f"n_fg and n_bg must be >= 0, got n_fg={n_fg}, n_bg={n_bg}")
@@ -221,10 +215,6 @@ class PixelSeeder(ABC):
         self.n_bg = int(n_bg)
         self.bg_fraction = float(bg_fraction)
         self.negative_classes = [int(c) for c in negative_classes]
-        self.unseeded_classes = [int(c) for c in unseeded_classes]
-        both = sorted(set(self.negative_classes) & set(self.unseeded_classes))
-        if both:
-            raise ValueError(f"classes {both} are both negative_classes and unseeded_classes; choose one rule each")
         self.negative_background = bool(negative_background)
         self.disjoint_pools = bool(disjoint_pools)
         self.fallback_size = max(self.n_fg, 1) if fallback_size is None else int(fallback_size)
@@ -276,15 +266,10 @@ class PixelSeeder(ABC):
         top = (ranks >= n - min(self.fallback_size, n)).float()
         fg_weights = torch.where(empty, top, fg_weights)
 
-        if self.negative_background:
-            negative = self._of_classes(self.negative_classes, labels, b, cam.device)
-            if negative is not None:
-                fg_weights = fg_weights.masked_fill(negative, 0.0)
-                bg_pool = bg_pool | negative
-        unseeded = self._of_classes(self.unseeded_classes, labels, b, cam.device)
-        if unseeded is not None:
-            fg_weights = fg_weights.masked_fill(unseeded, 0.0)
-            bg_pool = bg_pool & ~unseeded
+        negative = self._negative(labels, b, cam.device)
+        if negative is not None:
+            fg_weights = fg_weights.masked_fill(negative, 0.0)
+            bg_pool = bg_pool | negative
         return fg_weights.view(b, h, w), bg_pool.view(b, h, w)
 
     def __call__(
@@ -310,22 +295,20 @@ class PixelSeeder(ABC):
             raise TypeError(f"cam must be a float tensor in [0, 1], got dtype {cam.dtype}")
         return cam.detach()
 
-    def _of_classes(
-        self, classes: list[int], labels: torch.Tensor | None, batch: int, device: torch.device
-    ) -> torch.Tensor | None:
-        """B x 1 bool mask of the images whose label is in ``classes``, or None without labels or classes."""
-        if labels is None or not classes:
+    def _negative(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
+        """B x 1 bool mask of negative-class images, or None when the rule does not apply."""
+        if labels is None or not self.negative_classes or not self.negative_background:
             return None
         labels = torch.as_tensor(labels, device=device).reshape(-1)
         if labels.numel() != batch:
             raise ValueError(f"labels must hold one label per image ({batch}), got shape {tuple(labels.shape)}")
-        return torch.isin(labels, torch.tensor(classes, device=device, dtype=labels.dtype)).unsqueeze(1)
+        negative_ids = torch.tensor(self.negative_classes, device=device, dtype=labels.dtype)
+        return torch.isin(labels, negative_ids).unsqueeze(1)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(n_fg={self.n_fg}, n_bg={self.n_bg}, bg_fraction={self.bg_fraction}, "
             f"negative_classes={self.negative_classes}, negative_background={self.negative_background}, "
-            f"unseeded_classes={self.unseeded_classes}, "
             f"disjoint_pools={self.disjoint_pools}, fallback_size={self.fallback_size}, "
             f"ignore_index={self.ignore_index}{self._extra_repr()})"
         )
@@ -357,7 +340,6 @@ class ThresholdSeeder(PixelSeeder):
         disjoint_pools: bool = False,
         fallback_size: int | None = None,
         ignore_index: int = -100,
-        unseeded_classes: Sequence[int] = (),
     ) -> None:
         super().__init__(
             n_fg=n_fg,
@@ -368,7 +350,6 @@ class ThresholdSeeder(PixelSeeder):
             disjoint_pools=disjoint_pools,
             fallback_size=fallback_size,
             ignore_index=ignore_index,
-            unseeded_classes=unseeded_classes,
         )
         if int(erosion) < 0:
             raise ValueError(f"erosion must be >= 0, got {erosion}")

@@ -88,5 +88,8 @@ def test_handler_runs_once_per_trainer_epoch_for_all_validators():
         valcl.run(epoch)
         valpx.run(epoch)
         assert loader.passes == epoch // 2
+    PreciseBatchNorm(net, loader, enabled=False).attach(valcl)
+    valcl.run(6)
+    assert loader.passes == 3  # the disabled handler added nothing; the enabled one ran once more
     with pytest.raises(ValueError, match="num_batches must be >= 1"):
         PreciseBatchNorm(net, loader, num_batches=0)

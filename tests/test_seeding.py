@@ -154,22 +154,6 @@ def test_negative_class_images_get_background_only_from_whole_image():
             assert counts(off)[0].tolist() == [10] * 4
 
 
-def test_unseeded_class_images_get_no_seed():
-    cam = blob_cams(4, 28, 28)
-    labels = torch.tensor([0, 1, 2, 1])
-    for cls in SEEDERS:
-        seeder = cls(n_fg=10, n_bg=20, negative_classes=[2], unseeded_classes=[0])
-        seeds = seeder(cam, labels, generator=torch.Generator().manual_seed(0))
-        n_fg, n_bg = counts(seeds)
-        assert n_fg.tolist() == [0, 10, 0, 10] and n_bg.tolist() == [0, 20, 20, 20]
-        assert bool((seeds[0] == seeder.ignore_index).all())
-        assert "unseeded_classes=[0]" in repr(seeder)
-        # without labels the rule cannot apply: every image is seeded from its CAM
-        assert counts(seeder(cam))[0].tolist() == [10] * 4
-    with pytest.raises(ValueError, match=r"classes \[1\] are both negative_classes and unseeded_classes"):
-        ThresholdSeeder(negative_classes=[1], unseeded_classes=[1, 0])
-
-
 def test_erosion_that_empties_foreground_falls_back_to_top_k():
     # a 3 x 3 hot spot at 28 x 28: Otsu keeps it, an 11 x 11 erosion (radius 5) removes it entirely
     cam = torch.zeros(2, 1, 28, 28)

@@ -100,20 +100,25 @@ class PreciseBatchNorm:
     Args:
         network: the model the evaluators validate (the training network).
         data_loader: training images under the evaluation transforms (the distribution the model is
-            evaluated and its CAMs stored on), e.g. the bundle's ``loaders#train_eval``.
+            evaluated and its CAMs stored on), shuffled so that ``num_batches`` of them are a fair sample.
         num_batches: at most this many batches per recomputation (None: all).
+        enabled: False attaches nothing (a config switch: the same handler object is listed in several
+            evaluators' handler lists, where a ``_disabled_`` reference would leave a None behind).
     """
 
-    def __init__(self, network: nn.Module, data_loader, num_batches: int | None = None) -> None:
+    def __init__(
+        self, network: nn.Module, data_loader, num_batches: int | None = None, enabled: bool = True
+    ) -> None:
         if num_batches is not None and int(num_batches) < 1:
             raise ValueError(f"PreciseBatchNorm: num_batches must be >= 1 or None, got {num_batches}")
         self.network = network
         self.data_loader = data_loader
         self.num_batches = None if num_batches is None else int(num_batches)
+        self.enabled = bool(enabled)
         self._done_for: int | None = None
 
     def attach(self, engine: Engine) -> None:
-        if not engine.has_event_handler(self, Events.STARTED):
+        if self.enabled and not engine.has_event_handler(self, Events.STARTED):
             engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:

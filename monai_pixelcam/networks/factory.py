@@ -14,7 +14,6 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from .encoders import VGG16Encoder, ViTTinyEncoder, resnet18, resnet18_slim, resnet50
-from .evidence import PositiveEvidenceHead
 from .heads import CAMHead, DeepMILHead
 from .pixelcam import PixelCAMLocalizer, PixelCAMNet
 from .weights import load_checkpoint, load_torchvision_weights
@@ -38,11 +37,7 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "vit_tiny": ViTTinyEncoder,
 }
 
-HEADS: dict[str, Callable[..., nn.Module]] = {
-    "cam": CAMHead,
-    "deepmil": DeepMILHead,
-    "positive_evidence": PositiveEvidenceHead,
-}
+HEADS: dict[str, Callable[..., nn.Module]] = {"cam": CAMHead, "deepmil": DeepMILHead}
 
 
 def _lookup(table: dict[str, Callable[..., nn.Module]], name: str, what: str) -> Callable[..., nn.Module]:
@@ -64,7 +59,7 @@ def build_encoder(name: str, pretrained: str | os.PathLike | None = None, **kwar
 
 
 def build_head(name: str, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
-    """Image head ``name`` (``cam``, ``deepmil`` or ``positive_evidence``) on ``in_channels`` features, ``num_classes`` logits."""
+    """Image head ``name`` (``cam`` or ``deepmil``) on ``in_channels`` features, ``num_classes`` logits."""
     return _lookup(HEADS, name, "head")(in_channels, num_classes, **kwargs)
 
 
