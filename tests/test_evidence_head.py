@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from monai_pixelcam.cams import CAM
 from monai_pixelcam.losses import OneVsRestLoss
-from monai_pixelcam.networks import build_classifier
+from monai_pixelcam.networks import WSOLClassifier, build_encoder
 from monai_pixelcam.networks.evidence import PositiveEvidenceHead
 
 
@@ -37,15 +37,17 @@ def test_logit_is_top_k_mean_of_non_negative_evidence():
 
 def test_cam_of_the_head_is_its_evidence_map():
     torch.manual_seed(0)
-    model = build_classifier(encoder="resnet18", head="positive_evidence", num_classes=2, base_width=8).eval()
+    encoder = build_encoder("resnet18", base_width=8)
+    head = PositiveEvidenceHead(encoder.out_channels, 2)
+    model = WSOLClassifier(encoder, head).eval()
     x = torch.rand(2, 3, 64, 64)
     maps = CAM(model)(x, class_idx=torch.tensor([1, 0]))
     with torch.no_grad():
-        ev = model.head.evidence(model.encoder(x))
+        ev = head.evidence(encoder(x))
     own = torch.stack([ev[0, 1], ev[1, 0]])[:, None]
     lo, hi = own.amin((2, 3), keepdim=True), own.amax((2, 3), keepdim=True)
     torch.testing.assert_close(maps, (own - lo) / (hi - lo), atol=1e-5, rtol=0)
-    assert torch.jit.script(model.head)(model.encoder(x)).shape == (2, 2)
+    assert torch.jit.script(head)(encoder(x)).shape == (2, 2)
 
 
 def test_one_vs_rest_loss():
