@@ -10,6 +10,21 @@ For each seed, through the bundle (the same pipeline users run):
   ablation that shows what the augmentation is worth);
 - ``camelyon``: train on synthetic CAMELYON16, test on it and on synthetic GlaS (the reverse OOD direction).
 
+Further settings, all on synthetic GlaS, tested on its test split only:
+
+- the source-method table (PixelCAM on top of each WSOL source): ``glas`` (the CAM head's CAM),
+  ``glas_gradcampp``, ``glas_layercam`` (the CAM method that seeds PixelCAM), ``glas_deepmil`` (DeepMIL head)
+  and ``glas_positive_evidence`` (:class:`~monai_pixelcam.networks.evidence.PositiveEvidenceHead` trained
+  one-vs-rest);
+- ``glas_oracle``: PixelCAM seeded from the ground-truth masks at feature resolution (the ``oracle`` maps of
+  the CAM store) with the same seeder and schedule: the ceiling that perfect pseudo-labels reach;
+- the ablation of the quality defaults, each switched back to the previous behaviour on its own:
+  ``glas_stale_bn`` (BatchNorm statistics not recomputed before validation) and ``glas_otsu16`` (the
+  previous seeding default, Otsu 16 + 16 instead of the reference's 5 + 5).
+
+The tables give, next to the models, the constant-map baseline (a map equal everywhere scores the mask
+fraction: the PxAP floor) per class of the test split.
+
 Writes ``benchmarks/results/quality/quality.json``, ``quality.md`` (mean and std over seeds) and
 ``maps_<setting>.png`` (image | mask | source CAMs | PixelCAM on the same test images).
 
@@ -17,6 +32,7 @@ Usage::
 
     python benchmarks/quality.py                       # 3 seeds, bundle defaults
     python benchmarks/quality.py --seeds 0 --set source_epochs=20 pixelcam_epochs=15   # a shorter run
+    python benchmarks/quality.py --settings glas glas_gradcampp glas_layercam glas_deepmil glas_oracle
 """
 
 from __future__ import annotations
@@ -34,6 +50,26 @@ from monai_pixelcam.data.atomic import atomic_path, write_json_atomic
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "pixelcam" / "configs"
 STAIN_SHIFT = {"h_scale": 1.3, "e_scale": 0.7, "hue_shift": 0.04}
+
+#: setting -> (training data, bundle overrides, external test sets); data names are those of ``_datasets``
+SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
+    "glas": ("glas", {}, ("camelyon", "glas_stain")),
+    "glas_noaug": ("glas", {"stain_augment": False, "color_augment": False}, ("glas_stain",)),
+    "camelyon": ("camelyon", {}, ("glas",)),
+    # PixelCAM on top of each WSOL source (item 4 of issue 10)
+    "glas_gradcampp": ("glas", {"cam_method": "gradcampp"}, ()),
+    "glas_layercam": ("glas", {"cam_method": "layercam"}, ()),
+    "glas_deepmil": ("glas", {"head": "deepmil"}, ()),
+    "glas_positive_evidence": (
+        "glas", {"head": "positive_evidence", "classification_loss#_target_": "monai_pixelcam.losses.OneVsRestLoss"}, ()
+    ),
+    # the ceiling: seeds from the ground-truth masks, same seeder and schedule
+    "glas_oracle": ("glas", {"seed_maps": "oracle"}, ()),
+    # ablation: each quality default switched back on its own
+    "glas_stale_bn": ("glas", {"precise_bn": False}, ()),
+    "glas_otsu16": ("glas", {"seeder#n_fg": 16, "seeder#n_bg": 16}, ()),
+}
+EXTERNAL_NAMES = {"camelyon": "camelyon_ood", "glas": "glas_ood", "glas_stain": "glas_stain_shifted"}
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -59,33 +95,63 @@ def _datasets(data_dir: Path, seed: int) -> dict[str, Path]:
     return {k: Path(v) for k, v in paths.items()}
 
 
-def _train(run_dir: Path, datalist: Path, seed: int, overrides: dict):
-    from monai.bundle import ConfigWorkflow
+def _workflow(run_dir: Path, datalist: Path, seed: int, overrides: dict, config_files: list[str], run_id: str):
+    from monai.bundle import ConfigParser, ConfigWorkflow
 
+    files = [str(CONFIGS / f) for f in config_files]
+    config = ConfigParser()
+    config.read_config(files)
+    # an override of an id the config lacks would be added silently and change nothing
+    missing = [key for key in overrides if key not in config]
+    if missing:
+        raise KeyError(f"the bundle config ({', '.join(config_files)}) has no id {missing}; overrides: {overrides}")
     workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"), logging_file=str(CONFIGS / "logging.conf"),
-        meta_file=str(CONFIGS / "metadata.json"), workflow_type="train", bundle_root=str(run_dir),
-        datalist=str(datalist), seed=seed, **overrides,
+        config_file=files, logging_file=str(CONFIGS / "logging.conf"), meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type=None, run_id=run_id, bundle_root=str(run_dir), datalist=str(datalist), seed=seed, **overrides,
     )
     workflow.initialize()
+    return workflow
+
+
+def _train(run_dir: Path, datalist: Path, seed: int, overrides: dict) -> float:
+    """Run the bundle's training (source, CAMs, PixelCAM, test evaluation, export) in ``run_dir``; seconds."""
+    workflow = _workflow(run_dir, datalist, seed, overrides, ["train.json"], "run")
     start = time.perf_counter()
     workflow.run()
     seconds = time.perf_counter() - start
     workflow.finalize()
-    return workflow, seconds
+    return seconds
 
 
-def _external(workflow, name: str, datalist: Path) -> dict:
-    from monai_pixelcam.engines import evaluate_external
-
-    p = workflow.parser
-    return evaluate_external(
-        p.get_parsed_content("eval#source_network"), p.get_parsed_content("eval#pixelcam_network"),
-        p.get_parsed_content("output_dir"), p.get_parsed_content("loaders#valpx"),
-        p.get_parsed_content("class_names"), p.get_parsed_content("negative_classes"), None, None, datalist,
-        p.get_parsed_content("crop_size"), p.get_parsed_content("batch_size"), p.get_parsed_content("cam_methods"),
-        Path(p.get_parsed_content("output_dir")) / "external" / name, p.get_parsed_content("device"),
+def _external(run_dir: Path, datalist: Path, seed: int, overrides: dict, external: Path) -> dict:
+    """The bundle's own ``evaluate`` run with ``external`` as its out-of-distribution datalist (thresholds from
+    the training valpx); the ``metrics.json`` it writes for that set."""
+    workflow = _workflow(
+        run_dir, datalist, seed, {**overrides, "ood_datalist": str(external)}, ["train.json", "evaluate.json"],
+        "evaluate",
     )
+    workflow.run()
+    workflow.finalize()
+    return json.loads((run_dir / "eval" / "ood" / "metrics.json").read_text())
+
+
+def constant_map_pxap(datalist: Path, split: str = "test") -> dict[str, float]:
+    """PxAP of a constant map per class and pooled over the classes with a region of interest: a map equal
+    everywhere has one operating point, recall 1 at precision = the fraction of mask pixels, so its PxAP is
+    that fraction (in percent), the floor any localization map must beat."""
+    from monai_pixelcam.data import load_datalist
+    from monai_pixelcam.data.io import read_mask
+
+    data = load_datalist(datalist)
+    counts: dict[str, list[int]] = {}
+    for item in data[split]:
+        if item["label"] in data["negative_classes"]:
+            continue
+        mask = read_mask(item["mask"])
+        for key in (data["classes"][item["label"]], "pooled"):
+            pos, total = counts.setdefault(key, [0, 0])
+            counts[key] = [pos + int(mask.sum()), total + int(mask.size)]
+    return {key: 100.0 * pos / total for key, (pos, total) in counts.items()}
 
 
 def _rows(metrics: dict) -> dict[str, dict]:
@@ -118,11 +184,48 @@ def render(results: dict) -> str:
                 acc = _summary([f["accuracy"] for f in figs if "accuracy" in f])
                 lines.append(f"| {setting} | {split} | {method} | {_summary([f['pxap'] for f in figs])} | "
                              f"{per_class or '-'} | {_summary([f['dice'] for f in figs])} | {acc} |")
+    if results.get("settings"):
+        lines += ["", *render_comparison(results)]
     minutes = _summary([r["seconds"] / 60 for r in results["runs"].values()])
     header = (f"Seeds {seeds}; bundle overrides {results['overrides'] or 'none'}; B-LOC checkpoints; figures in "
               f"percent, mean ± std over seeds; training minutes per run {minutes}. Stain shift: "
               f"{results['stain_shift']}.\n\n")
     return header + "\n".join(lines) + "\n"
+
+
+def render_comparison(results: dict) -> list[str]:
+    """Markdown lines: for every setting trained on synthetic GlaS, PixelCAM against the source CAM method that
+    seeded it (test PxAP pooled and per class, accuracy) and PixelCAM's valpx PxAP (what selection saw), under
+    the constant-map floor of the test split."""
+    seeds = results["seeds"]
+    lines = ["| setting | seeds from | source PxAP | PixelCAM PxAP | gain | source per class | PixelCAM per class "
+             "| accuracy source / PixelCAM | PixelCAM valpx PxAP |", "|---|---|---|---|---|---|---|---|---|"]
+    floor = results.get("constant_map", {}).get("glas")
+    if floor:
+        per_class = ", ".join(f"{k} {floor[k]:.1f}" for k in sorted(floor) if k != "pooled")
+        lines.append(f"| constant map | - | {floor['pooled']:.1f} | {floor['pooled']:.1f} | - | {per_class} | "
+                     f"{per_class} | - | - |")
+    for setting, extra in results["settings"].items():
+        runs = [results["runs"].get(f"{setting}/seed{s}") for s in seeds]
+        runs = [r["test"] for r in runs if r is not None]
+        if not runs or SETTINGS.get(setting, ("",))[0] != "glas":
+            continue
+        method = extra.get("cam_method", "cam")
+        source = [r[f"source {method}"] for r in runs]
+        pixelcam = [r["PixelCAM"] for r in runs]
+        classes = sorted(k[5:] for k in pixelcam[0] if k.startswith("pxap_"))
+
+        def per_class(figs):
+            return ", ".join(f"{c} {_summary([f['pxap_' + c] for f in figs])}" for c in classes)
+
+        gain = _summary([p["pxap"] - q["pxap"] for p, q in zip(pixelcam, source)])
+        lines.append(
+            f"| {setting} | {extra.get('seed_maps', method)} | {_summary([f['pxap'] for f in source])} | "
+            f"{_summary([f['pxap'] for f in pixelcam])} | {gain} | {per_class(source)} | {per_class(pixelcam)} | "
+            f"{_summary([f['accuracy'] for f in source])} / {_summary([f['accuracy'] for f in pixelcam])} | "
+            f"{_summary([f['valpx_pxap'] for f in pixelcam])} |"
+        )
+    return lines
 
 
 def update_docs(all_results: list[dict], docs: Path = ROOT / "bundles" / "pixelcam" / "docs" / "README.md") -> None:
@@ -155,23 +258,22 @@ def main(argv=None) -> int:
     overrides = _parse_set(args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     data = _datasets(args.out / "data", seed=0)
-    settings = {
-        "glas": (data["glas"], {}, {"camelyon_ood": data["camelyon"], "glas_stain_shifted": data["glas_stain"]}),
-        "glas_noaug": (data["glas"], {"stain_augment": False, "color_augment": False},
-                       {"glas_stain_shifted": data["glas_stain"]}),
-        "camelyon": (data["camelyon"], {}, {"glas_ood": data["glas"]}),
-    }
-    results: dict = {"overrides": overrides, "seeds": args.seeds, "stain_shift": STAIN_SHIFT, "runs": {}}
+    results: dict = {"overrides": overrides, "seeds": args.seeds, "stain_shift": STAIN_SHIFT, "runs": {},
+                     "settings": {}, "constant_map": {}}
     for setting in args.settings:
-        datalist, extra, externals = settings[setting]
+        data_name, extra, externals = SETTINGS[setting]
+        results["settings"][setting] = extra
+        results["constant_map"][data_name] = constant_map_pxap(data[data_name])
         for seed in args.seeds:
             run_dir = args.out / "runs" / f"{setting}_seed{seed}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            workflow, seconds = _train(run_dir, datalist, seed, {**overrides, **extra})
+            seconds = _train(run_dir, data[data_name], seed, {**overrides, **extra})
             metrics = json.loads((run_dir / "models" / "metrics.json").read_text())
             run = {"seconds": seconds, "test": _rows(metrics)}
-            for name, path in externals.items():
-                run[name] = _rows(_external(workflow, name, path))
+            for name in externals:
+                run[EXTERNAL_NAMES[name]] = _rows(
+                    _external(run_dir, data[data_name], seed, {**overrides, **extra}, data[name])
+                )
             results["runs"][f"{setting}/seed{seed}"] = run
             print(f"{setting} seed {seed}: {seconds:.0f} s; PixelCAM test PxAP {run['test']['PixelCAM']['pxap']:.1f}",
                   flush=True)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from monai_pixelcam.seeding import PixelSeeder
 
-__all__ = ["PartialCrossEntropyLoss", "PixelCAMLoss", "SEED_RESOLUTIONS", "resize_cam"]
+__all__ = ["OneVsRestLoss", "PartialCrossEntropyLoss", "PixelCAMLoss", "SEED_RESOLUTIONS", "resize_cam"]
 
 SEED_RESOLUTIONS = ("feature", "input")
 
@@ -57,8 +57,43 @@ class PartialCrossEntropyLoss(nn.Module):
         return total / count.clamp_min(1)
 
 
+class OneVsRestLoss(nn.Module):
+    """Image-label loss that scores every class on its own: the mean over classes of the binary cross-entropy
+    of ``sigmoid(logit_k)`` against ``[label == k]`` (``F.binary_cross_entropy_with_logits`` on one-hot
+    targets).
+
+    Why not softmax cross-entropy: softmax only constrains the differences between class logits, so a class
+    may be "explained" by evidence that is merely less typical of the other classes, such as tissue that every
+    image contains (stroma). One-vs-rest makes each class logit high on its own images and low on all others,
+    so whatever both classes' images contain cannot raise it. With an image head whose class score is a
+    pooling of non-negative per-position evidence (:class:`~monai_pixelcam.networks.evidence.PositiveEvidenceHead`)
+    this is the multiple-instance "presence" assumption: a class is present where its own evidence is. Class
+    predictions stay ``argmax`` of the logits.
+
+    Forward:
+        logits: B x K float.
+        target: B (or B x 1) integer labels in ``0 .. K-1``.
+
+    Returns:
+        scalar tensor.
+    """
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.ndim != 2:
+            raise ValueError(f"logits must be B x K, got shape {tuple(logits.shape)}")
+        target = torch.as_tensor(target, device=logits.device).reshape(-1)
+        if target.numel() != logits.shape[0]:
+            raise ValueError(f"target must hold {logits.shape[0]} labels, got shape {tuple(target.shape)}")
+        if target.is_floating_point() and not torch.equal(target, target.round()):
+            raise ValueError("target must hold integer class indices")
+        target = target.long()
+        if bool(((target < 0) | (target >= logits.shape[1])).any()):
+            raise ValueError(f"labels {target.tolist()} out of range for {logits.shape[1]} classes")
+        return F.binary_cross_entropy_with_logits(logits, F.one_hot(target, logits.shape[1]).to(logits.dtype))
+
+
 class PixelCAMLoss(nn.Module):
-    """Multi-task PixelCAM loss: ``CE(cls, label) + lambda_pix * pCE(pix, seeds)``.
+    """Multi-task PixelCAM loss: ``L_cls(cls, label) + lambda_pix * pCE(pix, seeds)``, ``L_cls`` = CE by default.
 
     Seeds are drawn by ``seeder`` from ``target["cam"]`` at every call, with the image labels (for the
     seeder's negative classes), under ``no_grad``: the CAM is a fixed target.
@@ -76,6 +111,8 @@ class PixelCAMLoss(nn.Module):
               at that resolution.
         generator: optional ``torch.Generator`` (on the CAM's device) passed to the seeder; None uses
             torch's global generator.
+        classification_loss: ``loss(cls logits B x K, labels B)`` of the image head; None is softmax
+            cross-entropy. Give the loss the source model was trained with (e.g. :class:`OneVsRestLoss`).
 
     Forward:
         pred: ``{"cls": B x K logits, "pix": B x 2 x h x w logits}``.
@@ -93,6 +130,7 @@ class PixelCAMLoss(nn.Module):
         lambda_pix: float = 1.0,
         seed_resolution: str = "feature",
         generator: torch.Generator | None = None,
+        classification_loss: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if seed_resolution not in SEED_RESOLUTIONS:
@@ -103,6 +141,7 @@ class PixelCAMLoss(nn.Module):
         self.lambda_pix = float(lambda_pix)
         self.seed_resolution = seed_resolution
         self.generator = generator
+        self.classification_loss = nn.CrossEntropyLoss() if classification_loss is None else classification_loss
         self.pixel_loss = PartialCrossEntropyLoss(ignore_index=getattr(seeder, "ignore_index", -100))
         self._terms: torch.Tensor | None = None
 
@@ -138,7 +177,7 @@ class PixelCAMLoss(nn.Module):
         if self.seed_resolution == "input" and pix_logits.shape[2:] != cam.shape[2:]:
             pix_logits = F.interpolate(pix_logits, size=cam.shape[2:], mode="bilinear", align_corners=False)
 
-        loss_cls = F.cross_entropy(cls_logits, label)
+        loss_cls = self.classification_loss(cls_logits, label)
         loss_pix = self.pixel_loss(pix_logits, seeds)
         with torch.no_grad():
             n_fg = (seeds == 1).sum() / batch

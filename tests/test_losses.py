@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from monai_pixelcam.losses import PartialCrossEntropyLoss, PixelCAMLoss, resize_cam
+from monai_pixelcam.losses import OneVsRestLoss, PartialCrossEntropyLoss, PixelCAMLoss, resize_cam
 from monai_pixelcam.seeding import ProbabilitySeeder, ThresholdSeeder
 
 
@@ -96,6 +96,19 @@ def test_pixelcam_loss_terms_add_up_and_match_direct_computation(resolution):
     ref_cls = F.cross_entropy(pred["cls"], target["label"])
     assert terms["loss_pix"] == pytest.approx(ref_pix.item(), rel=1e-5)
     assert terms["loss_cls"] == pytest.approx(ref_cls.item(), rel=1e-5)
+
+
+def test_pixelcam_loss_uses_the_given_classification_loss():
+    torch.manual_seed(0)
+    net = TinyPixelCAMNet()
+    x, target = batch()
+    pred = net(x)
+    pred["cls"] = pred["cls"] + torch.tensor([[2.0, 1.0], [0.5, -1.0], [1.0, 3.0], [-2.0, 0.0]])
+    loss_fn = PixelCAMLoss(ThresholdSeeder(n_fg=2, n_bg=2), classification_loss=OneVsRestLoss())
+    loss_fn(pred, target)
+    expected = OneVsRestLoss()(pred["cls"], target["label"])
+    assert loss_fn.last_terms["loss_cls"] == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() != pytest.approx(F.cross_entropy(pred["cls"], target["label"]).item(), rel=1e-3)
 
 
 @pytest.mark.parametrize("resolution", ["feature", "input"])

@@ -12,6 +12,9 @@ from monai_pixelcam.cams.extractors import (
     normalize_maps,
 )
 from monai_pixelcam.cams.store import (
+    ORACLE,
+    MaskOracle,
+    store_method_name,
     CAMStore,
     LoadStoredCAMD,
     LoadStoredCAMd,
@@ -36,4 +39,7 @@ __all__ = [
     "LoadStoredCAMD",
     "LoadStoredCAMDict",
     "sha256_file",
+    "MaskOracle",
+    "ORACLE",
+    "store_method_name",
 ]

@@ -18,6 +18,11 @@ deleted after the commit. One builder per root at a time.
 
 A store remembers the checkpoint hash and method it is expected to match; every (re)read of the manifest,
 including in DataLoader workers, checks them, so stale maps are an error rather than silent.
+
+Besides the CAM methods of :mod:`.extractors`, a store can hold the ``"oracle"`` maps of
+:class:`MaskOracle`: each item's ground-truth mask at the model's feature resolution. PixelCAM trained from
+them, through the same store, seeder and schedule, is the ceiling that perfect pseudo-labels reach, so a
+quality table can state how much of the gap a CAM source leaves.
 """
 
 from __future__ import annotations
@@ -40,15 +45,27 @@ from monai.config import KeysCollection
 from monai.data import DataLoader, MetaTensor
 from monai.transforms import MapTransform
 
-from monai_pixelcam.cams.extractors import build_cam, canonical_method_name
+from monai_pixelcam.cams.extractors import CAM, build_cam, canonical_method_name
 from monai_pixelcam.data.atomic import write_json_atomic
 
-__all__ = ["CAMStore", "StaleCAMStoreError", "LoadStoredCAMd", "LoadStoredCAMD", "LoadStoredCAMDict", "sha256_file"]
+__all__ = [
+    "CAMStore",
+    "StaleCAMStoreError",
+    "LoadStoredCAMd",
+    "LoadStoredCAMD",
+    "LoadStoredCAMDict",
+    "MaskOracle",
+    "ORACLE",
+    "sha256_file",
+    "store_method_name",
+]
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _MAPS_PREFIX = "maps-"
 _REQUIRED = ("checkpoint_sha256", "method", "feature_size", "dtype", "maps_dir", "ids")
+#: method name of the ground-truth maps (:class:`MaskOracle`)
+ORACLE = "oracle"
 
 
 class StaleCAMStoreError(ValueError):
@@ -70,6 +87,46 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 def _map_filename(image_id: str) -> str:
     # Percent-encoding keeps any id (slashes, spaces) a single, distinct file name.
     return quote(image_id, safe="") + ".npy"
+
+
+def store_method_name(name: str) -> str:
+    """Canonical name of what a store holds: ``"oracle"`` or a CAM method of :mod:`.extractors` (any case);
+    ValueError listing the choices otherwise."""
+    return ORACLE if str(name).lower() == ORACLE else canonical_method_name(name)
+
+
+class MaskOracle:
+    """Ground-truth masks at the feature resolution of a model: the maps perfect pseudo-labels would be.
+
+    Each feature cell gets the fraction of its footprint that the mask covers (area average, so values stay
+    in [0, 1] and a cell half on a gland edge is 0.5, like a CAM there). The feature size, and the target
+    layer recorded in a store's manifest, come from the model's own forward pass (a :class:`~.extractors.CAM`
+    extraction), so oracle maps have exactly the shape of the CAMs they stand in for.
+
+    Args:
+        model, target_layer: as for a CAM extractor (default target ``model.encoder``).
+
+    Call: ``oracle(x, masks, class_idx=None)`` with ``x`` ``B x 3 x H x W`` and ``masks`` ``B x 1 x H x W``
+    (or ``B x H x W``) in {0, 1}; returns ``B x 1 x h x w`` float32 in [0, 1].
+    """
+
+    name = ORACLE
+
+    def __init__(self, model: nn.Module, target_layer: nn.Module | str | None = None) -> None:
+        self._cam = CAM(model, target_layer)
+        self.target_layer = self._cam.target_layer
+
+    def __call__(self, x: torch.Tensor, masks: torch.Tensor, class_idx=None) -> torch.Tensor:
+        masks = torch.as_tensor(masks).to(device=x.device, dtype=torch.float32)
+        if masks.ndim == 3:
+            masks = masks.unsqueeze(1)
+        if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[0] != x.shape[0] or masks.shape[2:] != x.shape[2:]:
+            raise ValueError(
+                f"MaskOracle: masks must be B x 1 x H x W matching the images {tuple(x.shape)}, "
+                f"got {tuple(masks.shape)}."
+            )
+        size = self._cam(x, class_idx=class_idx).shape[-2:]
+        return F.adaptive_avg_pool2d(masks.clamp(0.0, 1.0), size)
 
 
 def _ids_of(batch_ids) -> list[str]:
@@ -97,7 +154,7 @@ class CAMStore:
     ) -> None:
         self.root = Path(root)
         self.expected_sha256 = checkpoint_sha256
-        self.expected_method = canonical_method_name(method) if method is not None else None
+        self.expected_method = store_method_name(method) if method is not None else None
         self._manifest: dict | None = None
         self._index: dict[str, int] = {}
 
@@ -170,7 +227,7 @@ class CAMStore:
     ) -> None:
         """Raise :class:`StaleCAMStoreError` unless the store matches the checkpoint (file or hash) and method."""
         sha = sha256_file(checkpoint_path) if checkpoint_path is not None else checkpoint_sha256
-        self._check(self.manifest, sha, canonical_method_name(method) if method is not None else None)
+        self._check(self.manifest, sha, store_method_name(method) if method is not None else None)
 
     @property
     def ids(self) -> list[str]:
@@ -222,6 +279,7 @@ class CAMStore:
         label_key: str = "label",
         id_key: str = "id",
         num_workers: int = 0,
+        mask_key: str = "mask",
     ) -> CAMStore:
         """Compute the true-class CAM (``class_idx = label``) of every item at feature resolution and store it.
 
@@ -230,7 +288,8 @@ class CAMStore:
             data: a DataLoader yielding dicts ``{image: B x 3 x H x W, label: B, id: B str}``, or a dataset of
                 such items (wrapped in a ``monai.data.DataLoader`` without shuffling). Use deterministic eval
                 transforms: the maps are stored for the image as the loader gives it.
-            method: "cam", "gradcam", "gradcampp" or "layercam".
+            method: "cam", "gradcam", "gradcampp" or "layercam"; or "oracle" to store the items' ground-truth
+                masks (under ``mask_key``) at feature resolution instead (:class:`MaskOracle`).
             checkpoint_path: the file the model weights came from; its sha256 goes into the manifest.
             batch_size, num_workers: used only when ``data`` is not a DataLoader.
             device: where to compute; the model is moved there. Default: the model's device.
@@ -244,7 +303,7 @@ class CAMStore:
             ValueError: duplicate ids, empty data, or images giving different feature sizes (resize them in
                 the eval transforms).
         """
-        method = canonical_method_name(method)
+        method = store_method_name(method)
         if np.dtype(dtype) not in (np.float16, np.float32):
             raise ValueError(f"dtype must be float16 or float32, got {dtype!r}.")
         sha = sha256_file(checkpoint_path)
@@ -254,7 +313,8 @@ class CAMStore:
         loader = data if isinstance(data, DataLoader) else DataLoader(
             data, batch_size=batch_size, shuffle=False, num_workers=num_workers
         )
-        extractor = build_cam(method, model, target_layer)
+        extractor = MaskOracle(model, target_layer) if method == ORACLE else build_cam(method, model, target_layer)
+        needed = (image_key, label_key, id_key) + ((mask_key,) if method == ORACLE else ())
         layer_name = next(n for n, m in model.named_modules() if m is extractor.target_layer)
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -267,13 +327,16 @@ class CAMStore:
         feature_size = image_size = None
         try:
             for batch in loader:
-                for key in (image_key, label_key, id_key):
+                for key in needed:
                     if key not in batch:
                         raise KeyError(f"CAMStore.build: batch has no {key!r} key (keys: {sorted(batch)}).")
                 images = torch.as_tensor(batch[image_key]).to(device=device, dtype=torch.float32)
                 labels = torch.as_tensor(batch[label_key]).reshape(-1).to(device)
                 batch_ids = _ids_of(batch[id_key])
-                maps = extractor(images, class_idx=labels)
+                if method == ORACLE:
+                    maps = extractor(images, batch[mask_key], class_idx=labels)
+                else:
+                    maps = extractor(images, class_idx=labels)
                 if feature_size is None:
                     feature_size, image_size = list(maps.shape[-2:]), list(images.shape[-2:])
                 elif list(maps.shape[-2:]) != feature_size:
