@@ -261,3 +261,31 @@ def test_no_bundle_file_over_the_model_zoos_size_limit():
     assert tracked, "the bundle's files are tracked by git"
     sizes = {name: (ROOT / name).stat().st_size // 1024 for name in tracked if (ROOT / name).is_file()}
     assert {name: kb for name, kb in sizes.items() if kb > 1024} == {}
+
+
+def test_options_precise_bn_oracle_seed_maps_and_positive_evidence_head(tiny_glas, tmp_path):
+    """The issue-10 switches are config items: BatchNorm statistics recomputed before the source validators,
+    seeds drawn from the ground-truth masks (the ceiling), the positive-evidence head with its one-vs-rest loss."""
+    from monai_pixelcam.cams import CAMStore
+
+    overrides = {
+        **TINY_BUNDLE, "source_epochs": 1, "pixelcam_epochs": 1, "precise_bn": True, "seed_maps": "oracle",
+        "head": "positive_evidence", "classification_loss#_target_": "monai_pixelcam.losses.OneVsRestLoss",
+    }
+    workflow = ConfigWorkflow(
+        config_file=TRAIN, workflow_type=None, logging_file=False, bundle_root=str(tmp_path),
+        datalist=str(tiny_glas), **overrides,
+    )
+    workflow.initialize()
+    for step in ("train_source", "store_cams", "train_pixelcam"):
+        workflow.parser.get_parsed_content(step)
+    network = workflow.parser.get_parsed_content("network_def")
+    assert type(network.image_head).__name__ == "PositiveEvidenceHead"
+    assert type(workflow.parser.get_parsed_content("loss").classification_loss).__name__ == "OneVsRestLoss"
+    precise_bn = workflow.parser.get_parsed_content("source#precise_bn")
+    for validator in ("source#validate#evaluator", "source#validate#valcl#evaluator"):
+        assert workflow.parser.get_parsed_content(validator).has_event_handler(precise_bn)
+    models = tmp_path / "models"
+    store = CAMStore.open(models / "cams", checkpoint_path=models / "source_bloc.pt", method="oracle")
+    assert len(store.ids) == len(json.loads(Path(tiny_glas).read_text())["train"])
+    assert (models / "pixelcam_bloc.pt").is_file()

@@ -1,9 +1,11 @@
 """Ignite handlers that observe training, as the bundle configs list them: loss terms, non-finite stops,
-validation every N epochs and at the end, a progress bar, atomic checkpoints, TensorBoard maps."""
+validation every N epochs and at the end, BatchNorm statistics recomputed before validation, a progress bar,
+atomic checkpoints, TensorBoard maps."""
 
 from .checkpoint import AtomicCheckpointSaver, InitFromSource
 from .loss_terms import LossTermsHandler, loss_terms_transform
 from .nan_guard import StopOnNonFiniteLoss
+from .precise_bn import PreciseBatchNorm
 from .progress import ProgressBarHandler
 from .resume import ResumeCheckpoint
 from .tensorboard import TensorBoardMapHandler
@@ -15,6 +17,7 @@ __all__ = [
     "LossTermsHandler",
     "loss_terms_transform",
     "StopOnNonFiniteLoss",
+    "PreciseBatchNorm",
     "PeriodicValidationHandler",
     "ProgressBarHandler",
     "ResumeCheckpoint",

@@ -15,6 +15,7 @@ import torch.nn as nn
 from monai.utils import look_up_option
 
 from .encoders import VGG16Encoder, ViTTinyEncoder, resnet18, resnet18_slim, resnet50
+from .evidence import PositiveEvidenceHead
 from .heads import CAMHead, DeepMILHead, PixelHead
 from .pixelcam import PixelCAMLocalizer, PixelCAMNet
 from .weights import load_torchvision_weights
@@ -38,7 +39,11 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "vit_tiny": ViTTinyEncoder,
 }
 
-HEADS: dict[str, Callable[..., nn.Module]] = {"cam": CAMHead, "deepmil": DeepMILHead}
+HEADS: dict[str, Callable[..., nn.Module]] = {
+    "cam": CAMHead,
+    "deepmil": DeepMILHead,
+    "positive_evidence": PositiveEvidenceHead,
+}
 
 
 def _lookup(table: dict[str, Callable[..., nn.Module]], name: str, what: str) -> Callable[..., nn.Module]:
