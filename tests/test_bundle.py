@@ -160,7 +160,7 @@ def test_verify_net_in_out_and_torchscript_export(trained_bundle, tmp_path):
         torch.testing.assert_close(exported(x), net.eval()(x))
 
 
-def test_standard_ids_and_properties_of_train_and_infer_workflows(tiny_glas, tmp_path):
+def test_standard_ids_and_properties_of_train_and_infer_workflows(tiny_glas, trained_bundle, tmp_path):
     train = ConfigWorkflow(
         config_file=TRAIN, workflow_type="train", logging_file=False, bundle_root=str(tmp_path),
         datalist=str(tiny_glas), **TINY_BUNDLE,
@@ -174,7 +174,18 @@ def test_standard_ids_and_properties_of_train_and_infer_workflows(tiny_glas, tmp
         "source#train#trainer": "SupervisedTrainer", "source#validate#evaluator": "SupervisedEvaluator",
     }.items():
         assert type(train.parser.get_parsed_content(item)).__name__ == kind, item
-    infer = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer", logging_file=False)
+    untrained = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"), workflow_type="infer", logging_file=False,
+        model_dir=str(tmp_path / "no_models"),
+    )
+    untrained.initialize()
+    with pytest.raises(RuntimeError) as error:  # no trained model: the cause names the folder and the fix
+        untrained.check_properties()
+    assert isinstance(error.value.__cause__, FileNotFoundError) and "no_models" in str(error.value.__cause__)
+    infer = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"), workflow_type="infer", logging_file=False,
+        model_dir=str(trained_bundle / "models"),
+    )
     infer.initialize()
     assert infer.check_properties() == []
     assert type(infer.parser.get_parsed_content("evaluator")).__name__ == "SupervisedEvaluator"
