@@ -21,7 +21,9 @@ Further settings, all on synthetic GlaS, tested on its test split only:
 - the ablations, each switch changed on its own from the defaults: ``glas_precise_bn`` (BatchNorm statistics
   of the source recomputed before each validation: the source then classifies on every seed) and
   ``glas_otsu5`` (the reference's seeding, Otsu 5 + 5, instead of the default 16 + 16); both are options, not
-  defaults, because PixelCAM's valpx PxAP did not rise with them (see the bundle README).
+  defaults, because PixelCAM's valpx PxAP did not rise with them (see the bundle README);
+  ``glas_bloc_ungated`` (the reference's B-LOC, on valpx PxAP alone, instead of the default B-LOC among the
+  checkpoints whose valcl accuracy is within ``bloc_accuracy_margin`` of the best so far).
 
 The tables give, next to the models, the constant-map baseline (a map equal everywhere scores the mask
 fraction: the PxAP floor) per class of the test split.
@@ -69,6 +71,7 @@ SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     # ablations: each switch changed on its own from the defaults
     "glas_precise_bn": ("glas", {"precise_bn": True}, ()),
     "glas_otsu5": ("glas", {"seeder#n_fg": 5, "seeder#n_bg": 5}, ()),
+    "glas_bloc_ungated": ("glas", {"bloc_accuracy_margin": None}, ()),
 }
 EXTERNAL_NAMES = {"camelyon": "camelyon_ood", "glas": "glas_ood", "glas_stain": "glas_stain_shifted"}
 
@@ -261,6 +264,8 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", nargs="+", default=["glas", "glas_noaug", "camelyon"])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="bundle overrides for every run")
     parser.add_argument("--update-docs", action="store_true", help="write the table into the bundle's README")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in OUT/quality.json (same overrides) and train only the others")
     parser.add_argument("--render", type=Path, nargs="+", metavar="DIR",
                         help="only render the quality.json of these result folders (no training)")
     args = parser.parse_args(argv)
@@ -275,11 +280,19 @@ def main(argv=None) -> int:
     data = _datasets(args.out / "data", seed=0)
     results: dict = {"overrides": overrides, "seeds": args.seeds, "stain_shift": STAIN_SHIFT, "runs": {},
                      "settings": {}, "constant_map": {}}
+    previous = args.out / "quality.json"
+    if args.resume and previous.is_file():
+        done = json.loads(previous.read_text())
+        if done["overrides"] != overrides:
+            raise ValueError(f"--resume: {previous} was run with overrides {done['overrides']}, not {overrides}")
+        results["runs"] = done["runs"]
     for setting in args.settings:
         data_name, extra, externals = SETTINGS[setting]
         results["settings"][setting] = extra
         results["constant_map"][data_name] = constant_map_pxap(data[data_name])
         for seed in args.seeds:
+            if f"{setting}/seed{seed}" in results["runs"]:
+                continue
             run_dir = args.out / "runs" / f"{setting}_seed{seed}"
             shutil.rmtree(run_dir, ignore_errors=True)
             seconds = _train(run_dir, data[data_name], seed, {**overrides, **extra})

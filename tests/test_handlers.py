@@ -12,6 +12,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
 from monai_pixelcam.handlers import (
+    AccuracyGatedMetric,
     AtomicCheckpointSaver,
     InitFromSource,
     LossTermsHandler,
@@ -223,6 +224,45 @@ def test_atomic_saver_failed_write_keeps_previous_best(tmp_path, monkeypatch):
     # the previous complete files are intact, and no temporary file remains
     assert _saved_epoch(tmp_path / "best.pt") == 2.0 and _saved_epoch(tmp_path / "last.pt") == 2.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+@pytest.mark.parametrize("margin, best_epoch", [(0.05, 4), (None, 2)])
+def test_bloc_among_checkpoints_that_classify(tmp_path, margin, best_epoch):
+    """B-LOC keyed on the gated score skips the epoch that localizes best while classifying at chance."""
+    accuracy = [1.0, 0.5, 0.9, 0.96]  # epoch 2 at chance, epoch 3 more than 5 points below the best (epoch 1)
+    net = _tiny_net(0)
+    engine = _saving_engine(net, [0.3, 0.9, 0.8, 0.5])  # epoch 2 localizes best, epoch 4 best of the rest
+    valcl = Engine(lambda e, b: None)
+    engine.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: valcl.state.metrics.update(valcl_accuracy=accuracy[e.state.epoch - 1])
+    )
+    gate = AccuracyGatedMetric(valcl, metric_name="score", gated_name="score_gated", margin=margin)
+    gate.attach(engine)
+    AtomicCheckpointSaver(
+        save_dir=str(tmp_path), save_dict={"network": net}, save_key_metric=True, key_metric_name="score_gated",
+        key_metric_filename="best.pt",
+    ).attach(engine)
+    gated = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: gated.append(e.state.metrics["score_gated"]))
+    engine.run([0], max_epochs=4)
+    assert _saved_epoch(tmp_path / "best.pt") == best_epoch
+    if margin is None:
+        assert gated == [0.3, 0.9, 0.8, 0.5]
+    else:
+        assert gated == [0.3, -math.inf, -math.inf, 0.5] and gate.state_dict() == {"best_accuracy": 1.0}
+        restored = AccuracyGatedMetric(valcl, margin=margin)
+        restored.load_state_dict(gate.state_dict())  # a resumed run keeps the best accuracy so far
+        assert restored.best_accuracy == 1.0
+
+
+def test_accuracy_gate_needs_the_accuracy_first():
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(valpx_pxap=0.5))
+    AccuracyGatedMetric(Engine(lambda e, b: None)).attach(engine)
+    with pytest.raises(RuntimeError, match="valcl_accuracy"):
+        engine.run([0], max_epochs=1)
+    with pytest.raises(ValueError, match="margin"):
+        AccuracyGatedMetric(engine, margin=5)
 
 
 def test_init_from_source_loads_at_start(tmp_path):

@@ -1,6 +1,6 @@
 """Ignite handlers that observe training, as the bundle configs list them: loss terms, non-finite stops,
-validation every N epochs and at the end, BatchNorm statistics recomputed before validation, a progress bar,
-atomic checkpoints, TensorBoard maps."""
+validation every N epochs and at the end, B-LOC gated by accuracy, BatchNorm statistics recomputed before
+validation, a progress bar, atomic checkpoints, TensorBoard maps."""
 
 from .checkpoint import AtomicCheckpointSaver, InitFromSource
 from .loss_terms import LossTermsHandler, loss_terms_transform
@@ -8,10 +8,12 @@ from .nan_guard import StopOnNonFiniteLoss
 from .precise_bn import PreciseBatchNorm
 from .progress import ProgressBarHandler
 from .resume import ResumeCheckpoint
+from .selection import AccuracyGatedMetric
 from .tensorboard import TensorBoardMapHandler
 from .validation import PeriodicValidationHandler
 
 __all__ = [
+    "AccuracyGatedMetric",
     "AtomicCheckpointSaver",
     "InitFromSource",
     "LossTermsHandler",
