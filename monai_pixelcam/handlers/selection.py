@@ -21,8 +21,9 @@ class AccuracyGatedMetric:
     The reference protocol has no such gate; ``margin=None`` turns it off (``gated_name`` = ``metric_name``).
 
     The threshold is the best accuracy *so far* (a saver decides at each validation), so it only rises; the
-    first validation always passes it. Attach after the validator's metrics and before its checkpoint saver:
-    handlers of an Ignite event run in the order they are attached.
+    first validation always passes it. Handlers of an Ignite event run in the order they are attached: attach
+    it after the validator's metrics (a MONAI evaluator attaches them at construction) and before its saver
+    and stats handlers (the bundle lists it first), so that they all see this validation's value.
 
     Args:
         accuracy_validator: the evaluator whose ``state.metrics[accuracy_name]`` is the accuracy, run before
