@@ -226,7 +226,8 @@ def render_comparison(results: dict) -> list[str]:
         lines.append(
             f"| {setting} | {extra.get('seed_maps', method)} | {_summary([f['pxap'] for f in source])} | "
             f"{_summary([f['pxap'] for f in pixelcam])} | {gain} | {per_class(source)} | {per_class(pixelcam)} | "
-            f"{_summary([f['accuracy'] for f in source])} / {_summary([f['accuracy'] for f in pixelcam])} | "
+            f"{_summary([f['accuracy'] for f in source])} (min {min(f['accuracy'] for f in source):.1f}) / "
+            f"{_summary([f['accuracy'] for f in pixelcam])} (min {min(f['accuracy'] for f in pixelcam):.1f}) | "
             f"{_summary([f['valpx_pxap'] for f in pixelcam])} |"
         )
     return lines
