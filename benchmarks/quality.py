@@ -23,7 +23,8 @@ Further settings, all on synthetic GlaS, tested on its test split only:
   ``glas_otsu5`` (the reference's seeding, Otsu 5 + 5, instead of the default 16 + 16); both are options, not
   defaults, because PixelCAM's valpx PxAP did not rise with them (see the bundle README);
   ``glas_bloc_ungated`` (the reference's B-LOC, on valpx PxAP alone, instead of the default B-LOC among the
-  checkpoints whose valcl accuracy is within ``bloc_accuracy_margin`` of the best so far).
+  checkpoints whose valcl accuracy is within ``bloc_accuracy_margin`` of the best so far), and the same for
+  the DeepMIL source (``glas_deepmil_bloc_ungated``), whose classifier is the less stable one.
 
 The tables give, next to the models, the constant-map baseline (a map equal everywhere scores the mask
 fraction: the PxAP floor) per class of the test split.
@@ -72,6 +73,7 @@ SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "glas_precise_bn": ("glas", {"precise_bn": True}, ()),
     "glas_otsu5": ("glas", {"seeder#n_fg": 5, "seeder#n_bg": 5}, ()),
     "glas_bloc_ungated": ("glas", {"bloc_accuracy_margin": None}, ()),
+    "glas_deepmil_bloc_ungated": ("glas", {"head": "deepmil", "bloc_accuracy_margin": None}, ()),
 }
 EXTERNAL_NAMES = {"camelyon": "camelyon_ood", "glas": "glas_ood", "glas_stain": "glas_stain_shifted"}
 
