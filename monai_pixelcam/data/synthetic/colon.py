@@ -12,7 +12,9 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .draw import chromatin, harmonics, paint, sample_pixels, smooth_noise, stamp, star_region, wobble, grid
+from .draw import (
+    chromatin, grid, harmonics, paint, sample_pixels, smooth_noise, stamp, star_region, thinned_round_nuclei, wobble,
+)
 
 __all__ = ["glas_tissue"]
 
@@ -46,13 +48,7 @@ def _colon_stroma(rng, shape, s):
     cell_map = np.clip(0.5 + 0.5 * smooth_noise(rng, shape, 45 * s) + rng.uniform(-0.6, 0.4), 0, 1)
     n_inf = rng.poisson(rng.uniform(20, 160))
     cy, cx = rng.uniform(0, h, n_inf), rng.uniform(0, w, n_inf)
-    ok = rng.uniform(0, 1, n_inf) < cell_map[cy.astype(int), cx.astype(int)]
-    cy, cx = cy[ok], cx[ok]
-    n = cy.size
-    r = rng.uniform(1.9, 2.7, n) * s
-    cov, den = stamp(
-        shape, cy, cx, r, r * rng.uniform(0.8, 1.0, n), rng.uniform(0, math.pi, n), rng.uniform(1.2, 1.7, n)
-    )
+    cov, den = thinned_round_nuclei(rng, shape, cy, cx, cell_map, (1.9, 2.7), (1.2, 1.7), s)
     paint(hh, e, cov, den * texture, 0.15)
     return hh, e
 

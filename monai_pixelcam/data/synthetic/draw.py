@@ -151,6 +151,19 @@ def jittered_grid(rng, shape, spacing, jitter):
     return cy, cx
 
 
+def thinned_round_nuclei(rng, shape, cy, cx, density: np.ndarray, radius, darkness, scale: float = 1.0):
+    """Keep each candidate centre with the probability ``density`` (H x W, in [0, 1]) has there, then stamp
+    near-round nuclei of radius ``radius`` (low, high) x ``scale`` px, aspect 0.8-1, any orientation, stain
+    density ``darkness`` (low, high): :func:`stamp`'s (coverage, density) maps."""
+    h, w = shape
+    iy, ix = cy.astype(int).clip(0, h - 1), cx.astype(int).clip(0, w - 1)
+    keep = rng.uniform(0, 1, cy.size) < density[iy, ix]
+    cy, cx = cy[keep], cx[keep]
+    n = cy.size
+    r = rng.uniform(*radius, n) * scale
+    return stamp(shape, cy, cx, r, r * rng.uniform(0.8, 1.0, n), rng.uniform(0, math.pi, n), rng.uniform(*darkness, n))
+
+
 def sample_pixels(rng, region: np.ndarray, count: int):
     """``count`` random sub-pixel positions inside the boolean ``region``: (cy, cx) float32."""
     idx = np.flatnonzero(region)

@@ -12,7 +12,9 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .draw import chromatin, harmonics, jittered_grid, paint, smooth_noise, stamp, star_region, wobble
+from .draw import (
+    chromatin, harmonics, jittered_grid, paint, smooth_noise, stamp, star_region, thinned_round_nuclei, wobble,
+)
 
 __all__ = ["camelyon_tissue"]
 
@@ -26,14 +28,7 @@ def _lymph_node(rng, shape, s):
     spacing = rng.uniform(5.6, 7.0) * s
     cy, cx = jittered_grid(rng, shape, spacing, 0.38)
     density = np.clip(0.9 + 0.35 * smooth_noise(rng, shape, 55 * s) + rng.uniform(-0.25, 0.1), 0.2, 1.0)
-    iy, ix = cy.astype(int).clip(0, h - 1), cx.astype(int).clip(0, w - 1)
-    keep = rng.uniform(0, 1, cy.size) < density[iy, ix]
-    cy, cx = cy[keep], cx[keep]
-    n = cy.size
-    r = rng.uniform(2.2, 3.0, n) * s
-    cov, den = stamp(
-        shape, cy, cx, r, r * rng.uniform(0.8, 1.0, n), rng.uniform(0, math.pi, n), rng.uniform(1.3, 1.9, n)
-    )
+    cov, den = thinned_round_nuclei(rng, shape, cy, cx, density, (2.2, 3.0), (1.3, 1.9), s)
     paint(hh, e, cov, den * texture, 0.1)
     # histiocytes / centroblasts: single pale larger nuclei with pink cytoplasm (distractors)
     n_hist = rng.poisson(rng.uniform(1, 14))
