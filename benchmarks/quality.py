@@ -74,6 +74,11 @@ SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "glas_otsu5": ("glas", {"seeder#n_fg": 5, "seeder#n_bg": 5}, ()),
     "glas_bloc_ungated": ("glas", {"bloc_accuracy_margin": None}, ()),
     "glas_deepmil_bloc_ungated": ("glas", {"head": "deepmil", "bloc_accuracy_margin": None}, ()),
+    # seeds from cross-class distinctiveness (alone, and combined with the CAM)
+    "glas_distinct": ("glas", {"seed_maps": "distinct"}, ("camelyon", "glas_stain")),
+    "camelyon_distinct": ("camelyon", {"seed_maps": "distinct"}, ("glas",)),
+    "glas_cam_distinct": ("glas", {"seed_maps": "cam+distinct"}, ("camelyon", "glas_stain")),
+    "camelyon_cam_distinct": ("camelyon", {"seed_maps": "cam+distinct"}, ("glas",)),
 }
 EXTERNAL_NAMES = {"camelyon": "camelyon_ood", "glas": "glas_ood", "glas_stain": "glas_stain_shifted"}
 

@@ -1,4 +1,5 @@
-"""CAM extractors (CAM, GradCAM, GradCAM++, LayerCAM) and the stored-CAM cache of a source model."""
+"""CAM extractors (CAM, GradCAM, GradCAM++, LayerCAM), cross-class distinctiveness maps, and the stored-CAM
+cache of a source model."""
 
 from monai_pixelcam.cams.extractors import (
     CAM,
@@ -11,6 +12,7 @@ from monai_pixelcam.cams.extractors import (
     canonical_method_name,
     normalize_maps,
 )
+from monai_pixelcam.cams.distinct import DISTINCT, CrossClassDistinctiveness, DistinctCAM, build_distinct
 from monai_pixelcam.cams.store import (
     ORACLE,
     MaskOracle,
@@ -33,6 +35,10 @@ __all__ = [
     "build_cam",
     "canonical_method_name",
     "normalize_maps",
+    "DISTINCT",
+    "CrossClassDistinctiveness",
+    "DistinctCAM",
+    "build_distinct",
     "CAMStore",
     "StaleCAMStoreError",
     "LoadStoredCAMd",

@@ -19,7 +19,9 @@ deleted after the commit. One builder per root at a time.
 A store remembers the checkpoint hash and method it is expected to match; every (re)read of the manifest,
 including in DataLoader workers, checks them, so stale maps are an error rather than silent.
 
-Besides the CAM methods of :mod:`.extractors`, a store can hold the ``"oracle"`` maps of
+Besides the CAM methods of :mod:`.extractors`, a store can hold the maps of :mod:`.distinct` (``"distinct"``,
+``"<cam method>+distinct"``: computed after one pass over the same data to sample the feature banks), and the
+``"oracle"`` maps of
 :class:`MaskOracle`: each item's ground-truth mask at the model's feature resolution. PixelCAM trained from
 them, through the same store, seeder and schedule, is the ceiling that perfect pseudo-labels reach, so a
 quality table can state how much of the gap a CAM source leaves.
@@ -45,6 +47,7 @@ from monai.config import KeysCollection
 from monai.data import DataLoader, MetaTensor
 from monai.transforms import MapTransform
 
+from monai_pixelcam.cams.distinct import build_distinct, distinct_method_name
 from monai_pixelcam.cams.extractors import CAM, build_cam, canonical_method_name
 from monai_pixelcam.data.atomic import write_json_atomic
 
@@ -90,9 +93,12 @@ def _map_filename(image_id: str) -> str:
 
 
 def store_method_name(name: str) -> str:
-    """Canonical name of what a store holds: ``"oracle"`` or a CAM method of :mod:`.extractors` (any case);
-    ValueError listing the choices otherwise."""
-    return ORACLE if str(name).lower() == ORACLE else canonical_method_name(name)
+    """Canonical name of what a store holds (any case): ``"oracle"``, a CAM method of :mod:`.extractors`,
+    ``"distinct"`` or ``"<cam method>+distinct"`` (:mod:`.distinct`); ValueError listing the CAM methods
+    otherwise."""
+    if str(name).lower() == ORACLE:
+        return ORACLE
+    return distinct_method_name(name) or canonical_method_name(name)
 
 
 class MaskOracle:
@@ -280,6 +286,7 @@ class CAMStore:
         id_key: str = "id",
         num_workers: int = 0,
         mask_key: str = "mask",
+        distinct_kwargs: Mapping | None = None,
     ) -> CAMStore:
         """Compute the true-class CAM (``class_idx = label``) of every item at feature resolution and store it.
 
@@ -288,13 +295,17 @@ class CAMStore:
             data: a DataLoader yielding dicts ``{image: B x 3 x H x W, label: B, id: B str}``, or a dataset of
                 such items (wrapped in a ``monai.data.DataLoader`` without shuffling). Use deterministic eval
                 transforms: the maps are stored for the image as the loader gives it.
-            method: "cam", "gradcam", "gradcampp" or "layercam"; or "oracle" to store the items' ground-truth
-                masks (under ``mask_key``) at feature resolution instead (:class:`MaskOracle`).
+            method: "cam", "gradcam", "gradcampp" or "layercam"; "distinct" or "<cam method>+distinct" (the
+                maps of :mod:`.distinct`, whose feature banks come from a first pass over ``data``); or
+                "oracle" to store the items' ground-truth masks (under ``mask_key``) at feature resolution
+                instead (:class:`MaskOracle`).
             checkpoint_path: the file the model weights came from; its sha256 goes into the manifest.
             batch_size, num_workers: used only when ``data`` is not a DataLoader.
             device: where to compute; the model is moved there. Default: the model's device.
             target_layer: passed to the extractor (default ``model.encoder``).
             dtype: "float16" or "float32" on disk; :meth:`load` always returns float32.
+            distinct_kwargs: for a distinctiveness method, arguments of
+                :func:`~monai_pixelcam.cams.distinct.build_distinct` (``distinct_layer``, ``k``, ``bank_size``).
 
         Returns:
             ``self``, now expecting this checkpoint and method.
@@ -313,7 +324,16 @@ class CAMStore:
         loader = data if isinstance(data, DataLoader) else DataLoader(
             data, batch_size=batch_size, shuffle=False, num_workers=num_workers
         )
-        extractor = MaskOracle(model, target_layer) if method == ORACLE else build_cam(method, model, target_layer)
+        if method == ORACLE:
+            extractor = MaskOracle(model, target_layer)
+        elif distinct_method_name(method):
+            extractor = build_distinct(method, model, target_layer, **(distinct_kwargs or {}))
+            extractor.fit(
+                (torch.as_tensor(b[image_key]).to(device=device, dtype=torch.float32), torch.as_tensor(b[label_key]))
+                for b in loader
+            )
+        else:
+            extractor = build_cam(method, model, target_layer)
         needed = (image_key, label_key, id_key) + ((mask_key,) if method == ORACLE else ())
         layer_name = next(n for n, m in model.named_modules() if m is extractor.target_layer)
 

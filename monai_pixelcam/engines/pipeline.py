@@ -35,12 +35,16 @@ SELECTIONS = ("bloc", "bcl")
 def store_cams(
     network: torch.nn.Module, checkpoint: str | os.PathLike, loader, store_dir: str | os.PathLike, method: str,
     device: str | torch.device = "cpu",
+    distinct_kwargs: dict | None = None,
 ) -> CAMStore:
     """Load the source ``checkpoint`` into ``network`` and store the true-class CAM of every image of
     ``loader`` (deterministic eval transforms) under ``store_dir``; the manifest records the checkpoint's
-    sha256 and ``method`` so that a later stage cannot read stale maps."""
+    sha256 and ``method`` so that a later stage cannot read stale maps. ``distinct_kwargs``: see
+    :meth:`CAMStore.build` (used by the ``distinct`` methods only)."""
     load_checkpoint(network, checkpoint)
-    store = CAMStore(store_dir).build(network, loader, method, checkpoint, device=device)
+    store = CAMStore(store_dir).build(
+        network, loader, method, checkpoint, device=device, distinct_kwargs=distinct_kwargs
+    )
     logger.info(f"stored {len(store)} {method} maps of {checkpoint} in {store_dir}")
     return store
 
