@@ -79,6 +79,8 @@ SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "camelyon_distinct": ("camelyon", {"seed_maps": "distinct"}, ("glas",)),
     "glas_cam_distinct": ("glas", {"seed_maps": "cam+distinct"}, ("camelyon", "glas_stain")),
     "camelyon_cam_distinct": ("camelyon", {"seed_maps": "cam+distinct"}, ("glas",)),
+    "glas_auto": ("glas", {"seed_maps": "auto"}, ("camelyon", "glas_stain")),
+    "camelyon_auto": ("camelyon", {"seed_maps": "auto"}, ("glas",)),
 }
 EXTERNAL_NAMES = {"camelyon": "camelyon_ood", "glas": "glas_ood", "glas_stain": "glas_stain_shifted"}
 

@@ -1,5 +1,6 @@
 """Cross-class distinctiveness maps (``seed_maps: distinct`` / ``<cam>+distinct``): the cells a class does not
-share with the other classes light up, tissue every class shows does not."""
+share with the other classes light up, tissue every class shows does not. And ``seed_maps: auto``: per class,
+the method whose maps localize best on valpx."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.nn as nn
 from monai.bundle import ConfigWorkflow
 
 from monai_pixelcam.cams import CAMStore, normalize_maps, store_method_name
+from monai_pixelcam.cams.auto import ValpxSelectedMaps
 from monai_pixelcam.cams.distinct import CrossClassDistinctiveness, DistinctCAM
 from monai_pixelcam.networks.heads import CAMHead
 
@@ -139,17 +141,79 @@ def test_store_holds_distinct_maps(tmp_path, data):
         torch.testing.assert_close(store.load(it["id"]), direct(it["image"][None], [it["label"]])[0], atol=1e-5, rtol=0)
 
 
-def test_bundle_stores_distinct_seed_maps(trained_bundle, tiny_glas, tmp_path):
-    """``--seed_maps cam+distinct`` through the bundle's own CAM writer, from its trained source model."""
+def pixel_mask(cell_mask: torch.Tensor) -> torch.Tensor:
+    return cell_mask.repeat_interleave(CELL, 0).repeat_interleave(CELL, 1)[None].float()
+
+
+def valpx_batches(items):
+    yield (torch.stack([it["image"] for it in items]), torch.stack([pixel_mask(it["cell_mask"]) for it in items]),
+           torch.tensor([it["label"] for it in items]))
+
+
+def diffuse_class0_cam_model() -> ColourNet:
+    model = ColourNet().eval()
+    with torch.no_grad():
+        # class 0's CAM lights the shared tissue, class 1's its own ROI
+        model.image_head.fc.weight.copy_(torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    return model
+
+
+def test_auto_chooses_per_class_on_valpx(data):
+    auto = ValpxSelectedMaps(diffuse_class0_cam_model(), candidates=("cam", "distinct"), k=5).fit(batches(data))
+    with pytest.raises(RuntimeError, match="call select"):
+        auto(data[0]["image"][None], [0])
+    choice = auto.select(valpx_batches(data[:4]))
+    scores = auto.report["valpx_pxap"]
+    # class 0: the CAM misses its ROI, distinctiveness finds it; class 1: both find it, the first candidate wins
+    assert choice == {0: "distinct", 1: "cam"}, scores
+    assert scores["0"]["distinct"] > 95 > 60 > scores["0"]["cam"] and scores["1"]["cam"] > 95
+    x = torch.stack([data[4]["image"], data[5]["image"]])
+    out = auto(x, [0, 1])
+    torch.testing.assert_close(out[:1], auto.extractors["distinct"](x[:1], [0]))
+    torch.testing.assert_close(out[1:], auto.extractors["cam"](x[1:], class_idx=[1]))
+    # a class valpx cannot judge (no image of it there) gets the first candidate
+    assert auto.select(valpx_batches(data[:4:2])) == {0: "distinct"}
+    torch.testing.assert_close(auto(x[1:], [1]), auto.extractors["cam"](x[1:], class_idx=[1]))
+    with pytest.raises(ValueError, match="candidates must be distinct method names"):
+        ValpxSelectedMaps(ColourNet(), candidates=("cam", "CAM"))
+
+
+def test_store_auto_records_its_choice(tmp_path, data):
+    model = diffuse_class0_cam_model()
+    checkpoint = tmp_path / "source.pt"
+    torch.save(model.state_dict(), checkpoint)
+    items = [{k: v for k, v in it.items() if k != "cell_mask"} for it in data]
+    valpx = [{"image": it["image"], "mask": pixel_mask(it["cell_mask"]), "label": it["label"]} for it in data[:4]]
+    kwargs = dict(distinct_kwargs={"k": 5}, candidates=("cam", "distinct"))
+    with pytest.raises(ValueError, match="method 'auto' chooses the maps on valpx; pass selection_data"):
+        CAMStore(tmp_path / "store").build(model, items, "auto", checkpoint, **kwargs)
+    assert not (tmp_path / "store" / "manifest.json").exists()
+    loader = torch.utils.data.DataLoader(valpx, batch_size=2)
+    store = CAMStore(tmp_path / "store").build(model, items, "AUTO", checkpoint, selection_data=loader, **kwargs)
+    assert store.manifest["method"] == "auto"
+    assert store.manifest["selection"]["choice"] == {"0": "distinct", "1": "cam"}
+
+
+@pytest.mark.parametrize("seed_maps", ["cam+distinct", "auto"])
+def test_bundle_stores_distinct_seed_maps(trained_bundle, tiny_glas, tmp_path, seed_maps):
+    """``--seed_maps cam+distinct`` and ``auto`` through the bundle's own CAM writer (``auto`` chooses on the
+    bundle's valpx), from its trained source model."""
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"), workflow_type=None, logging_file=False,
         bundle_root=str(trained_bundle), datalist=str(tiny_glas), cam_store_dir=str(tmp_path / "cams"),
-        seed_maps="cam+distinct", **TINY_BUNDLE,
+        seed_maps=seed_maps, **TINY_BUNDLE,
     )
     workflow.initialize()
     store = workflow.parser.get_parsed_content("cams#writer")()
     cams = CAMStore.open(trained_bundle / "models" / "cams")
-    assert store.manifest["method"] == "cam+distinct"
+    assert store.manifest["method"] == seed_maps
     assert store.ids == cams.ids and store.manifest["feature_size"] == cams.manifest["feature_size"]
     maps = torch.stack([store.load(i) for i in store.ids])
-    assert maps.amin(dim=(1, 2, 3)).eq(0).all() and maps.amax(dim=(1, 2, 3)).eq(1).all()
+    assert maps.amin(dim=(1, 2, 3)).eq(0).all() and maps.le(1).all()
+    if seed_maps == "cam+distinct":  # where the tiny model's CAM is constant, the distinctiveness map stands
+        assert maps.amax(dim=(1, 2, 3)).eq(1).all()
+    else:
+        valpx_classes = {str(it["label"]) for it in json.loads(tiny_glas.read_text())["valpx"]}
+        selection = store.manifest["selection"]
+        assert set(selection["choice"]) == valpx_classes
+        assert set(selection["valpx_pxap"]["0"]) == {"cam", "distinct", "cam+distinct"}

@@ -174,6 +174,7 @@ class DistinctCAM:
         model: the source classifier.
         target_layer: the CAM's target layer (default ``model.encoder``).
         distinct_layer, k, bank_size, seed: of the distinctiveness map.
+        distinct: an existing distinctiveness map to share instead (then the four above are unused).
 
     Call (after :meth:`fit`): ``maps(x, class_idx)`` -> ``B x 1 x h x w`` float32 in [0, 1].
     """
@@ -187,9 +188,10 @@ class DistinctCAM:
         k: int = 50,
         bank_size: int = 65536,
         seed: int = 0,
+        distinct: CrossClassDistinctiveness | None = None,
     ) -> None:
         self.cam = build_cam(method, model, target_layer)
-        self.distinct = CrossClassDistinctiveness(model, distinct_layer, k=k, bank_size=bank_size, seed=seed)
+        self.distinct = distinct or CrossClassDistinctiveness(model, distinct_layer, k=k, bank_size=bank_size, seed=seed)
         self.name = f"{self.cam.name}+{DISTINCT}"
         self.target_layer = self.cam.target_layer
 

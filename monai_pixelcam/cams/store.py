@@ -20,8 +20,8 @@ A store remembers the checkpoint hash and method it is expected to match; every 
 including in DataLoader workers, checks them, so stale maps are an error rather than silent.
 
 Besides the CAM methods of :mod:`.extractors`, a store can hold the maps of :mod:`.distinct` (``"distinct"``,
-``"<cam method>+distinct"``: computed after one pass over the same data to sample the feature banks), and the
-``"oracle"`` maps of
+``"<cam method>+distinct"``: computed after one pass over the same data to sample the feature banks), those
+chosen per class on valpx among several methods (``"auto"``, :mod:`.auto`), and the ``"oracle"`` maps of
 :class:`MaskOracle`: each item's ground-truth mask at the model's feature resolution. PixelCAM trained from
 them, through the same store, seeder and schedule, is the ceiling that perfect pseudo-labels reach, so a
 quality table can state how much of the gap a CAM source leaves.
@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -47,6 +47,7 @@ from monai.config import KeysCollection
 from monai.data import DataLoader, MetaTensor
 from monai.transforms import MapTransform
 
+from monai_pixelcam.cams.auto import AUTO, ValpxSelectedMaps, selection_batches
 from monai_pixelcam.cams.distinct import build_distinct, distinct_method_name
 from monai_pixelcam.cams.extractors import CAM, build_cam, canonical_method_name
 from monai_pixelcam.data.atomic import write_json_atomic
@@ -94,10 +95,10 @@ def _map_filename(image_id: str) -> str:
 
 def store_method_name(name: str) -> str:
     """Canonical name of what a store holds (any case): ``"oracle"``, a CAM method of :mod:`.extractors`,
-    ``"distinct"`` or ``"<cam method>+distinct"`` (:mod:`.distinct`); ValueError listing the CAM methods
-    otherwise."""
-    if str(name).lower() == ORACLE:
-        return ORACLE
+    ``"distinct"`` or ``"<cam method>+distinct"`` (:mod:`.distinct`), ``"auto"`` (:mod:`.auto`); ValueError
+    listing the CAM methods otherwise."""
+    if str(name).lower() in (ORACLE, AUTO):
+        return str(name).lower()
     return distinct_method_name(name) or canonical_method_name(name)
 
 
@@ -287,6 +288,8 @@ class CAMStore:
         num_workers: int = 0,
         mask_key: str = "mask",
         distinct_kwargs: Mapping | None = None,
+        candidates: Sequence[str] = ("cam", "distinct", "cam+distinct"),
+        selection_data: Iterable[Mapping] | None = None,
     ) -> CAMStore:
         """Compute the true-class CAM (``class_idx = label``) of every item at feature resolution and store it.
 
@@ -304,8 +307,12 @@ class CAMStore:
             device: where to compute; the model is moved there. Default: the model's device.
             target_layer: passed to the extractor (default ``model.encoder``).
             dtype: "float16" or "float32" on disk; :meth:`load` always returns float32.
-            distinct_kwargs: for a distinctiveness method, arguments of
+            distinct_kwargs: for a distinctiveness method (or "auto"), arguments of
                 :func:`~monai_pixelcam.cams.distinct.build_distinct` (``distinct_layer``, ``k``, ``bank_size``).
+            candidates, selection_data: for "auto" (:class:`~.auto.ValpxSelectedMaps`), the methods to choose
+                from and a loader of valpx batches ``{image, mask, label}`` (deterministic eval transforms) that
+                chooses one per class; the choice and every candidate's valpx PxAP go into the manifest
+                (``selection``).
 
         Returns:
             ``self``, now expecting this checkpoint and method.
@@ -326,12 +333,19 @@ class CAMStore:
         )
         if method == ORACLE:
             extractor = MaskOracle(model, target_layer)
-        elif distinct_method_name(method):
-            extractor = build_distinct(method, model, target_layer, **(distinct_kwargs or {}))
+        elif method == AUTO or distinct_method_name(method):
+            if method == AUTO and selection_data is None:
+                raise ValueError("CAMStore.build: method 'auto' chooses the maps on valpx; pass selection_data.")
+            extractor = (
+                ValpxSelectedMaps(model, candidates, target_layer, **(distinct_kwargs or {})) if method == AUTO
+                else build_distinct(method, model, target_layer, **(distinct_kwargs or {}))
+            )
             extractor.fit(
                 (torch.as_tensor(b[image_key]).to(device=device, dtype=torch.float32), torch.as_tensor(b[label_key]))
                 for b in loader
             )
+            if method == AUTO:
+                extractor.select(selection_batches(selection_data, device, image_key, mask_key, label_key))
         else:
             extractor = build_cam(method, model, target_layer)
         needed = (image_key, label_key, id_key) + ((mask_key,) if method == ORACLE else ())
@@ -388,6 +402,8 @@ class CAMStore:
                 "class_idx": class_idx,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
+            if method == AUTO:
+                manifest["selection"] = extractor.report
             write_json_atomic(manifest, self.manifest_path, indent=1)  # the commit point
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -36,15 +36,20 @@ def store_cams(
     network: torch.nn.Module, checkpoint: str | os.PathLike, loader, store_dir: str | os.PathLike, method: str,
     device: str | torch.device = "cpu",
     distinct_kwargs: dict | None = None,
+    candidates: Sequence[str] = ("cam", "distinct", "cam+distinct"),
+    selection_loader=None,
 ) -> CAMStore:
     """Load the source ``checkpoint`` into ``network`` and store the true-class CAM of every image of
     ``loader`` (deterministic eval transforms) under ``store_dir``; the manifest records the checkpoint's
-    sha256 and ``method`` so that a later stage cannot read stale maps. ``distinct_kwargs``: see
-    :meth:`CAMStore.build` (used by the ``distinct`` methods only)."""
+    sha256 and ``method`` so that a later stage cannot read stale maps. ``distinct_kwargs``, ``candidates`` and
+    ``selection_loader`` (valpx, for ``method="auto"``): see :meth:`CAMStore.build`."""
     load_checkpoint(network, checkpoint)
     store = CAMStore(store_dir).build(
-        network, loader, method, checkpoint, device=device, distinct_kwargs=distinct_kwargs
+        network, loader, method, checkpoint, device=device, distinct_kwargs=distinct_kwargs,
+        candidates=candidates, selection_data=selection_loader,
     )
+    if "selection" in store.manifest:
+        logger.info(f"seed maps per class, chosen on valpx: {store.manifest['selection']}")
     logger.info(f"stored {len(store)} {method} maps of {checkpoint} in {store_dir}")
     return store
 
