@@ -10,21 +10,26 @@ For each seed, through the bundle (the same pipeline users run):
   ablation that shows what the augmentation is worth);
 - ``camelyon``: train on synthetic CAMELYON16, test on it and on synthetic GlaS (the reverse OOD direction).
 
+The seed maps PixelCAM learns from (the default ``seed_maps: auto`` chooses them per class on valpx among the
+source's CAM, cross-class distinctiveness and their geometric mean): ``glas_cam`` / ``camelyon_cam`` (the
+source's CAM, as the reference), ``glas_distinct`` / ``camelyon_distinct`` and ``glas_cam_distinct`` /
+``camelyon_cam_distinct`` (each candidate imposed).
+
 Further settings, all on synthetic GlaS, tested on its test split only:
 
-- the source-method table (PixelCAM on top of each WSOL source): ``glas`` (the CAM head's CAM),
-  ``glas_gradcampp``, ``glas_layercam`` (the CAM method that seeds PixelCAM), ``glas_deepmil`` (DeepMIL head)
+- the source-method table (PixelCAM on top of each WSOL source, seeded from that source's own maps):
+  ``glas_cam`` (the CAM head's CAM), ``glas_gradcampp``, ``glas_layercam``, ``glas_deepmil`` (DeepMIL head)
   and ``glas_positive_evidence`` (:class:`~monai_pixelcam.networks.evidence.PositiveEvidenceHead` trained
   one-vs-rest);
 - ``glas_oracle``: PixelCAM seeded from the ground-truth masks at feature resolution (the ``oracle`` maps of
   the CAM store) with the same seeder and schedule: the ceiling that perfect pseudo-labels reach;
-- the ablations, each switch changed on its own from the defaults: ``glas_precise_bn`` (BatchNorm statistics
-  of the source recomputed before each validation: the source then classifies on every seed) and
-  ``glas_otsu5`` (the reference's seeding, Otsu 5 + 5, instead of the default 16 + 16); both are options, not
-  defaults, because PixelCAM's valpx PxAP did not rise with them (see the bundle README);
-  ``glas_bloc_ungated`` (the reference's B-LOC, on valpx PxAP alone, instead of the default B-LOC among the
-  checkpoints whose valcl accuracy is within ``bloc_accuracy_margin`` of the best so far), and the same for
-  the DeepMIL source (``glas_deepmil_bloc_ungated``), whose classifier is the less stable one.
+- the ablations on the CAM-seeded pipeline (``glas_cam``), each switch changed on its own:
+  ``glas_precise_bn`` (BatchNorm statistics of the source recomputed before each validation: the source then
+  classifies on every seed) and ``glas_otsu5`` (the reference's seeding, Otsu 5 + 5, instead of the default
+  16 + 16); both are options, not defaults, because PixelCAM's valpx PxAP did not rise with them (see the
+  bundle README); ``glas_bloc_ungated`` (the reference's B-LOC, on valpx PxAP alone, instead of the default
+  B-LOC among the checkpoints whose valcl accuracy is within ``bloc_accuracy_margin`` of the best so far), and
+  the same for the DeepMIL source (``glas_deepmil_bloc_ungated``), whose classifier is the less stable one.
 
 The tables give, next to the models, the constant-map baseline (a map equal everywhere scores the mask
 fraction: the PxAP floor) per class of the test split.
@@ -36,7 +41,7 @@ Usage::
 
     python benchmarks/quality.py                       # 3 seeds, bundle defaults
     python benchmarks/quality.py --seeds 0 --set source_epochs=20 pixelcam_epochs=15   # a shorter run
-    python benchmarks/quality.py --settings glas glas_gradcampp glas_layercam glas_deepmil glas_oracle
+    python benchmarks/quality.py --settings glas glas_cam glas_gradcampp glas_layercam glas_deepmil glas_oracle
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ from monai_pixelcam.data.atomic import atomic_path, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "pixelcam" / "configs"
+#: the bundle's default seed maps, named in the comparison table for the settings that keep them
+DEFAULT_SEED_MAPS = json.loads((CONFIGS / "train.json").read_text())["seed_maps"]
 STAIN_SHIFT = {"h_scale": 1.3, "e_scale": 0.7, "hue_shift": 0.04}
 
 #: setting -> (training data, bundle overrides, external test sets); data names are those of ``_datasets``
@@ -60,27 +67,28 @@ SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "glas": ("glas", {}, ("camelyon", "glas_stain")),
     "glas_noaug": ("glas", {"stain_augment": False, "color_augment": False}, ("glas_stain",)),
     "camelyon": ("camelyon", {}, ("glas",)),
-    # PixelCAM on top of each WSOL source (item 4 of issue 10)
-    "glas_gradcampp": ("glas", {"cam_method": "gradcampp"}, ()),
-    "glas_layercam": ("glas", {"cam_method": "layercam"}, ()),
-    "glas_deepmil": ("glas", {"head": "deepmil"}, ()),
-    "glas_positive_evidence": (
-        "glas", {"head": "positive_evidence", "classification_loss#_target_": "monai_pixelcam.losses.OneVsRestLoss"}, ()
-    ),
-    # the ceiling: seeds from the ground-truth masks, same seeder and schedule
-    "glas_oracle": ("glas", {"seed_maps": "oracle"}, ()),
-    # ablations: each switch changed on its own from the defaults
-    "glas_precise_bn": ("glas", {"precise_bn": True}, ()),
-    "glas_otsu5": ("glas", {"seeder#n_fg": 5, "seeder#n_bg": 5}, ()),
-    "glas_bloc_ungated": ("glas", {"bloc_accuracy_margin": None}, ()),
-    "glas_deepmil_bloc_ungated": ("glas", {"head": "deepmil", "bloc_accuracy_margin": None}, ()),
-    # seeds from cross-class distinctiveness (alone, and combined with the CAM)
+    # seed maps (the default 'auto' chooses per class on valpx among cam, distinct and cam+distinct)
+    "glas_cam": ("glas", {"seed_maps": "cam"}, ("camelyon", "glas_stain")),
+    "camelyon_cam": ("camelyon", {"seed_maps": "cam"}, ("glas",)),
     "glas_distinct": ("glas", {"seed_maps": "distinct"}, ("camelyon", "glas_stain")),
     "camelyon_distinct": ("camelyon", {"seed_maps": "distinct"}, ("glas",)),
     "glas_cam_distinct": ("glas", {"seed_maps": "cam+distinct"}, ("camelyon", "glas_stain")),
     "camelyon_cam_distinct": ("camelyon", {"seed_maps": "cam+distinct"}, ("glas",)),
-    "glas_auto": ("glas", {"seed_maps": "auto"}, ("camelyon", "glas_stain")),
-    "camelyon_auto": ("camelyon", {"seed_maps": "auto"}, ("glas",)),
+    # PixelCAM on top of each WSOL source, seeded from that source's own maps (item 4 of issue 10)
+    "glas_gradcampp": ("glas", {"cam_method": "gradcampp", "seed_maps": "gradcampp"}, ()),
+    "glas_layercam": ("glas", {"cam_method": "layercam", "seed_maps": "layercam"}, ()),
+    "glas_deepmil": ("glas", {"head": "deepmil", "seed_maps": "cam"}, ()),
+    "glas_positive_evidence": ("glas", {
+        "head": "positive_evidence", "classification_loss#_target_": "monai_pixelcam.losses.OneVsRestLoss",
+        "seed_maps": "cam",
+    }, ()),
+    # the ceiling: seeds from the ground-truth masks, same seeder and schedule
+    "glas_oracle": ("glas", {"seed_maps": "oracle"}, ()),
+    # ablations on the CAM-seeded pipeline (glas_cam): each switch changed on its own
+    "glas_precise_bn": ("glas", {"precise_bn": True, "seed_maps": "cam"}, ()),
+    "glas_otsu5": ("glas", {"seeder#n_fg": 5, "seeder#n_bg": 5, "seed_maps": "cam"}, ()),
+    "glas_bloc_ungated": ("glas", {"bloc_accuracy_margin": None, "seed_maps": "cam"}, ()),
+    "glas_deepmil_bloc_ungated": ("glas", {"head": "deepmil", "bloc_accuracy_margin": None, "seed_maps": "cam"}, ()),
 }
 EXTERNAL_NAMES = {"camelyon": "camelyon_ood", "glas": "glas_ood", "glas_stain": "glas_stain_shifted"}
 
@@ -174,6 +182,12 @@ def _rows(metrics: dict) -> dict[str, dict]:
     return rows
 
 
+def _named_choice(choice: dict[str, str], datalist: Path) -> dict[str, str]:
+    """``{class index: method}`` of a store's ``auto`` selection, keyed by class name."""
+    names = json.loads(Path(datalist).read_text())["classes"]
+    return {names[int(k)]: v for k, v in choice.items()}
+
+
 def _summary(values: list[float]) -> str:
     if not values:
         return "-"
@@ -199,6 +213,10 @@ def render(results: dict) -> str:
                              f"{per_class or '-'} | {_summary([f['dice'] for f in figs])} | {acc} |")
     if results.get("settings"):
         lines += ["", *render_comparison(results)]
+    choices = {key: run["seed_map_choice"] for key, run in results["runs"].items() if "seed_map_choice" in run}
+    if choices:
+        lines += ["", "Seed maps chosen on valpx (`seed_maps: auto`), per run: " + "; ".join(
+            f"{key}: " + ", ".join(f"{c} {m}" for c, m in choice.items()) for key, choice in choices.items()) + "."]
     minutes = _summary([r["seconds"] / 60 for r in results["runs"].values()])
     header = (f"Seeds {seeds}; bundle overrides {results['overrides'] or 'none'}; B-LOC checkpoints; figures in "
               f"percent, mean ± std over seeds; training minutes per run {minutes}. Stain shift: "
@@ -233,7 +251,7 @@ def render_comparison(results: dict) -> list[str]:
 
         gain = _summary([p["pxap"] - q["pxap"] for p, q in zip(pixelcam, source)])
         lines.append(
-            f"| {setting} | {extra.get('seed_maps', method)} | {_summary([f['pxap'] for f in source])} | "
+            f"| {setting} | {extra.get('seed_maps', DEFAULT_SEED_MAPS)} | {_summary([f['pxap'] for f in source])} | "
             f"{_summary([f['pxap'] for f in pixelcam])} | {gain} | {per_class(source)} | {per_class(pixelcam)} | "
             f"{_summary([f['accuracy'] for f in source])} (min {min(f['accuracy'] for f in source):.1f}) / "
             f"{_summary([f['accuracy'] for f in pixelcam])} (min {min(f['accuracy'] for f in pixelcam):.1f}) | "
@@ -308,6 +326,9 @@ def main(argv=None) -> int:
             seconds = _train(run_dir, data[data_name], seed, {**overrides, **extra})
             metrics = json.loads((run_dir / "models" / "metrics.json").read_text())
             run = {"seconds": seconds, "test": _rows(metrics)}
+            selection = json.loads((run_dir / "models" / "cams" / "manifest.json").read_text()).get("selection")
+            if selection:
+                run["seed_map_choice"] = _named_choice(selection["choice"], data[data_name])
             for name in externals:
                 run[EXTERNAL_NAMES[name]] = _rows(
                     _external(run_dir, data[data_name], seed, {**overrides, **extra}, data[name])

@@ -54,7 +54,7 @@ def test_non_finite_loss_stops_with_clear_error(tmp_path, tiny_glas):
 
 def test_trained_bundle_cam_store_is_tied_to_its_checkpoint(trained_bundle, tiny_glas, tmp_path):
     models = trained_bundle / "models"
-    store = CAMStore.open(models / "cams", checkpoint_path=models / "source_bloc.pt", method="cam")
+    store = CAMStore.open(models / "cams", checkpoint_path=models / "source_bloc.pt", method="auto")
     train = load_datalist(tiny_glas)["train"]
     assert set(store.ids) == {it["id"] for it in train}
     cam = store.load(train[0]["id"])
@@ -63,6 +63,6 @@ def test_trained_bundle_cam_store_is_tied_to_its_checkpoint(trained_bundle, tiny
     other = {k: v + 1e-3 for k, v in torch.load(models / "source_bloc.pt", weights_only=True).items()}
     torch.save(other, tmp_path / "other.pt")
     with pytest.raises(StaleCAMStoreError):
-        CAMStore.open(models / "cams", checkpoint_path=tmp_path / "other.pt", method="cam")
+        CAMStore.open(models / "cams", checkpoint_path=tmp_path / "other.pt", method="auto")
     with pytest.raises(StaleCAMStoreError):
         CAMStore.open(models / "cams", checkpoint_path=models / "source_bloc.pt", method="layercam")
