@@ -20,10 +20,12 @@ from monai_pixelcam.cams.distinct import DISTINCT, CrossClassDistinctiveness, Di
 from monai_pixelcam.cams.extractors import build_cam, canonical_method_name
 from monai_pixelcam.metrics.localization import PixelHistogram
 
-__all__ = ["AUTO", "ValpxSelectedMaps"]
+__all__ = ["AUTO", "DEFAULT_CANDIDATES", "ValpxSelectedMaps", "selection_batches"]
 
 #: method name of :class:`ValpxSelectedMaps`
 AUTO = "auto"
+#: what it chooses from unless told otherwise: the CAM, the distinctiveness map and their geometric mean
+DEFAULT_CANDIDATES = ("cam", DISTINCT, f"cam+{DISTINCT}")
 
 
 class ValpxSelectedMaps:
@@ -48,7 +50,7 @@ class ValpxSelectedMaps:
     def __init__(
         self,
         model: nn.Module,
-        candidates: Sequence[str] = ("cam", DISTINCT, f"cam+{DISTINCT}"),
+        candidates: Sequence[str] = DEFAULT_CANDIDATES,
         target_layer: nn.Module | str | None = None,
         distinct_layer: nn.Module | str | None = "encoder.layer2",
         k: int = 50,

@@ -47,7 +47,7 @@ from monai.config import KeysCollection
 from monai.data import DataLoader, MetaTensor
 from monai.transforms import MapTransform
 
-from monai_pixelcam.cams.auto import AUTO, ValpxSelectedMaps, selection_batches
+from monai_pixelcam.cams.auto import AUTO, DEFAULT_CANDIDATES, ValpxSelectedMaps, selection_batches
 from monai_pixelcam.cams.distinct import build_distinct, distinct_method_name
 from monai_pixelcam.cams.extractors import CAM, build_cam, canonical_method_name
 from monai_pixelcam.data.atomic import write_json_atomic
@@ -288,7 +288,7 @@ class CAMStore:
         num_workers: int = 0,
         mask_key: str = "mask",
         distinct_kwargs: Mapping | None = None,
-        candidates: Sequence[str] = ("cam", "distinct", "cam+distinct"),
+        candidates: Sequence[str] = DEFAULT_CANDIDATES,
         selection_data: Iterable[Mapping] | None = None,
     ) -> CAMStore:
         """Compute the true-class CAM (``class_idx = label``) of every item at feature resolution and store it.
@@ -299,8 +299,8 @@ class CAMStore:
                 such items (wrapped in a ``monai.data.DataLoader`` without shuffling). Use deterministic eval
                 transforms: the maps are stored for the image as the loader gives it.
             method: "cam", "gradcam", "gradcampp" or "layercam"; "distinct" or "<cam method>+distinct" (the
-                maps of :mod:`.distinct`, whose feature banks come from a first pass over ``data``); or
-                "oracle" to store the items' ground-truth masks (under ``mask_key``) at feature resolution
+                maps of :mod:`.distinct`, whose feature banks come from a first pass over ``data``); "auto"
+                (per class, the best of ``candidates`` on ``selection_data``); or "oracle" to store the items' ground-truth masks (under ``mask_key``) at feature resolution
                 instead (:class:`MaskOracle`).
             checkpoint_path: the file the model weights came from; its sha256 goes into the manifest.
             batch_size, num_workers: used only when ``data`` is not a DataLoader.
@@ -333,21 +333,21 @@ class CAMStore:
         )
         if method == ORACLE:
             extractor = MaskOracle(model, target_layer)
-        elif method == AUTO or distinct_method_name(method):
-            if method == AUTO and selection_data is None:
+        elif method == AUTO:
+            if selection_data is None:
                 raise ValueError("CAMStore.build: method 'auto' chooses the maps on valpx; pass selection_data.")
-            extractor = (
-                ValpxSelectedMaps(model, candidates, target_layer, **(distinct_kwargs or {})) if method == AUTO
-                else build_distinct(method, model, target_layer, **(distinct_kwargs or {}))
-            )
+            extractor = ValpxSelectedMaps(model, candidates, target_layer, **(distinct_kwargs or {}))
+        elif distinct_method_name(method):
+            extractor = build_distinct(method, model, target_layer, **(distinct_kwargs or {}))
+        else:
+            extractor = build_cam(method, model, target_layer)
+        if hasattr(extractor, "fit"):  # maps that need the training set first (feature banks)
             extractor.fit(
                 (torch.as_tensor(b[image_key]).to(device=device, dtype=torch.float32), torch.as_tensor(b[label_key]))
                 for b in loader
             )
-            if method == AUTO:
-                extractor.select(selection_batches(selection_data, device, image_key, mask_key, label_key))
-        else:
-            extractor = build_cam(method, model, target_layer)
+        if method == AUTO:
+            extractor.select(selection_batches(selection_data, device, image_key, mask_key, label_key))
         needed = (image_key, label_key, id_key) + ((mask_key,) if method == ORACLE else ())
         layer_name = next(n for n, m in model.named_modules() if m is extractor.target_layer)
 

@@ -16,6 +16,7 @@ import torch
 from monai.data import MetaTensor
 
 from monai_pixelcam.cams import CAMStore
+from monai_pixelcam.cams.auto import DEFAULT_CANDIDATES
 from monai_pixelcam.visualize import save_map_grid, save_pr_curves
 from monai_pixelcam.networks.weights import load_checkpoint
 
@@ -36,7 +37,7 @@ def store_cams(
     network: torch.nn.Module, checkpoint: str | os.PathLike, loader, store_dir: str | os.PathLike, method: str,
     device: str | torch.device = "cpu",
     distinct_kwargs: dict | None = None,
-    candidates: Sequence[str] = ("cam", "distinct", "cam+distinct"),
+    candidates: Sequence[str] = DEFAULT_CANDIDATES,
     selection_loader=None,
 ) -> CAMStore:
     """Load the source ``checkpoint`` into ``network`` and store the true-class CAM of every image of
