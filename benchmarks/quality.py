@@ -203,7 +203,7 @@ def render(results: dict) -> str:
     settings = list(dict.fromkeys(key.split("/")[0] for key in results["runs"]))
     for setting in settings:
         runs = [results["runs"][f"{setting}/seed{s}"] for s in seeds if f"{setting}/seed{s}" in results["runs"]]
-        for split in [k for k in runs[0] if k != "seconds"]:
+        for split in [k for k in runs[0] if k not in ("seconds", "seed_map_choice")]:
             for method in runs[0][split]:
                 figs = [r[split][method] for r in runs]
                 classes = sorted(k[5:] for k in figs[0] if k.startswith("pxap_"))
