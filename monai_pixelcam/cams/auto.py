@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from monai_pixelcam.cams.distinct import DISTINCT, CrossClassDistinctiveness, DistinctCAM, distinct_method_name
-from monai_pixelcam.cams.extractors import build_cam, canonical_method_name
+from monai_pixelcam.cams.extractors import _resolve_layer, build_cam, canonical_method_name
 from monai_pixelcam.metrics.localization import PixelHistogram
 
 __all__ = ["AUTO", "DEFAULT_CANDIDATES", "ValpxSelectedMaps", "selection_batches"]
@@ -73,7 +73,7 @@ class ValpxSelectedMaps:
             else:
                 self.extractors[n] = build_cam(n, model, target_layer)
         self.candidates = names
-        self.target_layer = build_cam("cam", model, target_layer).target_layer
+        self.target_layer = _resolve_layer(model, target_layer)  # what the manifest names
         self.choice: dict[int, str] = {}
         self.report: dict = {}
 
