@@ -122,23 +122,38 @@ class CrossClassDistinctiveness:
         for images, labels in batches:
             feats = self.features(images)
             cells = feats.permute(0, 2, 3, 1).reshape(feats.shape[0], -1, feats.shape[1]).cpu()
-            for label, cell in zip(torch.as_tensor(labels).reshape(-1).tolist(), cells):
-                # Reservoir by random keys: keeping the bank_size largest keys is a uniform sample without
-                # replacement of all cells seen so far, in bounded memory.
-                keys = torch.rand(cell.shape[0], generator=self._generator)
-                old_cells, old_keys = kept.get(int(label), (cell[:0], keys[:0]))
-                all_cells, all_keys = torch.cat([old_cells, cell]), torch.cat([old_keys, keys])
+            labels = torch.as_tensor(labels).reshape(-1).cpu()
+            # Reservoir by random keys: keeping the bank_size largest keys is a uniform sample without
+            # replacement of all cells seen so far, in bounded memory; keys are drawn image by image, so the
+            # sample does not depend on the batching.
+            keys = torch.stack([torch.rand(cells.shape[1], generator=self._generator) for _ in range(len(cells))])
+            for label in labels.unique().tolist():
+                rows = labels == label
+                new_cells, new_keys = cells[rows].reshape(-1, cells.shape[-1]), keys[rows].reshape(-1)
+                old_cells, old_keys = kept.get(label, (new_cells[:0], new_keys[:0]))
+                all_cells, all_keys = torch.cat([old_cells, new_cells]), torch.cat([old_keys, new_keys])
                 if all_keys.numel() > self.bank_size:
                     top = all_keys.topk(self.bank_size).indices
                     all_cells, all_keys = all_cells[top], all_keys[top]
-                kept[int(label)] = (all_cells, all_keys)
+                kept[label] = (all_cells, all_keys)
         if len(kept) < 2:
             raise ValueError(
                 f"{type(self).__name__}.fit: the training data holds classes {sorted(kept)}; distinctiveness "
                 "needs images of at least two classes."
             )
         self.banks = {label: cells for label, (cells, _) in sorted(kept.items())}
+        self._others: dict[tuple[int, str], torch.Tensor] = {}
         return self
+
+    def _other_classes_bank(self, label: int, device: torch.device) -> torch.Tensor:
+        """The cells of every class but ``label`` on ``device``, built once per class and device."""
+        key = (label, str(device))
+        if key not in self._others:
+            others = [bank for other, bank in self.banks.items() if other != label]
+            if not others:
+                raise ValueError(f"class {label} has no other class in the training banks {sorted(self.banks)}.")
+            self._others[key] = torch.cat(others).to(device)
+        return self._others[key]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, class_idx: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -151,10 +166,7 @@ class CrossClassDistinctiveness:
         b, c, h, w = feats.shape
         out = torch.empty(b, h * w, device=feats.device)
         for i, label in enumerate(labels):
-            others = [bank for other, bank in self.banks.items() if other != int(label)]
-            if not others:
-                raise ValueError(f"class {label} has no other class in the training banks {sorted(self.banks)}.")
-            bank = torch.cat(others).to(feats.device)
+            bank = self._other_classes_bank(int(label), feats.device)
             k = min(self.k, bank.shape[0])
             query = feats[i].reshape(c, -1).T
             for start in range(0, query.shape[0], self.chunk):
