@@ -54,6 +54,7 @@ import sys
 import time
 from pathlib import Path
 
+from monai_pixelcam.cams import CAMStore
 from monai_pixelcam.data.atomic import atomic_path, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
             seconds = _train(run_dir, data[data_name], seed, {**overrides, **extra})
             metrics = json.loads((run_dir / "models" / "metrics.json").read_text())
             run = {"seconds": seconds, "test": _rows(metrics)}
-            selection = json.loads((run_dir / "models" / "cams" / "manifest.json").read_text()).get("selection")
+            selection = CAMStore(run_dir / "models" / "cams").manifest.get("selection")
             if selection:
                 run["seed_map_choice"] = _named_choice(selection["choice"], data[data_name])
             for name in externals:

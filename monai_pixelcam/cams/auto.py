@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from monai_pixelcam.cams.distinct import DISTINCT, CrossClassDistinctiveness, DistinctCAM, distinct_method_name
+from monai_pixelcam.cams.distinct import DISTINCT, CrossClassDistinctiveness, build_distinct, distinct_method_name
 from monai_pixelcam.cams.extractors import _resolve_layer, build_cam, canonical_method_name
 from monai_pixelcam.metrics.localization import PixelHistogram
 
@@ -64,14 +64,11 @@ class ValpxSelectedMaps:
             CrossClassDistinctiveness(model, distinct_layer, k=k, bank_size=bank_size, seed=seed)
             if any(distinct_method_name(n) for n in names) else None
         )
-        self.extractors = {}
-        for n in names:
-            if n == DISTINCT:
-                self.extractors[n] = self.distinct
-            elif distinct_method_name(n):
-                self.extractors[n] = DistinctCAM(n.split("+")[0], model, target_layer, distinct=self.distinct)
-            else:
-                self.extractors[n] = build_cam(n, model, target_layer)
+        self.extractors = {
+            n: build_distinct(n, model, target_layer, distinct=self.distinct) if distinct_method_name(n)
+            else build_cam(n, model, target_layer)
+            for n in names
+        }
         self.candidates = names
         self.target_layer = _resolve_layer(model, target_layer)  # what the manifest names
         self.choice: dict[int, str] = {}

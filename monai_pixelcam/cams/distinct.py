@@ -83,6 +83,7 @@ class CrossClassDistinctiveness:
         self.k, self.bank_size, self.chunk = int(k), int(bank_size), int(chunk)
         self._generator = torch.Generator().manual_seed(int(seed))
         self.banks: dict[int, torch.Tensor] = {}
+        self._others: dict[tuple[int, str], torch.Tensor] = {}  # other classes' banks, per (label, device)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +143,7 @@ class CrossClassDistinctiveness:
                 "needs images of at least two classes."
             )
         self.banks = {label: cells for label, (cells, _) in sorted(kept.items())}
-        self._others: dict[tuple[int, str], torch.Tensor] = {}
+        self._others = {}
         return self
 
     def _other_classes_bank(self, label: int, device: torch.device) -> torch.Tensor:
@@ -225,13 +226,18 @@ def build_distinct(
     model: nn.Module,
     target_layer: nn.Module | str | None = None,
     distinct_layer: nn.Module | str | None = "encoder.layer2",
+    distinct: CrossClassDistinctiveness | None = None,
     **kwargs,
 ) -> CrossClassDistinctiveness | DistinctCAM:
     """Extractor for ``"distinct"`` or ``"<cam method>+distinct"``: features from ``distinct_layer``, the CAM
-    (of a combination) from ``target_layer``; ``kwargs`` (k, bank_size, seed) go to the distinctiveness map."""
+    (of a combination) from ``target_layer``; ``kwargs`` (k, bank_size, seed) go to the distinctiveness map.
+    ``distinct``: an existing distinctiveness map to use instead of a new one (then the layer and kwargs are
+    unused), so that several extractors share one feature bank."""
     name = distinct_method_name(method)
     if name is None:
         raise ValueError(f"{method!r} is not 'distinct' or '<cam method>+distinct'.")
     if name == DISTINCT:
-        return CrossClassDistinctiveness(model, distinct_layer, **kwargs)
-    return DistinctCAM(name.split("+")[0], model, target_layer, distinct_layer=distinct_layer, **kwargs)
+        return distinct or CrossClassDistinctiveness(model, distinct_layer, **kwargs)
+    return DistinctCAM(
+        name.split("+")[0], model, target_layer, distinct_layer=distinct_layer, distinct=distinct, **kwargs
+    )

@@ -300,8 +300,8 @@ class CAMStore:
                 transforms: the maps are stored for the image as the loader gives it.
             method: "cam", "gradcam", "gradcampp" or "layercam"; "distinct" or "<cam method>+distinct" (the
                 maps of :mod:`.distinct`, whose feature banks come from a first pass over ``data``); "auto"
-                (per class, the best of ``candidates`` on ``selection_data``); or "oracle" to store the items' ground-truth masks (under ``mask_key``) at feature resolution
-                instead (:class:`MaskOracle`).
+                (per class, the best of ``candidates`` on ``selection_data``); or "oracle" to store the items'
+                ground-truth masks (under ``mask_key``) at feature resolution instead (:class:`MaskOracle`).
             checkpoint_path: the file the model weights came from; its sha256 goes into the manifest.
             batch_size, num_workers: used only when ``data`` is not a DataLoader.
             device: where to compute; the model is moved there. Default: the model's device.
