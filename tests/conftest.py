@@ -4,11 +4,13 @@ the suite trains the whole pipeline once)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "pixelcam" / "configs"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: Bundle overrides that make a whole run take seconds on a CPU.
 TINY_BUNDLE = dict(
     source_epochs=2, pixelcam_epochs=2, image_size=56, crop_size=48, batch_size=8, num_workers=0, val_interval=1,
@@ -42,3 +44,11 @@ def trained_bundle(tmp_path_factory, tiny_glas):
     workflow.run()
     workflow.finalize()
     return root
+
+
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

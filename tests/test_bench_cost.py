@@ -3,24 +3,19 @@ and a tiny end-to-end run of the script."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cost.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_cost", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_cost")
 
 
 def test_count_flops_conv_and_linear(bench):

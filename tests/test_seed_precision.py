@@ -3,26 +3,19 @@ the script on the shared trained bundle."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from monai_pixelcam.seeding import ThresholdSeeder
 
-from conftest import TINY_BUNDLE
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_precision.py"
+from conftest import TINY_BUNDLE, load_benchmark
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("seed_precision", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("seed_precision")
 
 
 def test_seed_precision_of_a_halo_map(script):
