@@ -30,6 +30,7 @@ from monai_pixelcam.cams import CAMStore
 from monai_pixelcam.cams.auto import ValpxSelectedMaps, selection_batches
 from monai_pixelcam.data.atomic import write_json_atomic
 from monai_pixelcam.networks.weights import load_checkpoint
+from monai_pixelcam.seeding import ThresholdSeeder
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "pixelcam" / "configs"
@@ -78,6 +79,8 @@ def main(argv=None) -> int:
     config.update({"bundle_root": str(args.bundle_root), "datalist": str(args.datalist), "num_workers": 0})
     manifest = CAMStore(config.get_parsed_content("cam_store_dir")).manifest
     method = manifest["method"]
+    if method == "oracle":
+        raise ValueError(f"{args.bundle_root}: the store holds the masks ('oracle'), whose seeds are the masks'")
     choice = {int(k): v for k, v in manifest.get("selection", {}).get("choice", {}).items()}
     model = config.get_parsed_content("source#network_def")
     load_checkpoint(model, config.get_parsed_content("source#checkpoint"))
@@ -90,6 +93,8 @@ def main(argv=None) -> int:
     ).fit((torch.as_tensor(b["image"]).float(), torch.as_tensor(b["label"]))
           for b in config.get_parsed_content("cams#dataloader"))
     base = config.get_parsed_content("seeder")
+    if not isinstance(base, ThresholdSeeder):
+        raise ValueError(f"--erosion compares erosions of a ThresholdSeeder; the bundle's seeder is {base!r}")
     seeders = {e: type(base)(n_fg=base.n_fg, n_bg=base.n_bg, bg_fraction=base.bg_fraction, erosion=e)
                for e in args.erosion}
     rows: dict = defaultdict(lambda: defaultdict(list))

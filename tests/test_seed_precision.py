@@ -57,3 +57,6 @@ def test_script_on_the_trained_bundle(script, trained_bundle, tiny_glas, tmp_pat
     for c in {r["class"] for r in rows}:  # erosion only shrinks the foreground pool; the masks stay the same
         assert by_key[(c, 1)]["foreground_pool"] <= by_key[(c, 0)]["foreground_pool"]
         assert by_key[(c, 1)]["mask"] == by_key[(c, 0)]["mask"]
+    with pytest.raises(ValueError, match="erosions of a ThresholdSeeder"):
+        script.main(["--bundle_root", str(trained_bundle), "--datalist", str(tiny_glas), "--out", str(tmp_path),
+                     "--set", *overrides, 'seeder={"_target_": "monai_pixelcam.seeding.ProbabilitySeeder"}'])
