@@ -26,7 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from monai_pixelcam.cams.extractors import _resolve_layer, build_cam, canonical_method_name, normalize_maps
+from monai_pixelcam.cams.extractors import (
+    _eval_mode, _resolve_layer, build_cam, canonical_method_name, normalize_maps,
+)
 
 __all__ = ["DISTINCT", "CrossClassDistinctiveness", "DistinctCAM", "build_distinct", "distinct_method_name"]
 
@@ -96,15 +98,12 @@ class CrossClassDistinctiveness:
             layer.register_forward_hook(lambda m, i, o, key=key: captured.setdefault(key, o))
             for key, layer in (("mid", self.target_layer), ("out", self.output_layer))
         ]
-        modes = [(m, m.training) for m in self.model.modules()]
         try:
-            self.model.eval()
-            self.model(x)
+            with _eval_mode(self.model):
+                self.model(x)
         finally:
             for hook in hooks:
                 hook.remove()
-            for module, mode in modes:
-                module.train(mode)
         for key in ("mid", "out"):
             if not isinstance(captured.get(key), torch.Tensor) or captured[key].ndim != 4:
                 raise TypeError(f"{key} layer of {type(self.model).__name__} must output B x C x h x w features.")

@@ -23,7 +23,8 @@ Design choices:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -79,6 +80,20 @@ def _resolve_layer(model: nn.Module, target_layer: nn.Module | str | None) -> nn
     if not any(m is target_layer for m in model.modules()):
         raise ValueError(f"target_layer {type(target_layer).__name__} is not a submodule of {type(model).__name__}.")
     return target_layer
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside, every submodule's own mode back on exit. Unlike MONAI's ``eval_mode``, which
+    calls ``train()`` on the top module, a submodule left in eval mode on purpose (a frozen BatchNorm) stays so;
+    gradients are left as they are."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _logits(output) -> torch.Tensor:
@@ -205,11 +220,9 @@ class BaseCAM(ABC):
             captured.append(leaf)
             return leaf.clone()
 
-        modes = [(m, m.training) for m in self.model.modules()]
         handle = self.target_layer.register_forward_hook(hook)
         try:
-            self.model.eval()
-            with torch.set_grad_enabled(self.needs_gradients):
+            with _eval_mode(self.model), torch.set_grad_enabled(self.needs_gradients):
                 logits = _logits(self.model(x))
                 if len(captured) != 1:
                     raise RuntimeError(
@@ -228,8 +241,6 @@ class BaseCAM(ABC):
                         )
         finally:
             handle.remove()
-            for module, training in modes:
-                module.training = training
         with torch.no_grad():
             activations = activations.detach()
             weights = self.weights(activations, gradients, logits.detach(), idx)
