@@ -18,13 +18,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from monai.bundle import ConfigParser
 
 from monai_pixelcam.cams import CAMStore
 from monai_pixelcam.cams.auto import ValpxSelectedMaps, selection_batches
@@ -32,8 +30,7 @@ from monai_pixelcam.data.atomic import write_json_atomic
 from monai_pixelcam.networks.weights import load_checkpoint
 from monai_pixelcam.seeding import ThresholdSeeder
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "bundles" / "pixelcam" / "configs"
+from quality import ROOT, _parse_set, _workflow  # a sibling script: this one runs from benchmarks/
 
 
 def seed_precision(seeder, maps: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> dict:
@@ -55,28 +52,20 @@ def seed_precision(seeder, maps: torch.Tensor, masks: torch.Tensor, generator: t
     }
 
 
-def _value(text: str):
-    """A command-line value as JSON (numbers, booleans, null), else as the string itself."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle_root", type=Path, required=True, help="a trained bundle (models/ with the store)")
     parser.add_argument("--datalist", type=Path, required=True, help="the datalist it was trained on")
     parser.add_argument("--erosion", type=int, nargs="+", default=[0, 1, 2], help="seeder erosions to compare")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "seed_precision")
+    parser.add_argument("--seed", type=int, default=0, help="the seed it was trained with")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="the bundle overrides it was trained with (e.g. image_size=56 crop_size=48)")
     args = parser.parse_args(argv)
 
-    config = ConfigParser()
-    config.read_config(str(CONFIGS / "train.json"))
-    config.update({key: _value(value) for key, _, value in (item.partition("=") for item in args.set)})
-    config.update({"bundle_root": str(args.bundle_root), "datalist": str(args.datalist), "num_workers": 0})
+    # the bundle's config as quality.py runs it, with the same check that every override names an existing id
+    overrides = {**_parse_set(args.set), "num_workers": 0}
+    config = _workflow(args.bundle_root, args.datalist, args.seed, overrides, ["train.json"], "run").parser
     manifest = CAMStore(config.get_parsed_content("cam_store_dir")).manifest
     method = manifest["method"]
     if method == "oracle":

@@ -5,6 +5,7 @@ the suite trains the whole pipeline once)."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,10 @@ def trained_bundle(tmp_path_factory, tiny_glas):
 
 
 def load_benchmark(name: str):
-    """The module of ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    """The module of ``benchmarks/<name>.py``. The benchmarks are scripts, not a package: run from their folder
+    they import each other, so that folder goes on the path here too."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

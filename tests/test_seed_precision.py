@@ -60,3 +60,6 @@ def test_script_on_the_trained_bundle(script, trained_bundle, tiny_glas, tmp_pat
     with pytest.raises(ValueError, match="erosions of a ThresholdSeeder"):
         script.main(["--bundle_root", str(trained_bundle), "--datalist", str(tiny_glas), "--out", str(tmp_path),
                      "--set", *overrides, 'seeder={"_target_": "monai_pixelcam.seeding.ProbabilitySeeder"}'])
+    with pytest.raises(KeyError, match="no id"):  # a misspelt override would otherwise change nothing
+        script.main(["--bundle_root", str(trained_bundle), "--datalist", str(tiny_glas), "--out", str(tmp_path),
+                     "--set", *overrides, "seeder#erosoin=1"])
