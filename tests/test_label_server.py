@@ -1,14 +1,13 @@
 """The MONAI Label app behind a real server: ``monailabel start_server`` on 127.0.0.1, driven over HTTP and
 with MONAI Label's own Python client (``monailabel.client.MONAILabelClient``).
 
-One server per module (a free port, a synthetic CAMELYON16-like datastore, a bundle folder of its own). The
-flow: no model yet (503); image ids that are not datastore ids (paths, ``..``, URL-encoded) get one and the
+One server per module (a port the system picks, a synthetic CAMELYON16-like datastore, a bundle folder of its own). The
+flow (the server behind the app's guard, :mod:`tests.label_server_process`): no model yet (503); image ids that are not datastore ids (paths, ``..``, URL-encoded) get one and the
 same 404 on ``/infer``, ``/infer/wsi`` and ``/infer/wsi_v2``; annotate image-level labels and train a
 localizing model through ``/train/pixelcam``; infer held-out uploads and compare the masks with the true
 ones; annotate a region of a JPEG-compressed pyramidal TIFF (DSA JSON, ASAP XML, JSON) and compare the
 polygons with the true mask; retrain briefly (fine-tune) and see the new model used; bad inputs get 4xx
-answers; the active learning strategy serves the unlabelled images in the order of their uncertainty. The
-server's process group is killed in the fixture's finaliser, also when a test fails.
+answers; the active learning strategy serves the unlabelled images in the order of their uncertainty.
 """
 
 from __future__ import annotations
@@ -16,13 +15,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -39,7 +32,6 @@ if importlib.util.find_spec("monailabel") is None:
     )
 
 import requests  # noqa: E402
-from monailabel.client import MONAILabelClient  # noqa: E402
 from PIL import Image  # noqa: E402
 from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
 
@@ -50,10 +42,10 @@ from monai_pixelcam.inference import PixelCAMPredictor  # noqa: E402
 from monai_pixelcam.label.activelearning import PixelCAMUncertainty  # noqa: E402
 from monai_pixelcam.label.import_labels import import_datalist  # noqa: E402
 from monai_pixelcam.label.infer import PixelCAMInferTask  # noqa: E402
+from label_server_process import REPO, Server, running_server  # noqa: E402
 from test_label_wsi import rasterise, write_aperio_tiff  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-APP_DIR = REPO / "monai_pixelcam" / "label"
+NEGATIVE = {"negative_classes": "normal"}
 SPLITS = ("train", "valcl", "valpx", "test")
 KIND, CLASSES = "camelyon", ["normal", "tumor"]
 # 128 px: at 64 px a lymph-node cell is ~2 px and short runs localize by chance
@@ -63,8 +55,6 @@ MASK_EVERY = 4  # every 4th datastore image gets its full mask as a "final" labe
 N_EXTRA = 3  # unlabelled held-out images in the datastore, beside the slide
 SLIDE_ID, SLIDE_GRID = "wsi_0000", (4, 5)  # 4 x 5 cells of 128 px: 640 x 512 at level 0
 REGION = {"location": [128, 128], "size": [384, 256]}  # 3 x 2 cells, away from the slide's left and top edges
-START_TIMEOUT_S = 180
-TRAIN_TIMEOUT_S = 300
 # small, single-threaded runs: on two shared cores, two torch threads per process mostly wait for each other
 TRAIN_PARAMS = {
     "image_size": IMAGE_SIZE,
@@ -140,64 +130,6 @@ def workspace(tmp_path_factory) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_command() -> list[str]:
-    """``monailabel start_server`` of this Python (the script runs ``$MONAILABEL_PYEXE -m monailabel.main``)."""
-    script = Path(sys.executable).with_name("monailabel")
-    if script.is_file():
-        return [str(script), "start_server"]
-    return [sys.executable, "-m", "monailabel.main", "start_server"]
-
-
-def _tail(path: Path, n: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no server log)"
-
-
-class Server:
-    def __init__(self, url: str, log: Path, bundle: Path):
-        self.url, self.log, self.bundle = url, log, bundle
-        self.client = MONAILabelClient(url)
-
-    def get(self, path: str, **kw) -> requests.Response:
-        return requests.get(self.url + path, timeout=60, **kw)
-
-    def post(self, path: str, **kw) -> requests.Response:
-        return requests.post(self.url + path, timeout=120, **kw)
-
-    def put(self, path: str, **kw) -> requests.Response:
-        return requests.put(self.url + path, timeout=60, **kw)
-
-    def train(self, params: dict) -> dict:
-        """Run ``/train/pixelcam`` and wait for it; the finished task (status DONE) or a failure with its log."""
-        r = self.post("/train/pixelcam", json=params)
-        assert r.status_code == 200, r.text
-        task_id = r.json()["id"]
-        deadline = time.time() + TRAIN_TIMEOUT_S
-        while time.time() < deadline:
-            task = self.get("/train/").json()
-            if task.get("id") == task_id and task.get("status") not in ("SUBMITTED", "RUNNING"):
-                details = "\n".join(task.get("details", []))
-                assert task["status"] == "DONE", (
-                    f"train task {task['status']}:\n{details}\n--- server log:\n{_tail(self.log)}"
-                )
-                return task
-            time.sleep(1.0)
-        pytest.fail(f"train task not finished after {TRAIN_TIMEOUT_S} s\n{_tail(self.log)}")
-
-    def infer(self, image_id: str = "", file: Path | None = None, params: dict | None = None) -> requests.Response:
-        files = {"file": (file.name, file.read_bytes(), "application/octet-stream")} if file else None
-        data = {"params": json.dumps(params or {})}
-        return self.post("/infer/pixelcam", params={"image": image_id} if image_id else None, files=files, data=data)
-
-
 def _multipart(response: requests.Response) -> tuple[dict, np.ndarray]:
     """MONAI Label's default infer answer: multipart with ``params`` (JSON) and ``image`` (the label PNG)."""
     assert response.status_code == 200, response.text
@@ -212,56 +144,8 @@ def _multipart(response: requests.Response) -> tuple[dict, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def server(workspace) -> Server:
-    port = _free_port()
-    log = workspace["root"] / "server.log"
-    cmd = [
-        *_start_command(),
-        "--app", str(APP_DIR),
-        "--studies", str(workspace["studies"]),
-        "--conf", "bundle_dir", str(workspace["bundle"]),
-        "--conf", "negative_classes", "normal",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-    ]  # fmt: skip
-    # this checkout's package, whatever is installed: MONAI Label loads main.py by path, main.py imports it
-    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {
-        **os.environ,
-        "PYTHONPATH": pythonpath,
-        "MONAILABEL_PYEXE": sys.executable,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workspace["root"], env=env, start_new_session=True
-        )
-    try:
-        url, deadline = f"http://127.0.0.1:{port}", time.time() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{_tail(log)}")
-            try:
-                if requests.get(url + "/info/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"no answer from {url}/info/ after {START_TIMEOUT_S} s:\n{_tail(log)}")
-            time.sleep(0.5)
-        yield Server(url, log, workspace["bundle"])
-    finally:
-        # the server, its train processes and their workers share the process group started above
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+    with running_server(workspace["root"], workspace["studies"], workspace["bundle"], NEGATIVE) as running:
+        yield running
 
 
 def test_untrained_server_answers_with_reasons(server, workspace):
@@ -459,14 +343,16 @@ def test_next_sample_serves_unlabelled_images_by_uncertainty(server, workspace, 
     paths = {i: next(studies.glob(f"{i}.*")) for i in workspace["unlabelled"]}
     expected = {i: strategy.score(str(p), predictor)["score"] for i, p in paths.items()}
     ranking = sorted(expected, key=lambda i: -expected[i])
-    empty = workspace["root"] / "empty_mask.png"
-    Image.fromarray(np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)).save(empty)
     served = []
     for _ in ranking:
         sample = server.client.next_sample("pixelcam_uncertainty", {})
         assert sample["id"] in workspace["unlabelled"] and sample["id"] not in served, sample
         assert sample["pixelcam_uncertainty"]["score"] == pytest.approx(expected[sample["id"]], abs=1e-4)
         served.append(sample["id"])
+        # an empty mask of the image's (level-0) size: the datastore refuses a label of another size
+        shape = workspace["slide_mask"].shape if sample["id"] == SLIDE_ID else (IMAGE_SIZE, IMAGE_SIZE)
+        empty = workspace["root"] / f"empty_{sample['id']}.png"
+        Image.fromarray(np.zeros(shape, np.uint8)).save(empty)
         server.client.save_label(sample["id"], str(empty), tag="final")
     print(f"next_sample order {served}, scores {[round(expected[i], 4) for i in served]}")
     assert served == ranking

@@ -24,10 +24,10 @@ from PIL import Image  # noqa: E402
 from skimage.draw import disk, polygon2mask  # noqa: E402
 
 from monai_pixelcam.inference import PixelCAMPredictor  # noqa: E402
-from monai_pixelcam.label.access import resolve_image  # noqa: E402
+from monai_pixelcam.label.access import request_scope, resolve_image  # noqa: E402
 from monai_pixelcam.label.annotation import LABEL_COLOR, region_annotation, write_annotations  # noqa: E402
 from monai_pixelcam.label.errors import RequestError  # noqa: E402
-from monai_pixelcam.label.main import PixelCAMApp  # noqa: E402
+from monai_pixelcam.label.app import PixelCAMApp  # noqa: E402
 from monai_pixelcam.label.wsi_infer import plan_tiles  # noqa: E402
 from test_label_app import REPO, write_model  # noqa: E402
 
@@ -184,24 +184,31 @@ def test_image_ids_resolve_through_the_datastore_only(tmp_path):
         details.add(e.value.detail.replace(repr(image), "ID"))
     assert len(details) == 1, details  # the same answer whether or not such a file exists
 
-    # an upload as MONAI Label's endpoint stores it, and a session image, are this request's own files
-    upload = tempfile.NamedTemporaryFile(suffix=".png").name
-    shutil.copy(outside, upload)
+    # an upload as MONAI Label's endpoint stores it during the request, and a session image, are the
+    # request's own files; a file with an upload's name that was there before the request is not
+    placed = tempfile.NamedTemporaryFile(suffix=".png").name
+    shutil.copy(outside, placed)
     sessions = tmp_path / "sessions"
     (sessions / "abc").mkdir(parents=True)
     shutil.copy(outside, sessions / "abc" / "image.png")
     link = Path(tempfile.gettempdir()) / f"tmp{os.urandom(4).hex()}.png"
-    os.symlink("/etc/passwd", link)
+    upload = tempfile.NamedTemporaryFile(suffix=".png").name
     try:
-        assert resolve_image(upload, store) == upload
-        assert resolve_image(str(sessions / "abc" / "image.png"), store, str(sessions))
-        for image in (str(link), str(sessions / ".." / "other.png")):
-            with pytest.raises(RequestError) as e:
-                resolve_image(image, store, str(sessions))
-            assert e.value.status_code == 404
+        with request_scope():
+            os.symlink("/etc/passwd", link)
+            shutil.copy(outside, upload)
+            assert resolve_image(upload, store) == upload
+            assert resolve_image(str(sessions / "abc" / "image.png"), store, str(sessions))
+            for image in (placed, str(link), str(sessions / ".." / "other.png")):
+                with pytest.raises(RequestError) as e:
+                    resolve_image(image, store, str(sessions))
+                assert e.value.status_code == 404
+        with pytest.raises(RequestError):  # outside a request no file is an upload
+            resolve_image(upload, store)
     finally:
-        os.remove(upload)
-        os.remove(link)
+        for path in (placed, upload, link):
+            if os.path.lexists(path):
+                os.remove(path)
 
 
 # --- the app -------------------------------------------------------------------------------------------
@@ -219,7 +226,7 @@ def test_app_infer_wsi_contours_match_the_label_image(tmp_path, monkeypatch):
     write_model(bundle / "models")
     region_map = PixelCAMPredictor.from_model_dir(bundle / "models", device="cpu").predict(level0[32:160, 64:192])
     write_model(bundle / "models", threshold=float(np.median(region_map["map"])))
-    app = PixelCAMApp(str(REPO / "monai_pixelcam" / "label"), str(studies), {"bundle_dir": str(bundle)})
+    app = PixelCAMApp(str(tmp_path / "app"), str(studies), {"bundle_dir": str(bundle)})
     region = {"location": [64, 32], "size": [128, 128], "tile_size": [64, 64], "level": 0}
     tiles = plan_tiles(region, 320, 256)
     masks = []
@@ -246,3 +253,6 @@ def test_app_infer_wsi_contours_match_the_label_image(tmp_path, monkeypatch):
     with pytest.raises(RequestError) as e:
         app.infer_wsi({**request, "image": str(studies / "slide.tif")})
     assert e.value.status_code == 404
+    with pytest.raises(RequestError) as e:
+        app.infer_wsi({**request, "location": [0, 0], "size": [320, 256], "tile_size": [4, 4]})
+    assert e.value.status_code == 413 and "max_wsi_tiles" in e.value.detail and "5120 tiles" in e.value.detail

@@ -42,6 +42,9 @@ from PIL import Image
 from .datalist import DatalistError
 
 __all__ = [
+    "MAX_IMAGE_PIXELS",
+    "ImageTooLargeError",
+    "image_size",
     "read_rgb",
     "read_mask",
     "read_pixels",
@@ -57,6 +60,11 @@ __all__ = [
 ]
 
 _TIFF_SUFFIXES = {".tif", ".tiff"}
+#: Largest image, in pixels, that is decoded whole (default of every reader here). Decoding and converting
+#: one costs tens of bytes per pixel (a 12000 x 12000 PNG of 2.5 MB took 12.6 GB in folder inference), so a
+#: larger image is a whole slide: TIFFs above it are read region by region
+#: (:func:`monai_pixelcam.inference.is_whole_slide`), other files are refused with :class:`ImageTooLargeError`.
+MAX_IMAGE_PIXELS = 4096 * 4096
 _PIL_CONVERT_TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"}
 
 
@@ -117,11 +125,56 @@ def _full_scale(arr: np.ndarray) -> float:
     return 1.0
 
 
+class ImageTooLargeError(DatalistError):
+    """An image with more pixels than a reader's ``max_pixels``; the message names the file, its size and the
+    limit."""
+
+
 def _check_file(path: Path) -> None:
     if not path.is_file():
         raise DatalistError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
     if path.stat().st_size == 0:
         raise DatalistError(f"{path}: empty file (0 bytes)")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(height, width)`` of an image file from its header, without decoding the pixels (PIL opens lazily;
+    tifffile for TIFFs PIL cannot open); None when neither can tell. An image over PIL's decompression-bomb
+    limit is sized by its header all the same."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return int(img.height), int(img.width)
+    except Image.DecompressionBombError as e:
+        # PIL refuses to open it but has read the size: "Image size (W x H pixels) exceeds limit ..."
+        numbers = [int(n) for n in str(e).split("(", 1)[-1].split(" pixels")[0].split(" x ") if n.strip().isdigit()]
+        if len(numbers) == 1:
+            return numbers[0], 1  # only the pixel count is stated: as an H x 1 image it is sized right
+    except Exception:  # noqa: BLE001 - not PIL's: try tifffile below
+        pass
+    if path.suffix.lower() in _TIFF_SUFFIXES:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+        except Exception:  # noqa: BLE001 - not a TIFF either: the decoder reports it
+            return None
+    return None
+
+
+def _check_pixels(path: Path, max_pixels: int | None) -> None:
+    if max_pixels is None:
+        return
+    size = image_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageTooLargeError(
+            f"{path}: {size[1]} x {size[0]} pixels is more than the {max_pixels} pixels an image may have to be "
+            "decoded whole; cut it into tiles, or save it as a pyramidal TIFF and run it as a whole slide"
+        )
 
 
 def _fallback_pixels(path: Path, pil_error: BaseException) -> tuple[np.ndarray, bool]:
@@ -144,12 +197,15 @@ def _decoded_pil_pixels(img: Image.Image, palette_as_index: bool) -> tuple[np.nd
     return arr, has_alpha
 
 
-def read_pixels(path: str | os.PathLike, *, palette_as_index: bool = False) -> tuple[np.ndarray, bool]:
+def read_pixels(
+    path: str | os.PathLike, *, palette_as_index: bool = False, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> tuple[np.ndarray, bool]:
     """Decode a 2D image file completely, without any value conversion.
 
     Args:
         path: image file (PNG, BMP, JPEG, TIFF, ... anything PIL reads; TIFF also via tifffile).
         palette_as_index: return palette images as their index map (masks) instead of colours (images).
+        max_pixels: refuse (before decoding) an image with more pixels than this; None: no limit.
 
     Returns:
         ``(pixels, has_alpha)``: ``pixels`` is ``H x W`` or ``H x W x C`` (C in 2..4) of the file's dtype
@@ -157,9 +213,11 @@ def read_pixels(path: str | os.PathLike, *, palette_as_index: bool = False) -> t
 
     Raises:
         DatalistError: the file is missing, is not an image, or is corrupt or truncated; names the file.
+        ImageTooLargeError: more than ``max_pixels`` pixels.
     """
     path = Path(path)
     _check_file(path)
+    _check_pixels(path, max_pixels)
     try:
         with Image.open(path) as img:
             return _decoded_pil_pixels(img, palette_as_index)
@@ -237,13 +295,16 @@ class HistologyReader(PILReader):
     ``read(path)`` returns the decoded image, converted: ``uint8 H x W x 3`` RGB, or with ``mask=True`` the
     ``uint8 H x W`` {0, 1} mask of :func:`mask_to_binary` (palette masks by index, value > ``threshold`` for
     float masks); ``get_data`` is PILReader's. One file per call. A TIFF PIL cannot decode goes through
-    tifffile. Every failure raises :class:`~monai_pixelcam.data.datalist.DatalistError` naming the file.
+    tifffile. Every failure raises :class:`~monai_pixelcam.data.datalist.DatalistError` naming the file; an
+    image of more than ``max_pixels`` pixels (None: no limit) is refused before it is decoded
+    (:class:`ImageTooLargeError`).
     """
 
-    def __init__(self, mask: bool = False, threshold: float = 0.5):
+    def __init__(self, mask: bool = False, threshold: float = 0.5, max_pixels: int | None = MAX_IMAGE_PIXELS):
         super().__init__(converter=self._convert, reverse_indexing=False)
         self.mask = bool(mask)
         self.threshold = threshold
+        self.max_pixels = max_pixels
 
     def verify_suffix(self, filename) -> bool:
         return True  # whatever PIL (or the TIFF fallback) decodes; a file it cannot read is named in the error
@@ -262,6 +323,7 @@ class HistologyReader(PILReader):
     def read(self, data, **kwargs) -> Image.Image:
         (path,) = (Path(p) for p in ensure_tuple(data))
         _check_file(path)
+        _check_pixels(path, self.max_pixels)
         try:
             return super().read(path, **kwargs)
         except DatalistError:
@@ -280,14 +342,16 @@ class HistologyReader(PILReader):
 _RGB_READER = HistologyReader()
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
+def read_rgb(path: str | os.PathLike, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file as ``uint8 H x W x 3`` RGB (conversion rules in the module docstring).
 
     Raises:
         DatalistError: missing, unreadable, corrupt or truncated file, or an unsupported pixel layout;
             the message names the file.
+        ImageTooLargeError: more than ``max_pixels`` pixels (None: no limit).
     """
-    return _RGB_READER.get_data(_RGB_READER.read(path))[0]
+    reader = _RGB_READER if max_pixels == MAX_IMAGE_PIXELS else HistologyReader(max_pixels=max_pixels)
+    return reader.get_data(reader.read(path))[0]
 
 
 def read_mask(path: str | os.PathLike, threshold: float = 0.5) -> np.ndarray:

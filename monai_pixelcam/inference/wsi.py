@@ -30,7 +30,7 @@ import numpy as np
 from monai.data import WSIReader
 from monai.data.wsi_reader import TiffFileWSIReader
 
-from ..data.io import image_to_rgb
+from ..data.io import MAX_IMAGE_PIXELS, image_to_rgb
 
 __all__ = [
     "SLIDE_SUFFIXES",
@@ -53,8 +53,9 @@ logger = logging.getLogger(__name__)
 
 #: Suffixes always treated as whole-slide images (TIFF files are judged by :func:`is_whole_slide`).
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms")
-#: A single-resolution TIFF larger than this many pixels is processed as a slide rather than decoded whole.
-DEFAULT_MAX_TILE_PIXELS = 4096 * 4096
+#: A single-resolution TIFF larger than this many pixels is processed as a slide rather than decoded whole
+#: (the image readers' limit: a larger PNG or JPEG is refused).
+DEFAULT_MAX_TILE_PIXELS = MAX_IMAGE_PIXELS
 _BACKENDS = ("auto", "openslide", "tifffile", "cucim")
 _BLOCK = 2048
 # A pyramid level whose downsample exceeds the wanted one by at most this much is still taken without a resize

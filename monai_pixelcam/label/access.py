@@ -9,7 +9,10 @@ ones (404). A server that holds patient slides must not. Here a request's ``imag
 * a file this server wrote for the request itself: an upload (``file=``; MONAI Label's endpoints store it as
   ``tempfile.NamedTemporaryFile(suffix=...).name``, a ``tmp`` + 8 random characters name in the temporary
   folder, which a caller cannot name without guessing one of 37^8 names) or the image of a MONAI Label
-  session (under the sessions folder);
+  session (under the sessions folder). An upload counts only inside a request scope (:func:`request_scope`,
+  entered by the server's guard, :mod:`monai_pixelcam.label.server`, which also makes the temporary folder
+  one of the server's own): a file that was already in the folder when the request began is not this
+  request's upload, whoever put it there;
 * anything else, whether or not a file of that name exists, gets the same 404.
 """
 
@@ -19,26 +22,55 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from monailabel.interfaces.datastore import Datastore
 
 from .errors import RequestError
 
-__all__ = ["resolve_image", "is_upload"]
+__all__ = ["resolve_image", "is_upload", "request_scope", "upload_files"]
 
 logger = logging.getLogger(__name__)
 
 # tempfile's names: "tmp" + 8 characters of _RandomNameSequence + the suffix the endpoint passes (the
 # uploaded file name's suffixes, e.g. ".png" or ".ome.tif")
 _UPLOAD_NAME = re.compile(r"tmp[a-z0-9_]{8}(\.[^/\\]*)?")
+# the upload-named files of the temporary folder when the current request began (None: outside a request)
+_BEFORE_REQUEST: ContextVar[frozenset[str] | None] = ContextVar("pixelcam_files_before_request", default=None)
+
+
+def upload_files() -> list[str]:
+    """Names of the files in ``tempfile.gettempdir()`` that have an upload's name (MONAI Label's endpoints
+    also write their DSA/ASAP answers under such names)."""
+    try:
+        return [n for n in os.listdir(tempfile.gettempdir()) if _UPLOAD_NAME.fullmatch(n)]
+    except OSError:
+        return []
+
+
+@contextmanager
+def request_scope() -> Iterator[None]:
+    """The extent of one request: files with an upload's name that exist when it begins are not its uploads."""
+    token = _BEFORE_REQUEST.set(frozenset(upload_files()))
+    try:
+        yield
+    finally:
+        _BEFORE_REQUEST.reset(token)
 
 
 def is_upload(path: str) -> bool:
-    """Whether ``path`` names a file MONAI Label's endpoints wrote for an uploaded image: a regular file (not
-    a link) directly in ``tempfile.gettempdir()`` with a ``NamedTemporaryFile`` name."""
+    """Whether ``path`` names a file MONAI Label's endpoints wrote for an image uploaded with the current
+    request: a regular file (not a link) directly in ``tempfile.gettempdir()`` with a ``NamedTemporaryFile``
+    name, written since the request began (:func:`request_scope`; outside one, no file is an upload)."""
+    before = _BEFORE_REQUEST.get()
+    name = os.path.basename(path)
     return (
-        os.path.dirname(path) == tempfile.gettempdir()
-        and _UPLOAD_NAME.fullmatch(os.path.basename(path)) is not None
+        before is not None
+        and name not in before
+        and os.path.dirname(path) == tempfile.gettempdir()
+        and _UPLOAD_NAME.fullmatch(name) is not None
         and os.path.isfile(path)
         and not os.path.islink(path)
     )

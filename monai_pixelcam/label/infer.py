@@ -37,7 +37,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from ..data.datalist import DatalistError
 from ..data.atomic import write_png_atomic
-from ..data.io import image_to_rgb, read_rgb
+from ..data.io import MAX_IMAGE_PIXELS, ImageTooLargeError, image_size, image_to_rgb, read_rgb
 from ..export import META_FILE, MODEL_FILE
 from ..inference.predictor import PixelCAMPredictor
 from ..inference.wsi import is_whole_slide, wsi_reader
@@ -59,8 +59,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Largest region (pixels) one request may ask for; the WSI endpoints cut a larger one into tiles.
-DEFAULT_MAX_REGION_PIXELS = 8192 * 8192
 # A model published by the train task replaces model.pt and then model_meta.json; a request that loads in
 # between can see a mismatched pair, so a failed load is retried for a short while before it is reported.
 _LOAD_ATTEMPTS = 3
@@ -98,14 +96,14 @@ def int_pair(value: Any, name: str, minimum: int | None) -> tuple[int, int]:
     return pair
 
 
-def parse_region(request: Mapping, max_pixels: int = DEFAULT_MAX_REGION_PIXELS) -> ImageRegion | None:
+def parse_region(request: Mapping, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageRegion | None:
     """The region a request asks for, or None for the whole image.
 
     Args:
         request: may hold ``location`` ``[x, y]`` (level-0 pixels), ``size`` ``[width, height]`` (pixels at
             ``level``) and ``level`` (int, default 0); ``location`` without ``size`` is an error, ``size``
             alone means ``location`` ``[0, 0]``.
-        max_pixels: largest ``width * height`` accepted.
+        max_pixels: largest ``width * height`` accepted (the server's ``max_image_pixels``).
 
     Raises:
         RequestError: 400 naming the bad value.
@@ -125,7 +123,9 @@ def parse_region(request: Mapping, max_pixels: int = DEFAULT_MAX_REGION_PIXELS) 
         raise RequestError(400, f"'level' must be >= 0, got {level}")
     if width * height > max_pixels:
         raise RequestError(
-            400, f"region {width} x {height} is larger than {max_pixels} pixels; ask for tiles of a whole slide"
+            413,
+            f"region {width} x {height} is larger than the server's max_image_pixels ({max_pixels}); ask for "
+            "tiles of a whole slide (/infer/wsi)",
         )
     return ImageRegion(x, y, width, height, level)
 
@@ -185,15 +185,28 @@ def _existing(path: str | os.PathLike) -> Path:
     return path
 
 
-def _read_plain(path: Path) -> np.ndarray:
+def _too_large(path: Path, size: tuple[int, int], max_pixels: int) -> RequestError:
+    return RequestError(
+        413,
+        f"{path.name} has {size[1]} x {size[0]} pixels, more than the server's max_image_pixels ({max_pixels}); "
+        "cut it into tiles, or save it as a pyramidal TIFF to read it as a whole slide",
+    )
+
+
+def _read_plain(path: Path, max_pixels: int) -> np.ndarray:
     try:
-        return read_rgb(path)
+        return read_rgb(path, max_pixels=max_pixels)
+    except ImageTooLargeError:
+        raise _too_large(path, image_size(path) or (0, 0), max_pixels) from None
     except DatalistError as e:
         raise RequestError(422, f"cannot read image: {e}") from None
 
 
 def read_image_region(
-    path: str | os.PathLike, region: ImageRegion | None = None, wsi_backend: str | None = None
+    path: str | os.PathLike,
+    region: ImageRegion | None = None,
+    wsi_backend: str | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tuple[np.ndarray, float]:
     """:func:`load_image`, plus the downsample of the region's level relative to level 0 (1.0 for images
     with one resolution), so that pixel ``(r, c)`` of the result lies at level-0 ``(x + c * d, y + r * d)``."""
@@ -206,7 +219,7 @@ def read_image_region(
                 "[width, height] of the region to infer",
             )
         return _read_slide_region(path, region, wsi_backend)
-    rgb = _read_plain(path)
+    rgb = _read_plain(path, max_pixels)
     if region is None:
         return rgb, 1.0
     if region.level != 0:
@@ -218,7 +231,10 @@ def read_image_region(
 
 
 def load_image(
-    path: str | os.PathLike, region: ImageRegion | None = None, wsi_backend: str | None = None
+    path: str | os.PathLike,
+    region: ImageRegion | None = None,
+    wsi_backend: str | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """Read an image, or a region of it, as ``H x W x 3`` uint8 RGB.
 
@@ -229,16 +245,16 @@ def load_image(
     the border is cut there.
 
     Raises:
-        RequestError: 404 file not found; 422 not a decodable image; 400 region missing (whole slide) or
-            outside the image.
+        RequestError: 404 file not found; 422 not a decodable image; 413 an image of more than ``max_pixels``
+            pixels; 400 region missing (whole slide) or outside the image.
     """
-    return read_image_region(path, region, wsi_backend)[0]
+    return read_image_region(path, region, wsi_backend, max_pixels)[0]
 
 
 def image_geometry(path: str | os.PathLike, level: int = 0, wsi_backend: str | None = None) -> tuple[int, int, float]:
     """``(width, height)`` of an image at level 0 and the downsample of ``level`` (1.0 for level 0).
 
-    Whole-slide images are sized from their metadata; other images are decoded once (they are small).
+    Both are sized from their headers, without decoding the pixels.
 
     Raises:
         RequestError: 404 file not found; 422 not a decodable image; 400 no such level.
@@ -251,8 +267,11 @@ def image_geometry(path: str | os.PathLike, level: int = 0, wsi_backend: str | N
             return int(width0), int(height0), float(reader.get_downsample_ratio(wsi, level))
     if level != 0:
         raise RequestError(400, f"{path.name} has one resolution level; 'level' must be 0, got {level}")
-    height, width = _read_plain(path).shape[:2]
-    return int(width), int(height), 1.0
+    size = image_size(path)
+    if size is None:
+        _read_plain(path, MAX_IMAGE_PIXELS)  # raises the decoder's error naming the file
+        raise RequestError(422, f"cannot read image: {path.name}")
+    return int(size[1]), int(size[0]), 1.0
 
 
 class LoadImageRegiond:
@@ -261,9 +280,9 @@ class LoadImageRegiond:
     ``location`` (level 0), ``size`` (``[w, h]`` read, at ``level``), ``level`` and ``downsample`` (level-0
     pixels per pixel read)."""
 
-    def __init__(self, wsi_backend: str | None = None, max_region_pixels: int = DEFAULT_MAX_REGION_PIXELS):
+    def __init__(self, wsi_backend: str | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS):
         self.wsi_backend = wsi_backend
-        self.max_region_pixels = int(max_region_pixels)
+        self.max_image_pixels = int(max_image_pixels)
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -276,8 +295,8 @@ class LoadImageRegiond:
             return d
         if not image:
             raise RequestError(404, "no image: the image id is not in the datastore and no file was uploaded")
-        region = parse_region(d, self.max_region_pixels)
-        rgb, downsample = read_image_region(image, region, self.wsi_backend)
+        region = parse_region(d, self.max_image_pixels)
+        rgb, downsample = read_image_region(image, region, self.wsi_backend, self.max_image_pixels)
         d["image"] = rgb
         d["region"] = None if region is None else {
             "location": [region.x, region.y],
@@ -317,6 +336,8 @@ class PixelCAMInferTask(BasicInferTask):
             ``model_meta.json`` classes take precedence).
         wsi_backend: ``"openslide"``, ``"tifffile"`` or ``"cucim"`` (installed separately); None: the
             default of :func:`~monai_pixelcam.inference.wsi_reader`.
+        max_image_pixels: largest image or region decoded for one request (413 beyond; the server's
+            ``max_image_pixels``).
     """
 
     def __init__(
@@ -326,7 +347,7 @@ class PixelCAMInferTask(BasicInferTask):
         labels: Mapping[str, int] | None = None,
         description: str = "PixelCAM: region of interest of a histology image from image-level supervision",
         wsi_backend: str | None = None,
-        max_region_pixels: int = DEFAULT_MAX_REGION_PIXELS,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         self.model_dir = Path(model_dir)
         super().__init__(
@@ -339,7 +360,7 @@ class PixelCAMInferTask(BasicInferTask):
         )
         self.classes = [str(c) for c in classes]
         self.wsi_backend = wsi_backend
-        self.max_region_pixels = int(max_region_pixels)
+        self.max_image_pixels = int(max_image_pixels)
         self._lock = threading.Lock()
         self._loaded: tuple[Any, PixelCAMPredictor] | None = None
 
@@ -409,7 +430,7 @@ class PixelCAMInferTask(BasicInferTask):
 
     # --- BasicInferTask stages -------------------------------------------------------------------------
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return [LoadImageRegiond(self.wsi_backend, self.max_region_pixels)]
+        return [LoadImageRegiond(self.wsi_backend, self.max_image_pixels)]
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return []

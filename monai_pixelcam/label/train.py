@@ -43,6 +43,7 @@ from monailabel.utils.others.generic import name_to_device
 from ..data.atomic import write_json_atomic
 from ..data.datalist import DatalistError, make_splits, save_datalist
 from ..export import META_FILE, MODEL_FILE, publish_model, source_checkpoint_from_model
+from .train_options import check_train_request
 
 __all__ = [
     "STAGES",
@@ -54,6 +55,8 @@ __all__ = [
     "datastore_items",
     "split_items",
     "build_datalist",
+    "TrainError",
+    "root_cause",
     "PixelCAMTrainTask",
 ]
 
@@ -227,22 +230,29 @@ def build_datalist(
     return {"classes": list(classes), "negative_classes": [int(c) for c in negative_classes], **splits}
 
 
+class TrainError(RuntimeError):
+    """A train job that failed; the message is the root cause's (:func:`root_cause`)."""
+
+
+def root_cause(error: BaseException) -> str:
+    """``"Type: message"`` of the innermost exception ``error`` was raised from (its ``__cause__`` chain, else
+    the exception it was raised while handling), e.g. the mask a datalist check named, not the bundle's
+    ``RuntimeError: Failed to evaluate ConfigExpression`` around it."""
+    seen = {id(error)}
+    while True:
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None or id(inner) in seen:
+            return f"{type(error).__name__}: {error}"
+        seen.add(id(inner))
+        error = inner
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _int_option(value: Any, name: str, minimum: int = 1) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if isinstance(value, bool) or not number.is_integer() or number < minimum:
-        raise ValueError(f"train option {name!r} must be an integer >= {minimum}, got {value!r}")
-    return int(number)
 
 
 class PixelCAMTrainTask(TrainTask):
@@ -323,29 +333,16 @@ class PixelCAMTrainTask(TrainTask):
         return dict(network), ""
 
     def _options(self, request: Mapping) -> dict[str, Any]:
+        """The request's options over the bundle's defaults, checked against the allow-list
+        (:func:`~monai_pixelcam.label.train_options.check_train_request`; raises its TrainOptionError)."""
+        checked = check_train_request(request)
         opts: dict[str, Any] = dict(self.bundle_defaults())
-        for name in _BUNDLE_INT_OPTIONS:
-            if request.get(name) not in (None, ""):
-                opts[name] = _int_option(request[name], name)
-        for name in ("num_workers", "seed"):
-            if request.get(name) not in (None, ""):
-                opts[name] = _int_option(request[name], name, minimum=0)
-        mode = request.get("mode") or "auto"
-        mode = mode[0] if isinstance(mode, (list, tuple)) else mode
-        if mode not in ("auto", *STAGES):
-            raise ValueError(f"train option 'mode' must be 'auto', 'finetune' or 'full', got {mode!r}")
-        opts["mode"] = mode
-        opts["valcl_fraction"] = float(request.get("valcl_fraction", 0.2))
-        if not 0.0 <= opts["valcl_fraction"] < 1.0:
-            raise ValueError(f"train option 'valcl_fraction' must lie in [0, 1), got {opts['valcl_fraction']}")
-        opts["valpx_per_class"] = _int_option(request.get("valpx_per_class", 2), "valpx_per_class")
-        overrides = request.get("bundle_overrides") or {}
-        if isinstance(overrides, str):
-            overrides = json.loads(overrides)
-        if not isinstance(overrides, Mapping):
-            raise ValueError(f"train option 'bundle_overrides' must be a JSON object, got {overrides!r}")
-        opts["bundle_overrides"] = dict(overrides)
-        opts["device"] = name_to_device(request.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+        opts.update({k: checked[k] for k in (*_BUNDLE_INT_OPTIONS, "num_workers", "seed") if k in checked})
+        opts["mode"] = checked.get("mode", "auto")
+        opts["valcl_fraction"] = float(checked.get("valcl_fraction", 0.2))
+        opts["valpx_per_class"] = int(checked.get("valpx_per_class", 2))
+        opts["bundle_overrides"] = checked["bundle_overrides"]
+        opts["device"] = name_to_device(checked.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
         return opts
 
     @staticmethod
@@ -372,6 +369,17 @@ class PixelCAMTrainTask(TrainTask):
 
     # --- the job ---------------------------------------------------------------------------------------
     def __call__(self, request: Mapping, datastore: Datastore) -> dict[str, Any]:
+        """Run one train job (module docstring). Any failure is raised as a :class:`TrainError` carrying the
+        root cause's message, so that the job's last output line (what ``GET /train/`` shows of it) is the
+        real reason, not a config parser's ``Failed to evaluate ConfigExpression``."""
+        try:
+            return self._train(request, datastore)
+        except Exception as e:  # noqa: BLE001 - re-raised with the reason the annotator needs
+            reason = root_cause(e)
+            logger.error(f"PixelCAM train failed: {reason}")
+            raise TrainError(reason) from e
+
+    def _train(self, request: Mapping, datastore: Datastore) -> dict[str, Any]:
         start = time.time()
         if not self.config_file.is_file():
             raise FileNotFoundError(f"bundle train config not found: {self.config_file} (check --conf bundle_dir)")

@@ -55,7 +55,9 @@ def _region_box(request: Mapping, width0: int, height0: int) -> tuple[int, int, 
     return x0, y0, x1, y1
 
 
-def plan_tiles(request: Mapping, width0: int, height0: int, downsample: float = 1.0) -> list[dict]:
+def plan_tiles(
+    request: Mapping, width0: int, height0: int, downsample: float = 1.0, max_tiles: int | None = None
+) -> list[dict]:
     """The tiles of a WSI request.
 
     Args:
@@ -64,19 +66,22 @@ def plan_tiles(request: Mapping, width0: int, height0: int, downsample: float = 
             ``wsi_tiles``: a list of ``{"location": [x, y], "size": [w, h]}`` in level-0 pixels.
         width0, height0: the image's size at level 0.
         downsample: level-0 pixels per pixel of the level read.
+        max_tiles: most tiles allowed (None: no bound); counted before any tile is made.
 
     Returns:
         ``[{"location": [x, y] (level 0), "size": [w, h] (pixels at the level read)}, ...]`` in row-major
         order, every tile inside the image.
 
     Raises:
-        RequestError: 400 for a malformed value or a region or tile outside the image.
+        RequestError: 400 for a malformed value or a region or tile outside the image; 413 for more than
+            ``max_tiles`` tiles.
     """
     boxes = []
     if request.get("wsi_tiles"):
         tiles = request["wsi_tiles"]
         if not isinstance(tiles, Sequence) or not all(isinstance(t, Mapping) for t in tiles):
             raise RequestError(400, "'wsi_tiles' must be a list of {\"location\": [x, y], \"size\": [w, h]}")
+        _check_tile_count(len(tiles), max_tiles)
         for k, tile in enumerate(tiles):
             x, y = int_pair(tile.get("location"), f"wsi_tiles[{k}].location", 0)
             w, h = int_pair(tile.get("size"), f"wsi_tiles[{k}].size", 1)
@@ -86,6 +91,7 @@ def plan_tiles(request: Mapping, width0: int, height0: int, downsample: float = 
         tw, th = int_pair([tile, tile] if isinstance(tile, (int, float)) else tile, "tile_size", 1)
         x0, y0, x1, y1 = _region_box(request, width0, height0)
         step_x, step_y = tw * downsample, th * downsample  # level-0 pixels per tile
+        _check_tile_count(math.ceil((y1 - y0) / step_y) * math.ceil((x1 - x0) / step_x), max_tiles)
         for r in range(math.ceil((y1 - y0) / step_y)):
             for c in range(math.ceil((x1 - x0) / step_x)):
                 tx, ty = x0 + round(c * step_x), y0 + round(r * step_y)
@@ -99,6 +105,15 @@ def plan_tiles(request: Mapping, width0: int, height0: int, downsample: float = 
     ]
 
 
+def _check_tile_count(count: int, max_tiles: int | None) -> None:
+    if max_tiles is not None and count > max_tiles:
+        raise RequestError(
+            413,
+            f"the request plans {count} tiles, more than the server's max_wsi_tiles ({max_tiles}); ask for a "
+            "smaller region, larger tiles or a coarser level",
+        )
+
+
 def _output(request: Mapping) -> str | None:
     output = request.get("output", "dsa")  # MONAI Label's default when the request names none
     if output is not None and output not in OUTPUTS:
@@ -106,7 +121,7 @@ def _output(request: Mapping) -> str | None:
     return output
 
 
-def infer_wsi(task: PixelCAMInferTask, image: str, request: Mapping[str, Any]) -> dict:
+def infer_wsi(task: PixelCAMInferTask, image: str, request: Mapping[str, Any], max_tiles: int = 4096) -> dict:
     """Annotate a region of ``image`` tile by tile (the app's ``infer_wsi``).
 
     Args:
@@ -115,6 +130,8 @@ def infer_wsi(task: PixelCAMInferTask, image: str, request: Mapping[str, Any]) -
         request: the WSI request: ``model``, ``output``, ``level``, ``location``, ``size``, ``tile_size`` or
             ``wsi_tiles``, ``min_poly_area`` (level-0 pixels squared), ``threshold``, ``device``,
             ``max_workers`` (tiles in flight, default 1: one forward pass already uses every core).
+        max_tiles: most tiles one request may plan (the server's ``max_wsi_tiles``); more: 413, before any
+            tile is planned.
 
     Returns:
         MONAI Label's answer ``{"file": DSA JSON / ASAP XML path or None, "params": result}``; the result
@@ -124,7 +141,7 @@ def infer_wsi(task: PixelCAMInferTask, image: str, request: Mapping[str, Any]) -
         ``latencies``.
 
     Raises:
-        RequestError: 400 malformed request, 404/422 unreadable image, 503 no model.
+        RequestError: 400 malformed request, 404/422 unreadable image, 413 too many tiles, 503 no model.
     """
     start = time.time()
     output = _output(request)
@@ -137,7 +154,7 @@ def infer_wsi(task: PixelCAMInferTask, image: str, request: Mapping[str, Any]) -
     if level < 0:
         raise RequestError(400, f"'level' must be >= 0, got {level}")
     width0, height0, downsample = image_geometry(image, level, task.wsi_backend)
-    tiles = plan_tiles(request, width0, height0, downsample)
+    tiles = plan_tiles(request, width0, height0, downsample, max_tiles)
     base = {k: v for k, v in request.items() if k not in _REGION_KEYS}
     base.update(
         image=image,

@@ -1,11 +1,14 @@
-"""The MONAI Label app of monai-pixelcam (MONAI Label loads this file by path from the app directory).
+"""The MONAI Label app of monai-pixelcam. MONAI Label loads it from the app folder ``apps/pixelcam``, whose
+``main.py`` imports it; the server runs behind the app's guard (:mod:`monai_pixelcam.label.server`):
 
-    monailabel start_server --app monai_pixelcam/label --studies DATASTORE --conf bundle_dir bundles/pixelcam
+    monailabel start_server --app apps/pixelcam --studies DATASTORE --conf bundle_dir bundles/pixelcam \
+        --uvicorn_app monai_pixelcam.label.server:app
 
 Settings (``--conf KEY VALUE``):
 
 * ``bundle_dir``: the PixelCAM bundle folder; the model is ``<bundle_dir>/models/model.pt`` with
-  ``model_meta.json``. Default: ``bundles/pixelcam`` of the source checkout that holds this package.
+  ``model_meta.json``, and train jobs write their runs under ``<bundle_dir>/models/label_runs``. Default:
+  ``bundles/pixelcam`` beside the app folder's ``apps/`` (the repository layout).
 * ``classes``: comma-separated class names in label order. Default: the trained model's classes, else the
   distinct names of the datastore's image labels (sorted).
 * ``negative_classes``: comma-separated names or indices of classes whose images hold no region of interest
@@ -13,43 +16,62 @@ Settings (``--conf KEY VALUE``):
 * ``label_key``: the image-info field that holds an image's class (default ``label``).
 * ``wsi_backend``: ``openslide``, ``tifffile`` or ``cucim`` (installed separately). Default: that of
   :func:`monai_pixelcam.inference.wsi_reader`.
+* the limits of :class:`~monai_pixelcam.label.limits.ServerLimits`: ``max_wsi_tiles``, ``max_image_pixels``,
+  ``max_upload_mb``, ``max_pending_infers``, ``max_train_request_kb``.
+* ``upload_dir``: the folder for uploads of requests in flight (:mod:`monai_pixelcam.label.server`); default:
+  a new private folder in the system's temporary folder, removed when the server stops.
 
 Tasks: infer ``pixelcam`` (:class:`monai_pixelcam.label.infer.PixelCAMInferTask`; ``/infer/pixelcam`` answers
 a label image, ``/infer/wsi/pixelcam`` and ``/infer/wsi_v2/pixelcam`` contours as DSA JSON, ASAP XML or JSON,
 :mod:`monai_pixelcam.label.wsi_infer`), train ``pixelcam`` (:class:`monai_pixelcam.label.train.PixelCAMTrainTask`)
 and the active learning strategy ``pixelcam_uncertainty``
 (:class:`monai_pixelcam.label.activelearning.PixelCAMUncertainty`). Image ids are resolved through the
-datastore only (:mod:`monai_pixelcam.label.access`).
+datastore only (:mod:`monai_pixelcam.label.access`); the datastore keeps every file inside its folder and
+takes only usable images and masks (:mod:`monai_pixelcam.label.datastore`); train requests are checked
+against an allow-list (:mod:`monai_pixelcam.label.train_options`); error details name image ids, never
+server paths.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fastapi import HTTPException
 from monailabel.config import settings
-from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 
 import monai_pixelcam
-from monai_pixelcam.label.access import resolve_image
-from monai_pixelcam.label.activelearning import STRATEGY_NAME, PixelCAMUncertainty
-from monai_pixelcam.label.infer import LABEL_NAME, PixelCAMInferTask
-from monai_pixelcam.label.train import PixelCAMTrainTask
-from monai_pixelcam.label.wsi_infer import infer_wsi
+
+from .access import is_upload, resolve_image
+from .activelearning import STRATEGY_NAME, PixelCAMUncertainty
+from .datastore import PixelCAMDatastore
+from .errors import RequestError
+from .infer import LABEL_NAME, PixelCAMInferTask
+from .limits import ServerLimits
+from .train import PixelCAMTrainTask
+from .wsi_infer import infer_wsi
+
+__all__ = ["IMAGE_PATTERNS", "default_bundle_dir", "PixelCAMApp"]
 
 logger = logging.getLogger(__name__)
 
-#: Image files a local datastore lists besides MONAI Label's defaults (which have .png, .jpg, .tif, .svs).
-EXTRA_IMAGE_PATTERNS = ("*.jpeg", "*.tiff")
+#: Image files of a local datastore: the 2D images and whole slides the app reads (listed, and accepted as
+#: uploads).
+IMAGE_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.bmp", "*.svs", "*.ndpi", "*.scn", "*.bif")
+_GUARD_MODULE = "monai_pixelcam.label.server"
 
 
-def default_bundle_dir() -> Path:
-    """``bundles/pixelcam`` next to the ``monai_pixelcam`` package (a source checkout)."""
-    return Path(monai_pixelcam.__file__).resolve().parents[1] / "bundles" / "pixelcam"
+def default_bundle_dir(app_dir: str | os.PathLike) -> Path:
+    """``bundles/pixelcam`` of the repository whose ``apps/<app>`` folder is ``app_dir``."""
+    return Path(app_dir).resolve().parents[1] / "bundles" / "pixelcam"
 
 
 def _split(value: str | None) -> list[str]:
@@ -63,7 +85,8 @@ class PixelCAMApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         conf = dict(conf or {})
         bundle = conf.get("bundle_dir")
-        self.bundle_dir = Path(bundle).expanduser().resolve() if bundle else default_bundle_dir()
+        self.bundle_dir = Path(bundle).expanduser().resolve() if bundle else default_bundle_dir(app_dir)
+        self.limits = ServerLimits.from_conf(conf)
         if not (self.bundle_dir / "configs").is_dir():
             raise ValueError(
                 f"bundle_dir {self.bundle_dir} is not a PixelCAM bundle (it has no configs/ folder); "
@@ -87,10 +110,10 @@ class PixelCAMApp(MONAILabelApp):
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
             return super().init_datastore()
-        patterns = list(dict.fromkeys([*settings.MONAI_LABEL_DATASTORE_FILE_EXT, *EXTRA_IMAGE_PATTERNS]))
-        return LocalDatastore(
+        return PixelCAMDatastore(
             self.studies,
-            extensions=patterns,
+            extensions=IMAGE_PATTERNS,
+            max_image_pixels=self.limits.max_image_pixels,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
@@ -98,7 +121,11 @@ class PixelCAMApp(MONAILabelApp):
     def init_infers(self) -> dict[str, PixelCAMInferTask]:
         return {
             "pixelcam": PixelCAMInferTask(
-                self.model_dir, classes=self.classes, labels={LABEL_NAME: 1}, wsi_backend=self.wsi_backend
+                self.model_dir,
+                classes=self.classes,
+                labels={LABEL_NAME: 1},
+                wsi_backend=self.wsi_backend,
+                max_image_pixels=self.limits.max_image_pixels,
             )
         }
 
@@ -123,9 +150,23 @@ class PixelCAMApp(MONAILabelApp):
                 "threshold": model["threshold"],
                 "bundle_dir": str(self.bundle_dir),
                 "label_key": self.label_key,
+                "limits": {**vars(self.limits)},
             }
         )
         return d
+
+    def server_mode(self, mode: bool):
+        """Entered by ``monailabel start_server``: refused unless the server serves through the guard
+        (:mod:`monai_pixelcam.label.server`), which bounds uploads and checks train requests before MONAI
+        Label's endpoints act on them."""
+        # the guard module is imported by uvicorn (--uvicorn_app) and by nothing in the app itself
+        guard = sys.modules.get(_GUARD_MODULE)
+        if mode and not (guard is not None and guard.guard_active()):
+            raise RuntimeError(
+                "the PixelCAM app must be served through its guard: add "
+                f"--uvicorn_app {_GUARD_MODULE}:app to `monailabel start_server` (README, Security)"
+            )
+        super().server_mode(mode)
 
     def image_path(self, image: str, datastore: Datastore | None = None) -> str:
         """The file of a request's image id: a datastore image, or this request's upload or session file
@@ -133,16 +174,39 @@ class PixelCAMApp(MONAILabelApp):
         sessions = self.sessions()
         return resolve_image(image, datastore or self.datastore(), sessions.store_path if sessions else None)
 
+    @contextmanager
+    def _serving(self, image: Any, datastore: Datastore | None) -> Iterator[str]:
+        """The file of a request's image id for the duration of the request. A failure's detail names the
+        id (or "the uploaded image") instead of any server path, and deletes the request's upload (on success
+        MONAI Label's endpoint deletes it once the answer is sent)."""
+        path = self.image_path(image, datastore)
+        upload = is_upload(path)
+        folders = (os.path.dirname(path), str(self.bundle_dir), str(self.studies), str(self.app_dir))
+        try:
+            yield path
+        except HTTPException as e:
+            detail = str(e.detail).replace(path, "the uploaded image" if upload else repr(image))
+            for folder in folders:
+                detail = detail.replace(folder + os.sep, "").replace(folder, "")
+            if upload:
+                _remove(path)
+            raise RequestError(e.status_code, detail) from None
+        except BaseException:
+            if upload:
+                _remove(path)
+            raise
+
     def infer(self, request, datastore=None):
         """MONAI Label's infer, on the file the image id resolves to (MONAI Label itself would take any
         existing server path as the image)."""
         request = dict(request)
-        if isinstance(request.get("image"), str):
-            request["image"] = self.image_path(request["image"], datastore)
-        return super().infer(request, datastore)
+        if not isinstance(request.get("image"), str):
+            return super().infer(request, datastore)
+        with self._serving(request["image"], datastore) as path:
+            return super().infer({**request, "image": path}, datastore)
 
     def infer_wsi(self, request, datastore=None):
-        """``/infer/wsi`` and ``/infer/wsi_v2``: contours of a region tile by tile
+        """``/infer/wsi`` and ``/infer/wsi_v2``: contours of a region tile by tile, at most ``max_wsi_tiles``
         (:func:`monai_pixelcam.label.wsi_infer.infer_wsi`), answered as DSA JSON, ASAP XML or JSON."""
         model = request.get("model")
         task = self._infers.get(model)
@@ -151,4 +215,12 @@ class PixelCAMApp(MONAILabelApp):
                 MONAILabelError.INVALID_INPUT, f"WSI/Inference Task is not Initialized. There is no model '{model}'"
             )
         request = {**task.config(), **request}
-        return infer_wsi(task, self.image_path(request.get("image"), datastore), request)
+        with self._serving(request.get("image"), datastore) as path:
+            return infer_wsi(task, path, request, max_tiles=self.limits.max_wsi_tiles)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

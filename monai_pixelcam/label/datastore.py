@@ -1,0 +1,210 @@
+"""The app's local datastore: MONAI Label's ``LocalDatastore`` that keeps every file inside its folder and
+takes only images and labels it can use.
+
+MONAI Label 0.8.5's ``LocalDatastore`` joins a client's image id and label tag into file paths as they come:
+``PUT /datastore/?image=../x`` writes ``x.png`` one folder above the datastore and ``PUT /datastore/label?tag=
+../../t`` a folder two levels up; ``/infer`` and ``GET /datastore/image`` then serve them. It also stores
+any file as a label, so a label of the wrong size or a text file fails the next train job, out of the
+annotator's sight. :class:`PixelCAMDatastore` checks at the door, before anything is written:
+
+* image ids are one plain file-name stem (no path separator, no leading ``.``, no control character, at most
+  200 characters); label tags are short words (``[A-Za-z0-9_-]``, at most 64); the stored file's extension
+  is one of the image extensions the app lists; every path it writes or returns resolves inside the folder
+  (400 otherwise);
+* an added image must be an image the app reads (422), of at most ``max_image_pixels`` pixels unless it is
+  a whole slide (413);
+* a label must be a raster mask of its image's size, binary (0 and one value) or a label map of consecutive
+  ids (:func:`label_problem`); anything else is refused (415 format, 422 content) and not stored.
+
+Errors are :class:`~monai_pixelcam.label.errors.RequestError` (an ``HTTPException`` MONAI Label's endpoints
+pass to the client) whose message names the id or tag, never a server path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monailabel.datastore.local import LocalDatastore
+
+from ..data.datalist import DatalistError
+from ..data.io import MAX_IMAGE_PIXELS, ImageTooLargeError, image_size, read_pixels
+from ..inference.wsi import is_whole_slide
+from .errors import RequestError
+
+__all__ = ["RASTER_LABEL_SUFFIXES", "check_image_id", "check_tag", "label_problem", "PixelCAMDatastore"]
+
+#: Extensions of the label files the app stores (raster masks).
+RASTER_LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+_TAG = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_SUFFIX = re.compile(r"(\.[A-Za-z0-9_\-]{1,10}){1,3}")
+_MAX_ID = 200
+
+
+def check_image_id(image_id: Any) -> str:
+    """An image id that names one file stem inside the datastore.
+
+    Raises:
+        RequestError: 400 naming the id.
+    """
+    ok = (
+        isinstance(image_id, str)
+        and 0 < len(image_id) <= _MAX_ID
+        and not image_id.startswith(".")
+        and not any(c in image_id for c in "/\\")
+        and all(c.isprintable() for c in image_id)
+    )
+    if not ok:
+        shown = image_id[:80] if isinstance(image_id, str) else image_id
+        raise RequestError(
+            400,
+            f"image id {shown!r} is not a plain file name: ids are at most {_MAX_ID} printable characters, "
+            "without '/', '\\' or a leading '.'",
+        )
+    return image_id
+
+
+def check_tag(tag: Any) -> str:
+    """A label tag that is one short word (``final``, ``original``, ...).
+
+    Raises:
+        RequestError: 400 naming the tag.
+    """
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        shown = tag[:80] if isinstance(tag, str) else tag
+        raise RequestError(400, f"label tag {shown!r} must be 1 to 64 letters, digits, '_' or '-'")
+    return tag
+
+
+def _suffix(file_name: str, allowed: Sequence[str], what: str) -> str:
+    suffix = "".join(Path(file_name).suffixes).lower()
+    if not _SUFFIX.fullmatch(suffix) or not suffix.endswith(tuple(allowed)):
+        raise RequestError(415, f"{what} of type {suffix or '(none)'!r} is not accepted; accepted: {sorted(allowed)}")
+    return suffix
+
+
+def label_problem(pixels: np.ndarray, has_alpha: bool) -> str | None:
+    """Why decoded label pixels (:func:`monai_pixelcam.data.io.read_pixels`, palette as index) are not a
+    mask, or None when they are one.
+
+    A mask is single-channel (or colour channels that are all equal) integer or boolean data that is either
+    binary (0 and at most one other value: 0/1, 0/255) or a label map of instance ids 1..K of which at least
+    half are present (GlaS gland ids). A soft map quantised to levels (0, 17, 34, ...) is neither: read as a
+    label map it would turn almost every pixel into foreground.
+    """
+    arr = pixels[..., :-1] if has_alpha and pixels.ndim == 3 else pixels
+    if arr.ndim == 3:
+        if not all(np.array_equal(arr[..., 0], arr[..., k]) for k in range(1, arr.shape[-1])):
+            return "it is a colour image; a label is a single-channel mask (0 background, 1 or 255 region)"
+        arr = arr[..., 0]
+    if arr.dtype == bool:
+        return None
+    if not np.issubdtype(arr.dtype, np.integer):
+        return f"its values are {arr.dtype}; a label holds integers (0 background, 1 or 255 region)"
+    values = np.unique(arr)
+    nonzero = values[values > 0]
+    if values.min() < 0:
+        return f"it has negative values ({int(values.min())})"
+    if len(nonzero) <= 1 or int(nonzero.max()) <= 2 * len(nonzero):
+        return None
+    shown = ", ".join(str(int(v)) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    return (
+        f"its {len(values)} values ({shown}) are neither binary (0 and one value) nor a label map of consecutive "
+        "ids 1..K; a soft or quantised map must be thresholded to 0/1 first"
+    )
+
+
+class PixelCAMDatastore(LocalDatastore):
+    """``LocalDatastore`` whose ids, tags, images and labels are checked (module docstring).
+
+    Args:
+        datastore_path: the datastore folder (``--studies``).
+        extensions: file patterns of images (``*.png``, ...); their suffixes are the accepted image types.
+        max_image_pixels: largest image (pixels) accepted, whole slides excepted.
+        kwargs: passed to ``LocalDatastore`` (``auto_reload``, ``read_only``, ...).
+    """
+
+    def __init__(
+        self,
+        datastore_path: str,
+        extensions: Sequence[str] = ("*.png",),
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        **kwargs,
+    ):
+        self.image_suffixes = tuple(sorted({p.lstrip("*").lower() for p in extensions if p.startswith("*.")}))
+        self.max_image_pixels = int(max_image_pixels)
+        super().__init__(datastore_path, extensions=list(extensions), **kwargs)
+        self._root = os.path.realpath(datastore_path)
+
+    def _inside(self, path: str, what: str) -> str:
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self._root]) != self._root or real == self._root:
+            raise RequestError(400, f"{what} does not resolve inside the datastore")
+        return path
+
+    def _size(self, path: str, what: str) -> tuple[int, int]:
+        """``(height, width)`` of an image or slide at level 0 (422 when it is not one the app reads)."""
+        if is_whole_slide(path):
+            from .infer import image_geometry  # the slide readers; imported here, infer imports this module's errors
+
+            width, height, _ = image_geometry(path, 0)
+            return height, width
+        size = image_size(path)
+        if size is None:
+            raise RequestError(422, f"{what} is not an image the app can read")
+        if size[0] * size[1] > self.max_image_pixels:
+            raise RequestError(
+                413,
+                f"{what} has {size[1]} x {size[0]} pixels, more than the server's max_image_pixels "
+                f"({self.max_image_pixels}); save it as a pyramidal TIFF to add it as a whole slide",
+            )
+        return size
+
+    # --- images ----------------------------------------------------------------------------------------
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """Add an uploaded image (see the class docstring for the checks; nothing is written when one fails).
+        The id is checked before ``LocalDatastore`` joins it into ``<id><suffix>`` in its folder."""
+        name = os.path.basename(image_filename)
+        image_id = check_image_id(image_id or name[: len(name) - len("".join(Path(name).suffixes))])
+        _suffix(image_filename, self.image_suffixes, f"image {image_id!r}")
+        self._size(image_filename, f"image {image_id!r}")
+        return super().add_image(image_id, image_filename, image_info)
+
+    def get_image_uri(self, image_id: str) -> str:
+        uri = super().get_image_uri(image_id)
+        return self._inside(uri, f"image {str(image_id)[:80]!r}") if uri else uri
+
+    # --- labels ----------------------------------------------------------------------------------------
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        """Store a label after checking it against its image (class docstring); a bad label is not stored."""
+        check_image_id(image_id)
+        check_tag(label_tag)
+        image = self.get_image_uri(image_id)
+        if not image or not os.path.isfile(image):
+            raise RequestError(404, f"image {image_id!r} is not in the datastore")
+        what = f"label {label_tag!r} of image {image_id!r}"
+        _suffix(label_filename, RASTER_LABEL_SUFFIXES, what)
+        expected = self._size(image, f"image {image_id!r}")
+        try:
+            pixels, has_alpha = read_pixels(label_filename, palette_as_index=True, max_pixels=self.max_image_pixels)
+        except ImageTooLargeError:
+            raise RequestError(413, f"{what} has more pixels than max_image_pixels ({self.max_image_pixels})") from None
+        except DatalistError:
+            raise RequestError(422, f"{what} is not an image the app can read") from None
+        if tuple(pixels.shape[:2]) != tuple(expected):
+            raise RequestError(
+                422,
+                f"{what} is {pixels.shape[1]} x {pixels.shape[0]} pixels; its image is {expected[1]} x {expected[0]}",
+            )
+        problem = label_problem(pixels, has_alpha)
+        if problem:
+            raise RequestError(422, f"{what} is not a mask: {problem}")
+        return super().save_label(image_id, label_filename, label_tag, label_info)
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        uri = super().get_label_uri(label_id, label_tag)
+        return self._inside(uri, f"label {str(label_tag)[:80]!r} of {str(label_id)[:80]!r}") if uri else uri

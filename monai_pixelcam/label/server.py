@@ -1,0 +1,226 @@
+"""The MONAI Label server with the app's guard in front: ``--uvicorn_app monai_pixelcam.label.server:app``.
+
+    monailabel start_server --app apps/pixelcam --studies DATASTORE --conf bundle_dir bundles/pixelcam \\
+        --uvicorn_app monai_pixelcam.label.server:app
+
+``app`` is MONAI Label's own FastAPI application (``monailabel.app:app``, every endpoint unchanged) behind
+:class:`RequestGuard`, an ASGI middleware. The guard does what the app cannot do from inside MONAI Label's
+endpoints, which read a whole upload to disk and start train jobs before the app sees them:
+
+* **request size**: a body over ``max_upload_mb`` is refused with 413, from its ``Content-Length`` before
+  it is read, or as soon as a streamed body passes the bound (:class:`~monai_pixelcam.label.limits.ServerLimits`);
+* **train requests** (``POST /train/`` and ``/train/{model}``) are checked against the allow-list of
+  :mod:`monai_pixelcam.label.train_options` before a job starts: 400 naming the key;
+* **inference load**: at most ``max_pending_infers`` inference requests in the server at once (429
+  beyond); MONAI Label runs them one after another on its event loop;
+* **uploads**: the process's temporary folder becomes a private folder of this server (``tempfile.tempdir``,
+  the standard library's setting for it), so that no other user's file sits among the uploads; every request
+  runs in :func:`~monai_pixelcam.label.access.request_scope`, so only files written during it count as its
+  uploads; and whenever no request is in flight, every upload left in the folder (a failed request's) is
+  deleted. The folder is removed when the server stops. ``--conf upload_dir PATH`` names it instead of a
+  new ``pixelcam-server-*`` folder (it is created, private to the server's user).
+
+The app refuses to serve in server mode without this guard (:meth:`PixelCAMApp.server_mode`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from monailabel.config import settings
+
+from .access import request_scope, upload_files
+from .limits import ServerLimits
+from .train_options import TrainOptionError, check_train_request
+
+__all__ = ["RequestGuard", "app", "guard_active"]
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+_INFER_PREFIXES = ("/infer/", "/batch/infer/", "/activelearning/", "/scoring/")
+_GUARDS: list[RequestGuard] = []
+
+
+def guard_active() -> bool:
+    """Whether a :class:`RequestGuard` was built in this process (the server serves through it)."""
+    return bool(_GUARDS)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _answer(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
+    """ASGI middleware enforcing the bounds and checks of the module docstring in front of ``inner``.
+
+    Args:
+        inner: the ASGI application (MONAI Label's FastAPI app).
+        limits: the bounds.
+        upload_dir: the private temporary folder (created, made the process's ``tempfile.tempdir``, and
+            removed at exit); None: a new ``pixelcam-server-*`` folder in the system's temporary folder.
+    """
+
+    def __init__(self, inner: ASGIApp, limits: ServerLimits, upload_dir: str | None = None):
+        self.inner = inner
+        self.limits = limits
+        self.upload_dir = upload_dir or tempfile.mkdtemp(prefix="pixelcam-server-")
+        os.makedirs(self.upload_dir, mode=0o700, exist_ok=True)
+        tempfile.tempdir = self.upload_dir
+        atexit.register(shutil.rmtree, self.upload_dir, True)
+        self.in_flight = 0
+        self.pending_infers = 0
+        _GUARDS.append(self)
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+        path, method = scope.get("path", "").removeprefix(settings.MONAI_LABEL_API_STR), scope.get("method", "")
+        limit = self.limits.max_upload_bytes
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _answer(send, 413, f"the request body is larger than the server's max_upload_mb ({self.limits.max_upload_mb} MiB)")
+            return
+        is_infer = method == "POST" and path.startswith(_INFER_PREFIXES)
+        if is_infer and self.pending_infers >= self.limits.max_pending_infers:
+            await _answer(
+                send, 429, f"the server is busy: max_pending_infers ({self.limits.max_pending_infers}) inference "
+                "requests are already waiting or running; try again shortly",
+            )  # fmt: skip
+            return
+        self.in_flight += 1
+        self.pending_infers += is_infer
+        try:
+            if method == "POST" and (path.rstrip("/") == "/train" or path.startswith("/train/")):
+                await self._train(scope, receive, send)
+            else:
+                await self._forward(scope, receive, send, limit)
+        finally:
+            self.in_flight -= 1
+            self.pending_infers -= is_infer
+            if self.in_flight == 0:
+                self._sweep()
+
+    async def _forward(self, scope: Scope, receive, send, limit: int) -> None:
+        """Pass the request on, counting its body: past ``limit`` bytes the body ends, and the answer is 413."""
+        received, state = 0, {"too_large": False, "started": False}
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    state["too_large"] = True
+                    raise _TooLarge()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if state["too_large"]:
+                return  # the 413 below answers instead
+            state["started"] = True
+            await send(message)
+
+        try:
+            with request_scope():
+                await self.inner(scope, counted_receive, guarded_send)
+        except _TooLarge:
+            pass
+        except Exception:
+            if not state["too_large"]:
+                raise
+        if state["too_large"] and not state["started"]:
+            await _answer(send, 413, f"the request body is larger than the server's max_upload_mb ({self.limits.max_upload_mb} MiB)")
+
+    async def _train(self, scope: Scope, receive, send) -> None:
+        """Read the (small) JSON body of a train request, check it, then replay it to MONAI Label."""
+        limit = self.limits.max_train_request_kb * 1024
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > limit:
+                await _answer(send, 413, f"a train request is at most max_train_request_kb ({self.limits.max_train_request_kb} KiB)")
+                return
+        body = b"".join(chunks)
+        try:
+            params = json.loads(body) if body.strip() else None
+            self._check_train(scope.get("path", "").rstrip("/"), params)
+        except (ValueError, TrainOptionError) as e:
+            await _answer(send, 400, str(e) if isinstance(e, TrainOptionError) else f"the train request is not JSON: {e}")
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        with request_scope():
+            await self.inner(scope, replay, send)
+
+    @staticmethod
+    def _check_train(path: str, params: Any) -> None:
+        """``POST /train/{model}`` takes the options themselves; ``POST /train/`` a dict of them per model."""
+        if params is None:
+            return
+        model = path.split("/")[-1]
+        if model == "train":
+            if not isinstance(params, dict):
+                raise TrainOptionError("the body of POST /train/ must be a JSON object of options per model")
+            for name, options in params.items():
+                if not isinstance(options, dict):
+                    raise TrainOptionError(f"the options of model {name!r} must be a JSON object")
+                check_train_request({"model": name, **options})
+        else:
+            check_train_request({"model": model, **params} if isinstance(params, dict) else params)
+
+    def _sweep(self) -> None:
+        """Delete what failed requests left in the upload folder (no request is in flight)."""
+        for name in upload_files():
+            path = os.path.join(self.upload_dir, name)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.remove(path)
+                logger.info(f"removed a request's leftover upload {name}")
+            except OSError:
+                pass
+
+
+def __getattr__(name: str) -> Any:
+    """``app``, built on first access (uvicorn's ``--uvicorn_app ...:app``), so that importing this module for
+    :class:`RequestGuard` alone changes nothing in the process."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    global app
+    from monailabel.app import app as monailabel_app
+
+    conf = settings.MONAI_LABEL_APP_CONF or {}
+    app = RequestGuard(monailabel_app, ServerLimits.from_conf(conf), upload_dir=conf.get("upload_dir") or None)
+    return app
