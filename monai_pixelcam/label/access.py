@@ -30,7 +30,7 @@ from monailabel.interfaces.datastore import Datastore
 
 from .errors import RequestError
 
-__all__ = ["resolve_image", "is_upload", "request_scope", "upload_files"]
+__all__ = ["resolve_image", "is_upload", "request_scope", "upload_files", "removed_on_failure"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,22 @@ def is_upload(path: str) -> bool:
         and os.path.isfile(path)
         and not os.path.islink(path)
     )
+
+
+@contextmanager
+def removed_on_failure(path: str) -> Iterator[None]:
+    """Delete ``path`` when it is the current request's upload and the block raises: MONAI Label's endpoints
+    delete an upload in a background task that runs only after a successful answer."""
+    upload = is_upload(path)
+    try:
+        yield
+    except BaseException:
+        if upload:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        raise
 
 
 def _in_folder(path: str, folder: str | None) -> bool:

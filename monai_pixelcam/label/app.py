@@ -50,7 +50,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 
 import monai_pixelcam
 
-from .access import is_upload, resolve_image
+from .access import is_upload, removed_on_failure, resolve_image
 from .activelearning import STRATEGY_NAME, PixelCAMUncertainty
 from .datastore import PixelCAMDatastore
 from .errors import RequestError
@@ -180,21 +180,16 @@ class PixelCAMApp(MONAILabelApp):
         id (or "the uploaded image") instead of any server path, and deletes the request's upload (on success
         MONAI Label's endpoint deletes it once the answer is sent)."""
         path = self.image_path(image, datastore)
-        upload = is_upload(path)
+        shown = "the uploaded image" if is_upload(path) else repr(image)
         folders = (os.path.dirname(path), str(self.bundle_dir), str(self.studies), str(self.app_dir))
         try:
-            yield path
+            with removed_on_failure(path):
+                yield path
         except HTTPException as e:
-            detail = str(e.detail).replace(path, "the uploaded image" if upload else repr(image))
+            detail = str(e.detail).replace(path, shown).replace(os.path.basename(path), shown)
             for folder in folders:
                 detail = detail.replace(folder + os.sep, "").replace(folder, "")
-            if upload:
-                _remove(path)
             raise RequestError(e.status_code, detail) from None
-        except BaseException:
-            if upload:
-                _remove(path)
-            raise
 
     def infer(self, request, datastore=None):
         """MONAI Label's infer, on the file the image id resolves to (MONAI Label itself would take any
@@ -218,9 +213,3 @@ class PixelCAMApp(MONAILabelApp):
         with self._serving(request.get("image"), datastore) as path:
             return infer_wsi(task, path, request, max_tiles=self.limits.max_wsi_tiles)
 
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass

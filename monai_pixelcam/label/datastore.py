@@ -34,6 +34,7 @@ from monailabel.datastore.local import LocalDatastore
 from ..data.datalist import DatalistError
 from ..data.io import MAX_IMAGE_PIXELS, ImageTooLargeError, image_size, read_pixels
 from ..inference.wsi import is_whole_slide
+from .access import removed_on_failure
 from .errors import RequestError
 
 __all__ = ["RASTER_LABEL_SUFFIXES", "check_image_id", "check_tag", "label_problem", "PixelCAMDatastore"]
@@ -168,11 +169,12 @@ class PixelCAMDatastore(LocalDatastore):
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         """Add an uploaded image (see the class docstring for the checks; nothing is written when one fails).
         The id is checked before ``LocalDatastore`` joins it into ``<id><suffix>`` in its folder."""
-        name = os.path.basename(image_filename)
-        image_id = check_image_id(image_id or name[: len(name) - len("".join(Path(name).suffixes))])
-        _suffix(image_filename, self.image_suffixes, f"image {image_id!r}")
-        self._size(image_filename, f"image {image_id!r}")
-        return super().add_image(image_id, image_filename, image_info)
+        with removed_on_failure(image_filename):
+            name = os.path.basename(image_filename)
+            image_id = check_image_id(image_id or name[: len(name) - len("".join(Path(name).suffixes))])
+            _suffix(image_filename, self.image_suffixes, f"image {image_id!r}")
+            self._size(image_filename, f"image {image_id!r}")
+            return super().add_image(image_id, image_filename, image_info)
 
     def get_image_uri(self, image_id: str) -> str:
         uri = super().get_image_uri(image_id)
@@ -181,6 +183,10 @@ class PixelCAMDatastore(LocalDatastore):
     # --- labels ----------------------------------------------------------------------------------------
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         """Store a label after checking it against its image (class docstring); a bad label is not stored."""
+        with removed_on_failure(label_filename):
+            return self._save_label(image_id, label_filename, label_tag, label_info)
+
+    def _save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         check_image_id(image_id)
         check_tag(label_tag)
         image = self.get_image_uri(image_id)
