@@ -34,7 +34,7 @@ setup(
         "einops>=0.7",
     ],
     extras_require={
-        # The MONAI Label app (monai_pixelcam/label). monailabel 0.8.5 itself is installed with
+        # The MONAI Label app (apps/pixelcam, tasks in monai_pixelcam/label). monailabel 0.8.5 itself is installed with
         # `pip install --no-deps monailabel==0.8.5 pydicom-seg==0.4.1` (README, .ci/run): its declared
         # requirements pull sam2 (a source build), torchvision (a second, CUDA, torch) and numpy<2 (through
         # pydicom-seg). These are the requirements its server, BasicInferTask and TrainTask import here;

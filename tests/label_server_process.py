@@ -1,19 +1,10 @@
-"""A real MONAI Label server for the ``server``-marked tests: ``monailabel start_server`` with the app folder
-``apps/pixelcam`` behind the app's guard, on 127.0.0.1 and a port the system picks (``--port 0``; the port
-is read back from uvicorn's start line, so two servers never race for one port).
-
-The server runs in a process group of its own, killed (TERM, then KILL) when the context ends, also when a
-test fails; its train jobs and their workers are in the same group.
-"""
+"""A real MONAI Label server for the ``server``-marked tests (:func:`monai_pixelcam.label.local_server.running_server`:
+the app folder behind its guard, a port the system picks, the process group ended after the test), with HTTP
+helpers and MONAI Label's own client."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,27 +14,14 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-REPO = Path(__file__).resolve().parents[1]
-APP_DIR = REPO / "apps" / "pixelcam"
-GUARD = "monai_pixelcam.label.server:app"
-START_TIMEOUT_S = 180
+from monai_pixelcam.label.local_server import APP_DIR, ServerExited, running_server as _running, tail
+
+__all__ = ["REPO", "Server", "ServerExited", "running_server"]
+
+REPO = APP_DIR.parents[1]
 TRAIN_TIMEOUT_S = 300
-_STARTED = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
-
-
-def tail(path: Path, n: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no server log)"
-
-
-def _start_command() -> list[str]:
-    """``monailabel start_server`` of this Python (the script runs ``$MONAILABEL_PYEXE -m monailabel.main``)."""
-    script = Path(sys.executable).with_name("monailabel")
-    if script.is_file():
-        return [str(script), "start_server"]
-    return [sys.executable, "-m", "monailabel.main", "start_server"]
+# small, single-threaded runs: on two shared cores, two torch threads per process mostly wait for each other
+_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 class Server:
@@ -90,56 +68,8 @@ class Server:
 
 @contextmanager
 def running_server(
-    root: Path, studies: Path, bundle: Path, conf: Mapping[str, str] = (), guard: bool = True
+    root: Path, studies: Path, bundle: Path, conf: Mapping[str, object] = (), guard: bool = True
 ) -> Iterator[Server]:
-    """A server of the app folder on ``studies`` with ``bundle`` (``--conf`` ``conf``), logging to
-    ``root/server.log``; ``guard=False`` starts it without ``--uvicorn_app`` (the app must refuse)."""
-    log = root / "server.log"
-    cmd = [*_start_command(), "--app", str(APP_DIR), "--studies", str(studies), "--conf", "bundle_dir", str(bundle)]
-    for key, value in dict(conf).items():
-        cmd += ["--conf", key, str(value)]
-    cmd += ["--host", "127.0.0.1", "--port", "0"] + (["--uvicorn_app", GUARD] if guard else [])
-    # this checkout's package, whatever is installed: MONAI Label loads main.py by path, main.py imports it
-    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {
-        **os.environ,
-        "PYTHONPATH": pythonpath,
-        "MONAILABEL_PYEXE": sys.executable,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
-    try:
-        deadline = time.time() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise ServerExited(proc.returncode, tail(log))
-            found = _STARTED.search(log.read_bytes())
-            if found:
-                url = f"http://127.0.0.1:{int(found.group(1))}"
-                if requests.get(url + "/info/", timeout=30).status_code == 200:
-                    break
-            if time.time() > deadline:
-                pytest.fail(f"the server did not answer after {START_TIMEOUT_S} s:\n{tail(log)}")
-            time.sleep(0.5)
+    """A :class:`Server` of the app on ``studies`` with ``bundle``, working in ``root``."""
+    with _running(root, studies, bundle, conf, guard=guard, env=_ENV) as (url, log):
         yield Server(url, log, bundle)
-    finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-
-
-class ServerExited(RuntimeError):
-    """The server process ended before it answered; ``log`` is the tail of its output."""
-
-    def __init__(self, returncode: int, log: str):
-        super().__init__(f"the server exited with {returncode}:\n{log}")
-        self.returncode, self.log = returncode, log

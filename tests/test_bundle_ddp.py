@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,20 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import CONFIGS, TINY_BUNDLE
+
+# Imported here, not in the spawned workers after init_process_group: importing ignite or MONAI pulls in
+# torch.distributed.nn.functional, whose functions take ``group=group.WORLD`` as a default argument. Imported while
+# a process group exists, those defaults hold the default group for good, so destroy_process_group cannot free it:
+# its gloo threads (and rank 0's TCPStore server) then live on into interpreter teardown, where a rank can abort
+# with "terminate called without an active exception". Imported first (the spawned workers import this module
+# before they run), the defaults are None.
+from monai.data import DataLoader, Dataset, DistributedSampler
+
+from monai_pixelcam.data import load_datalist
+from monai_pixelcam.engines import CAMInferer, localization_evaluator, roi_transform
+from monai_pixelcam.metrics import PxAP
+from monai_pixelcam.networks import build_classifier
+from monai_pixelcam.transforms import eval_transforms
 
 CONFIG_FILES = str([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
 
@@ -39,12 +53,6 @@ torch.save = _audited_save
 sys.argv = ["monai.bundle", *sys.argv[1:]]
 runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_logs(log_dir: Path) -> dict[int, str]:
@@ -66,7 +74,9 @@ def test_torchrun_two_ranks_gloo(tmp_path):
         "tensorboard_images": 0, "cam_methods": "['cam']", "backend": "gloo",
     }
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        # --standalone: a c10d rendezvous on localhost:0, a port the OS gives torchrun's store while bound (a port
+        # found free beforehand can be taken by another process before the store binds it)
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "--log-dir", str(log_dir), "--redirects", "3",
         str(launcher), "run", "training", "--config_file", CONFIG_FILES,
     ]
@@ -108,14 +118,6 @@ def test_torchrun_two_ranks_gloo(tmp_path):
 def _valpx_figures(datalist_path: str, distributed: bool) -> dict:
     """PxAP, accuracy and the pooled score histogram of a fixed random source model's CAM on valpx, over a
     sharded loader when ``distributed`` (the metrics reduce over the ranks)."""
-    from monai.data import DataLoader, Dataset, DistributedSampler
-
-    from monai_pixelcam.data import load_datalist
-    from monai_pixelcam.engines import CAMInferer, localization_evaluator, roi_transform
-    from monai_pixelcam.metrics import PxAP
-    from monai_pixelcam.networks import build_classifier
-    from monai_pixelcam.transforms import eval_transforms
-
     torch.manual_seed(0)
     network = build_classifier("resnet18", "cam", 2, base_width=8).eval()
     dataset = Dataset(load_datalist(datalist_path)["valpx"], eval_transforms(48))
@@ -132,15 +134,19 @@ def _valpx_figures(datalist_path: str, distributed: bool) -> dict:
     }
 
 
-def _sharded_worker(rank: int, port: int, datalist_path: str, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+def _sharded_worker(rank: int, init_method: str, datalist_path: str, out_dir: str) -> None:
+    """One rank of the sharded validation: rendezvous through a file (no port to collide on), validate, write the
+    figures, and leave together: a barrier, so that neither rank tears down its group while the other still
+    communicates, then the group destroyed, also when validation fails (mp.spawn then ends the other rank)."""
+    os.environ["LOCAL_RANK"] = str(rank)  # ignite reads it instead of guessing the local rank from host names
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2, timeout=timedelta(minutes=5))
     try:
         figures = _valpx_figures(datalist_path, distributed=True)
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(figures))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(figures))
 
 
 def test_sharded_validation_matches_single_process(tiny_glas, tmp_path):
@@ -159,7 +165,8 @@ def test_sharded_validation_matches_single_process(tiny_glas, tmp_path):
     datalist["valpx"] = datalist["valpx"] + datalist["test"][:1]  # an odd count: uneven shards
     path = tmp_path / "datalist.json"
     path.write_text(json.dumps(datalist))
-    mp.spawn(_sharded_worker, args=(_free_port(), str(path), str(tmp_path)), nprocs=2, join=True)
+    rendezvous = (tmp_path / "rendezvous").as_uri()  # a FileStore: file:///... in this test's own directory
+    mp.spawn(_sharded_worker, args=(rendezvous, str(path), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     reference = _valpx_figures(str(path), distributed=False)
     assert sorted(r["items"] for r in ranks) == [2, 3] and reference["items"] == 5
