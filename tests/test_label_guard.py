@@ -106,7 +106,9 @@ def test_train_requests_are_checked_before_they_reach_monai_label(guard_factory)
     bad = json.dumps({"bundle_overrides": {"initialize": ["$print('pwned')"]}}).encode()
     status, body = asyncio.run(_call(guard, "POST", "/train/pixelcam", [bad]))
     assert status == 400 and "'initialize'" in body["detail"] and inner.entered == 0
-    status, body = asyncio.run(_call(guard, "POST", "/train/", [json.dumps({"pixelcam": {"output_dir": "/"}}).encode()]))
+    status, body = asyncio.run(
+        _call(guard, "POST", "/train/", [json.dumps({"pixelcam": {"output_dir": "/"}}).encode()])
+    )
     assert status == 400 and "'output_dir'" in body["detail"] and inner.entered == 0
     good = json.dumps({"mode": "full", "source_epochs": 2, "bundle_overrides": {"cam_methods": ["cam"]}}).encode()
     status, body = asyncio.run(_call(guard, "POST", "/train/pixelcam", [good[:10], good[10:]]))

@@ -120,7 +120,9 @@ def test_train_requests_cannot_run_code_or_choose_paths(server, workspace):
             r = server.post(path, json=payload, params={"run_sync": "true"})
             assert r.status_code == 400, (key, path, r.text)
             assert key in r.json()["detail"], (key, r.text)
-    assert server.post("/train/pixelcam", data=b"{not json", headers={"Content-Type": "application/json"}).status_code in (
+    assert server.post(
+        "/train/pixelcam", data=b"{not json", headers={"Content-Type": "application/json"}
+    ).status_code in (
         400,
         422,
     )
@@ -190,7 +192,9 @@ def test_work_per_request_is_bounded(server, workspace):
     r = server.post("/infer/wsi/pixelcam", params={"image": SLIDE_ID, "output": "json"}, json=body)
     assert r.status_code == 413 and "1048576 tiles" in r.json()["detail"] and "max_wsi_tiles" in r.json()["detail"]
     tiles = [{"location": [0, 0], "size": [4, 4]}] * 5000
-    r = server.post("/infer/wsi/pixelcam", params={"image": SLIDE_ID, "output": "json"}, json={"params": {"wsi_tiles": tiles}})
+    r = server.post(
+        "/infer/wsi/pixelcam", params={"image": SLIDE_ID, "output": "json"}, json={"params": {"wsi_tiles": tiles}}
+    )
     assert r.status_code == 413 and "max_wsi_tiles" in r.json()["detail"], r.text
 
     # a 12000 x 12000 PNG (a few hundred KB) is refused before it is decoded: upload, datastore, /infer
@@ -212,7 +216,9 @@ def test_work_per_request_is_bounded(server, workspace):
     assert r.status_code == 413 and "max_upload_mb" in r.json()["detail"], r.text
     body = MultipartEncoder(fields={"file": ("huge.png", blob, "image/png")})
     chunks = iter(lambda: body.read(2**20), b"")  # a generator: requests sends it chunked, with no length
-    r = server.put("/datastore/image", params={"image": "huge"}, data=chunks, headers={"Content-Type": body.content_type})
+    r = server.put(
+        "/datastore/image", params={"image": "huge"}, data=chunks, headers={"Content-Type": body.content_type}
+    )
     assert r.status_code == 413 and "max_upload_mb" in r.json()["detail"], r.text
     assert server.get("/info/").status_code == 200
 
@@ -235,7 +241,10 @@ def test_uploads_are_removed_and_errors_show_no_server_paths(server, workspace):
     placed = uploads / "tmpabcdefgh.png"
     probes = [
         ("/infer/pixelcam", {"params": {"image": str(placed), "output": "json"}}),
-        ("/infer/pixelcam", {"params": {"image": image_id, "output": "json"}, "data": {"params": json.dumps({"image": str(placed)})}}),
+        (
+            "/infer/pixelcam",
+            {"params": {"image": image_id, "output": "json"}, "data": {"params": json.dumps({"image": str(placed)})}},
+        ),
         ("/infer/wsi/pixelcam", {"params": {"image": str(placed), "output": "json"}, "json": {}}),
     ]
     for path, kw in probes:
@@ -259,7 +268,9 @@ def test_concurrent_inference_load(server, workspace):
 
     def one(k: int) -> tuple[int, float]:
         start = time.perf_counter()
-        r = server.post("/infer/pixelcam", files={"file": (f"t{k}.png", images[k])}, params={"output": "json"}, timeout=300)
+        r = server.post(
+            "/infer/pixelcam", files={"file": (f"t{k}.png", images[k])}, params={"output": "json"}, timeout=300
+        )
         return r.status_code, time.perf_counter() - start
 
     with concurrent.futures.ThreadPoolExecutor(CONCURRENT) as pool:
@@ -267,7 +278,9 @@ def test_concurrent_inference_load(server, workspace):
     statuses = [s for s, _ in results]
     latencies = sorted(t for s, t in results if s == 200)
     p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
-    print(f"{CONCURRENT} concurrent: {statuses.count(200)} answered, {statuses.count(429)} refused (429), p95 {p95:.2f} s")
+    print(
+        f"{CONCURRENT} concurrent: {statuses.count(200)} answered, {statuses.count(429)} refused (429), p95 {p95:.2f} s"
+    )
     assert set(statuses) <= {200, 429} and statuses.count(200) >= 8, statuses
     assert server.get("/info/").status_code == 200
     _wait_empty(workspace["uploads"])

@@ -195,9 +195,7 @@ class PixelCAMApp(MONAILabelApp):
         """MONAI Label's infer, on the file the image id resolves to (MONAI Label itself would take any
         existing server path as the image)."""
         request = dict(request)
-        if not isinstance(request.get("image"), str):
-            return super().infer(request, datastore)
-        with self._serving(request["image"], datastore) as path:
+        with self._serving(request.get("image"), datastore) as path:
             return super().infer({**request, "image": path}, datastore)
 
     def infer_wsi(self, request, datastore=None):

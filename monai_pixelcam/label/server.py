@@ -97,7 +97,11 @@ class RequestGuard:
         limit = self.limits.max_upload_bytes
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _answer(send, 413, f"the request body is larger than the server's max_upload_mb ({self.limits.max_upload_mb} MiB)")
+            await _answer(
+                send,
+                413,
+                f"the request body is larger than the server's max_upload_mb ({self.limits.max_upload_mb} MiB)",
+            )
             return
         is_infer = method == "POST" and path.startswith(_INFER_PREFIXES)
         if is_infer and self.pending_infers >= self.limits.max_pending_infers:
@@ -148,7 +152,11 @@ class RequestGuard:
             if not state["too_large"]:
                 raise
         if state["too_large"] and not state["started"]:
-            await _answer(send, 413, f"the request body is larger than the server's max_upload_mb ({self.limits.max_upload_mb} MiB)")
+            await _answer(
+                send,
+                413,
+                f"the request body is larger than the server's max_upload_mb ({self.limits.max_upload_mb} MiB)",
+            )
 
     async def _train(self, scope: Scope, receive, send) -> None:
         """Read the (small) JSON body of a train request, check it, then replay it to MONAI Label."""
@@ -162,14 +170,20 @@ class RequestGuard:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > limit:
-                await _answer(send, 413, f"a train request is at most max_train_request_kb ({self.limits.max_train_request_kb} KiB)")
+                await _answer(
+                    send,
+                    413,
+                    f"a train request is at most max_train_request_kb ({self.limits.max_train_request_kb} KiB)",
+                )
                 return
         body = b"".join(chunks)
         try:
             params = json.loads(body) if body.strip() else None
             self._check_train(scope.get("path", "").rstrip("/"), params)
         except (ValueError, TrainOptionError) as e:
-            await _answer(send, 400, str(e) if isinstance(e, TrainOptionError) else f"the train request is not JSON: {e}")
+            await _answer(
+                send, 400, str(e) if isinstance(e, TrainOptionError) else f"the train request is not JSON: {e}"
+            )
             return
         sent = False
 

@@ -235,15 +235,16 @@ class TrainError(RuntimeError):
 
 
 def root_cause(error: BaseException) -> str:
-    """``"Type: message"`` (on one line) of the innermost exception ``error`` was raised from (its ``__cause__`` chain, else
-    the exception it was raised while handling), e.g. the mask a datalist check named, not the bundle's
-    ``RuntimeError: Failed to evaluate ConfigExpression`` around it."""
+    """``"Type: message"``, on one line, of the innermost exception ``error`` was raised from (its
+    ``__cause__`` chain, else the exception it was raised while handling), e.g. the mask a datalist check
+    named, not the bundle's ``RuntimeError: Failed to evaluate ConfigExpression`` around it."""
     seen = {id(error)}
     while True:
         inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
         if inner is None or id(inner) in seen:
             # one line: a train job's output shows its last lines, and a datalist error lists a problem a line
-            return f"{type(error).__name__}: " + "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+            lines = (line.strip() for line in str(error).splitlines())
+            return f"{type(error).__name__}: " + "; ".join(line for line in lines if line)
         seen.add(id(inner))
         error = inner
 
