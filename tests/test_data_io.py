@@ -28,7 +28,7 @@ from monai_pixelcam.data import (
     validate_datalist,
     write_png_atomic,
 )
-from monai_pixelcam.data.io import HistologyReader, read_csv_table
+from monai_pixelcam.data.io import HistologyReader, ImageTooLargeError, image_size, read_csv_table
 from monai_pixelcam.data.validate import main as validate_main
 from monai_pixelcam.data.validate import mask_problem
 
@@ -491,3 +491,16 @@ def test_load_datalist_rejects_bad_mpp_naming_file_and_item(tmp_path, bad):
         assert e.value.problems == [
             f"{tmp_path / 'bad.json'}: {where} must be a positive number of microns per pixel (or null), got {bad!r}"
         ]
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((300, 200), np.uint8)).save(path)
+    assert image_size(path) == (300, 200)
+    assert read_rgb(path, max_pixels=60_000).shape == (300, 200, 3)
+    for read in (lambda: read_rgb(path, max_pixels=59_999), lambda: HistologyReader(max_pixels=59_999).read(path)):
+        with pytest.raises(ImageTooLargeError, match="big.png: 200 x 300 pixels is more than the 59999 pixels"):
+            read()
+    assert read_rgb(path, max_pixels=None).shape == (300, 200, 3)
+    (tmp_path / "text.png").write_text("not an image")
+    assert image_size(tmp_path / "text.png") is None

@@ -184,11 +184,15 @@ def test_localize_folder_with_bad_files(tmp_path, predictor):
     Image.fromarray(random_image(48, 32, 6)).save(src / "b.JPG", quality=95)
     (src / "corrupt.png").write_text("this is not a PNG")
     (src / "notes.txt").write_text("hello")
+    # 4100 x 4100 PNG of a few KB: more pixels than an image may have to be decoded whole (refused before
+    # decoding, not squashed to the network's size)
+    Image.fromarray(np.zeros((4100, 4100), np.uint8)).save(src / "huge.png")
 
     report = localize_folder(src, out, predictor)
 
     assert report["processed"] == ["a.png", "b.JPG"]
-    assert list(report["failed"]) == ["corrupt.png"] and "corrupt.png" in report["failed"]["corrupt.png"]
+    assert list(report["failed"]) == ["corrupt.png", "huge.png"] and "corrupt.png" in report["failed"]["corrupt.png"]
+    assert "4100 x 4100 pixels" in report["failed"]["huge.png"] and "whole slide" in report["failed"]["huge.png"]
     assert report["skipped"] == ["notes.txt"]
     for stem, (h, w) in (("a", (40, 56)), ("b", (48, 32))):
         heat = np.asarray(Image.open(out / f"{stem}_heatmap.png"))
@@ -219,7 +223,11 @@ def test_localize_folder_with_bad_files(tmp_path, predictor):
         assert float(r["threshold"]) == pytest.approx(0.42)
         assert float(r["foreground_fraction"]) == pytest.approx(ref["mask"].mean(), abs=1e-5)
     errors = _read_csv(out / "errors.csv")
-    assert [(e["image"], e["status"]) for e in errors] == [("corrupt.png", "failed"), ("notes.txt", "skipped")]
+    assert [(e["image"], e["status"]) for e in errors] == [
+        ("corrupt.png", "failed"),
+        ("huge.png", "failed"),
+        ("notes.txt", "skipped"),
+    ]
     assert "corrupt.png" in errors[0]["message"]
     assert not [p for p in out.iterdir() if "tmp" in p.name]  # atomic writes leave no temporaries
 
