@@ -29,8 +29,8 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_glas):
     last = tmp_path / "models" / "source_last.pt"
     saved = torch.load(last, weights_only=False)
     assert saved["trainer"]["iteration"] == saved["trainer"]["epoch_length"]  # one epoch done
-    assert saved["bloc_saver"]["_saved"], "the B-LOC tracker travels with the resume checkpoint"
-    best_score = saved["bloc_saver"]["_saved"][0][0]
+    assert saved["bloc_selector"]["history"], "the B-LOC selection travels with the resume checkpoint"
+    first = saved["bloc_selector"]["history"]
 
     trainer = _workflow(tmp_path, tiny_glas, source_epochs=3).parser.get_parsed_content("source#train#trainer")
     epochs = []
@@ -40,8 +40,9 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_glas):
     saved = torch.load(last, weights_only=False)
     assert saved["trainer"]["iteration"] == 3 * saved["trainer"]["epoch_length"]
     assert saved["lr_scheduler"]["last_epoch"] == 3 and saved["optimizer"]["state"]
-    # the resumed tracker compared new epochs with epoch 1's best instead of starting empty
-    assert saved["bloc_saver"]["_saved"][0][0] >= best_score
+    # the resumed selection judged new epochs together with epoch 1's validation instead of starting empty
+    history = saved["bloc_selector"]["history"]
+    assert history[: len(first)] == first and {v["epoch"] for v in history} == {1, 2, 3}
 
 
 def test_non_finite_loss_stops_with_clear_error(tmp_path, tiny_glas):

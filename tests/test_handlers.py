@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from pathlib import Path
 
@@ -12,7 +14,8 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
 from monai_pixelcam.handlers import (
-    AccuracyGatedMetric,
+    BLOCSelector,
+    constant_accuracy,
     AtomicCheckpointSaver,
     InitFromSource,
     LossTermsHandler,
@@ -226,43 +229,90 @@ def test_atomic_saver_failed_write_keeps_previous_best(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
-@pytest.mark.parametrize("margin, best_epoch", [(0.05, 4), (None, 2)])
-def test_bloc_among_checkpoints_that_classify(tmp_path, margin, best_epoch):
-    """B-LOC keyed on the gated score skips the epoch that localizes best while classifying at chance."""
-    accuracy = [1.0, 0.5, 0.9, 0.96]  # epoch 2 at chance, epoch 3 more than 5 points below the best (epoch 1)
+def _selection_run(tmp_path, accuracy, scores, margin, selector=None, start_epoch=0):
+    """Validations ``start_epoch+1 ..`` of ``scores`` (valpx) and ``accuracy`` (valcl), the network's weights set
+    to the epoch number; returns the selector."""
     net = _tiny_net(0)
-    engine = _saving_engine(net, [0.3, 0.9, 0.8, 0.5])  # epoch 2 localizes best, epoch 4 best of the rest
+    engine = _saving_engine(net, scores)
     valcl = Engine(lambda e, b: None)
     engine.add_event_handler(
         Events.EPOCH_COMPLETED, lambda e: valcl.state.metrics.update(valcl_accuracy=accuracy[e.state.epoch - 1])
     )
-    gate = AccuracyGatedMetric(valcl, metric_name="score", gated_name="score_gated", margin=margin)
-    gate.attach(engine)
-    AtomicCheckpointSaver(
-        save_dir=str(tmp_path), save_dict={"network": net}, save_key_metric=True, key_metric_name="score_gated",
-        key_metric_filename="best.pt",
-    ).attach(engine)
-    gated = []
-    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: gated.append(e.state.metrics["score_gated"]))
-    engine.run([0], max_epochs=4)
-    assert _saved_epoch(tmp_path / "best.pt") == best_epoch
-    if margin is None:
-        assert gated == [0.3, 0.9, 0.8, 0.5]
-    else:
-        assert gated == [0.3, -math.inf, -math.inf, 0.5] and gate.state_dict() == {"best_accuracy": 1.0}
-        restored = AccuracyGatedMetric(valcl, margin=margin)
-        restored.load_state_dict(gate.state_dict())  # a resumed run keeps the best accuracy so far
-        assert restored.best_accuracy == 1.0
+    selector = selector or BLOCSelector(
+        valcl, {"network": net}, tmp_path, "bloc.pt", metric_name="score", margin=margin, constant_accuracy=0.5
+    )
+    selector.accuracy_validator, selector.save_dict = valcl, {"network": net}
+    selector.attach(engine)
+    if start_epoch:
+        engine.load_state_dict({"epoch": start_epoch, "max_epochs": len(scores), "epoch_length": 1})
+    engine.run([0], max_epochs=len(scores))
+    return selector
 
 
-def test_accuracy_gate_needs_the_accuracy_first():
+# epoch 1 localizes best but classifies at chance (a constant classifier gets 0.5 on valcl); epoch 2 loses to
+# epoch 3 while the best accuracy is 0.92, wins again once epoch 4 (0.96) puts epoch 3 out of the margin, and
+# loses for good to epoch 4 when epoch 5 reaches 1.0; epoch 6 localizes well but no longer classifies
+SELECTION_ACCURACY = [0.5, 0.92, 0.9, 0.96, 1.0, 0.6]
+SELECTION_SCORES = [0.99, 0.8, 0.85, 0.5, 0.4, 0.9]
+
+
+@pytest.mark.parametrize("margin, chosen", [(0.05, [1, 2, 3, 2, 4, 4]), (None, [1, 1, 1, 1, 1, 1])])
+def test_bloc_is_chosen_by_the_whole_runs_accuracy(tmp_path, margin, chosen):
+    """The earliest validation is at chance with the highest PxAP: it is not the B-LOC checkpoint; the choice
+    after each validation is the one the run would make if it ended there, so the file holds the after-run
+    choice (a past epoch's weights included) and the record says how it was made."""
+    history = []
+    net = _tiny_net(0)
+    engine = _saving_engine(net, SELECTION_SCORES)
+    valcl = Engine(lambda e, b: None)
+    engine.add_event_handler(
+        Events.EPOCH_COMPLETED,
+        lambda e: valcl.state.metrics.update(valcl_accuracy=SELECTION_ACCURACY[e.state.epoch - 1]),
+    )
+    selector = BLOCSelector(
+        valcl, {"network": net}, tmp_path, "bloc.pt", metric_name="score", margin=margin, constant_accuracy=0.5
+    )
+    selector.attach(engine)
+    engine.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: history.append((selector.chosen.epoch, _saved_epoch(tmp_path / "bloc.pt")))
+    )
+    engine.run([0], max_epochs=len(SELECTION_SCORES))
+    assert history == [(c, float(c)) for c in chosen]
+    record = json.loads((tmp_path / "bloc_selection.json").read_text())
+    assert record["chosen"]["epoch"] == chosen[-1] and record["constant_accuracy"] == 0.5
+    assert record["best_accuracy"] == 1.0 and record["best_accuracy_epoch"] == 5 and len(record["validations"]) == 6
+    if margin is not None:
+        assert record["chosen"]["accuracy"] == 0.96 and record["chosen_eligible"]
+        # only the validations that can still win keep their weights: 4 and 5 (6 is out of the margin)
+        assert sorted(p.name for p in (tmp_path / "bloc_candidates").iterdir()) == ["epoch4.pt", "epoch5.pt"]
+    assert not [p for p in tmp_path.rglob("*") if ".tmp." in p.name]
+
+
+def test_bloc_selection_resumes_and_warns_when_nothing_classifies(tmp_path, caplog):
+    first = _selection_run(tmp_path, SELECTION_ACCURACY, SELECTION_SCORES[:3], 0.05)
+    restored = BLOCSelector(Engine(lambda e, b: None), {}, tmp_path, "bloc.pt", metric_name="score", margin=0.05,
+                            constant_accuracy=0.5)  # fmt: skip
+    restored.load_state_dict(first.state_dict())
+    resumed = _selection_run(tmp_path, SELECTION_ACCURACY, SELECTION_SCORES, 0.05, restored, start_epoch=3)
+    assert resumed.chosen.epoch == 4 and _saved_epoch(tmp_path / "bloc.pt") == 4.0
+    assert [c.epoch for c in resumed.history] == [1, 2, 3, 4, 5, 6]
+
+    with caplog.at_level(logging.WARNING):
+        chance = _selection_run(tmp_path / "chance", [0.5, 0.5, 0.4], [0.9, 0.95, 0.99], 0.05)
+    # nothing classifies above a constant classifier: the best accuracy's validation (ties: the higher score),
+    # not the best score's (epoch 3)
+    assert chance.chosen.epoch == 2 and "no validation classifies above a constant classifier" in caplog.text
+
+
+def test_bloc_selector_needs_the_accuracy_first():
     engine = Engine(lambda e, b: None)
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(valpx_pxap=0.5))
-    AccuracyGatedMetric(Engine(lambda e, b: None)).attach(engine)
+    BLOCSelector(Engine(lambda e, b: None), {}, ".").attach(engine)
     with pytest.raises(RuntimeError, match="valcl_accuracy"):
         engine.run([0], max_epochs=1)
     with pytest.raises(ValueError, match="margin"):
-        AccuracyGatedMetric(engine, margin=5)
+        BLOCSelector(engine, {}, ".", margin=5)
+    assert constant_accuracy([{"label": 0}, {"label": 1}, {"label": 1}]) == pytest.approx(2 / 3)
 
 
 def test_init_from_source_loads_at_start(tmp_path):

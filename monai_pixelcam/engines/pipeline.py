@@ -21,6 +21,7 @@ from monai_pixelcam.visualize import save_map_grid, save_pr_curves
 from monai_pixelcam.networks.weights import load_checkpoint
 
 from monai_pixelcam.data.atomic import write_json_atomic
+from monai_pixelcam.handlers.selection import read_selection
 
 from .evaluation import evaluate_localization
 from .inferers import CAMInferer, PixelCAMInferer
@@ -95,8 +96,9 @@ def evaluate_pipeline(
     Reads ``source_{bloc,bcl}.pt`` and ``pixelcam_{bloc,bcl}.pt`` from ``checkpoint_dir``; the threshold of
     every model and method is chosen on ``valpx_loader`` (the in-distribution valpx also for an
     out-of-distribution ``test_loader``). Writes into ``output_dir`` (default ``checkpoint_dir``):
-    ``metrics.json`` (``{"source": {method: {selection: figures}}, "pixelcam": {selection: figures}}``,
-    figures as :func:`evaluate_localization` returns them, without curves), ``figures/pr_curves.png``
+    ``metrics.json`` (``{"source": {method: {selection: figures}}, "pixelcam": {selection: figures},
+    "bloc_selection": {stage: record}}``, figures as :func:`evaluate_localization` returns them, without
+    curves; the records of :class:`~monai_pixelcam.handlers.BLOCSelector`, or None where there is none), ``figures/pr_curves.png``
     (B-LOC models) and ``figures/maps.png`` (image+mask | source CAMs | PixelCAM for test images with a
     region of interest).
 
@@ -142,6 +144,10 @@ def evaluate_pipeline(
                             figure_batch["image"].to(device), network, labels=figure_batch["label"].to(device)
                         )["map"]
                     figure_maps[name] = maps.cpu()
+    # how each B-LOC checkpoint was chosen (BLOCSelector): its epoch and accuracy, the run's best, every validation
+    results["bloc_selection"] = {
+        stage: read_selection(checkpoint_dir / f"{stage}_bloc_selection.json") for stage in ("source", "pixelcam")
+    }
     if idist.get_rank() == 0:  # every rank has the same figures (the metrics reduce over their shards)
         write_json_atomic(results, output_dir / "metrics.json")
         save_pr_curves(output_dir / "figures" / "pr_curves.png", curves, title=f"{tag}: pixel precision-recall (B-LOC)")

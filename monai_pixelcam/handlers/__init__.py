@@ -1,5 +1,5 @@
 """Ignite handlers that observe training, as the bundle configs list them: loss terms, non-finite stops,
-validation every N epochs and at the end, B-LOC gated by accuracy, BatchNorm statistics recomputed before
+validation every N epochs and at the end, B-LOC chosen after the run among the checkpoints that classify, BatchNorm statistics recomputed before
 validation, a progress bar, atomic checkpoints, TensorBoard maps."""
 
 from .checkpoint import AtomicCheckpointSaver, InitFromSource
@@ -8,13 +8,15 @@ from .nan_guard import StopOnNonFiniteLoss
 from .precise_bn import PreciseBatchNorm
 from .progress import ProgressBarHandler
 from .resume import ResumeCheckpoint
-from .selection import AccuracyGatedMetric
+from .selection import BLOCSelector, constant_accuracy, read_selection
 from .tensorboard import TensorBoardMapHandler
 from .validation import PeriodicValidationHandler
 
 __all__ = [
-    "AccuracyGatedMetric",
     "AtomicCheckpointSaver",
+    "BLOCSelector",
+    "constant_accuracy",
+    "read_selection",
     "InitFromSource",
     "LossTermsHandler",
     "loss_terms_transform",
