@@ -81,3 +81,18 @@ def test_douglas_peucker_matches_skimage():
             ab, ap = b - a, ring[None] - a
             t = np.clip((ap * ab).sum(-1) / np.maximum((ab**2).sum(-1), 1e-12), 0, 1)
             assert np.hypot(*np.moveaxis(ap - t[..., None] * ab, -1, 0)).min(axis=0).max() <= 0.5 + 1e-9
+
+
+def test_polygons_stay_inside_the_bounds():
+    """A slide's map grid may reach past the slide (its last windows are padded), so a region touching the
+    map's border is traced to the map's extent: with ``bounds`` every vertex lies inside the slide, and the
+    area is the clipped one."""
+    score = np.zeros((6, 6), np.float32)
+    score[2:, 3:] = 1.0  # touches the right and bottom borders
+    free = foreground_polygons(score, 0.5, scale=10.0, tolerance=0.0)
+    assert free[0].exterior.max() == 60  # the map's extent, past the image's
+    # the image is 57 x 58 units: the map's last column and row reach past it
+    (polygon,) = foreground_polygons(score, 0.5, scale=10.0, tolerance=0.0, bounds=(0, 0, 57, 58))
+    xs, ys = polygon.exterior[:, 0], polygon.exterior[:, 1]
+    assert xs.min() >= 0 and xs.max() <= 57 and ys.min() >= 0 and ys.max() <= 58
+    assert polygon.area == pytest.approx((57 - 30) * (58 - 20), rel=0.05)

@@ -335,7 +335,7 @@ def test_geojson_overlay_and_reduced_heatmap(slides, tmp_path):
         assert props["classification"]["name"] == res["class_name"]
         assert props["prob_malignant"] == pytest.approx(res["probs"][1], abs=1e-6)
         ring = np.asarray(feature["geometry"]["coordinates"][0])
-        assert (ring >= -1).all() and (ring[:, 0] <= 769).all() and (ring[:, 1] <= 1025).all()  # inside level 0
+        assert (ring >= 0).all() and (ring[:, 0] <= 768).all() and (ring[:, 1] <= 1024).all()  # inside level 0
         rr, cc = fill_polygon(ring[:, 1], ring[:, 0], drawn.shape)
         drawn[rr, cc] = True
     truth = np.zeros((1024, 768), bool)
@@ -343,12 +343,20 @@ def test_geojson_overlay_and_reduced_heatmap(slides, tmp_path):
         truth[r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL] = True
     iou = (drawn & truth).sum() / (drawn | truth).sum()
     assert iou > 0.8, iou  # level-0 polygons from a map at 1/8 of level 0 land on the dark cells
+    # the overlay is drawn on the slide's overview, at the slide's own size here (smaller than 2048 px), the map
+    # upsampled onto it; the heat map stays at its own grid as data
     overlay = np.asarray(Image.open(res["paths"]["overlay"]))
-    thumb = _pool(slides["level0"], 8)
-    assert overlay.shape == (128, 96, 3)
-    glass = ~res["covered"]
-    assert np.abs(overlay[glass].astype(int) - thumb[glass]).mean() < 4  # uncovered: the slide itself
-    assert np.abs(overlay[res["mask"] == 1].astype(int) - thumb[res["mask"] == 1]).mean() > 30  # heat blended
+    assert overlay.shape == (1024, 768, 3) and res["overview_pixel"] == pytest.approx((1.0, 1.0))
+    level0 = slides["level0"].astype(int)
+    glass = ~np.repeat(np.repeat(res["covered"], 8, axis=0), 8, axis=1)
+    heat = np.repeat(np.repeat(res["mask"] == 1, 8, axis=0), 8, axis=1)
+    assert np.abs(overlay[glass].astype(int) - level0[glass]).mean() < 4  # uncovered: the slide itself
+    assert np.abs(overlay[heat].astype(int) - level0[heat]).mean() > 30  # heat blended
+    small = localize_slide(
+        slides["svs"], pred, tmp_path / "small", max_heatmap_pixels=128 * 96, num_workers=0, progress=False,
+        overview_long_side=512,
+    )  # fmt: skip
+    assert np.asarray(Image.open(small["paths"]["overlay"])).shape == (512, 384, 3)
 
 
 def test_overlap_blending_leaves_no_seams(tmp_path):

@@ -79,6 +79,7 @@ def foreground_polygons(
     scale: float | Sequence[float] = 1.0,
     offset: Sequence[float] = (0.0, 0.0),
     valid: np.ndarray | None = None,
+    bounds: Sequence[float] | None = None,
 ) -> list[Polygon]:
     """Polygons of the region where ``score >= threshold``.
 
@@ -94,6 +95,9 @@ def foreground_polygons(
         offset: ``(x, y)`` of the map's top-left corner in output units (a tile's level-0 location).
         valid: optional ``H x W`` bool; outside it the map counts as background (e.g. slide areas no window
             covered), so no region leaks into them.
+        bounds: optional ``(x0, y0, x1, y1)`` in output units (the slide, or the region asked for): every
+            vertex is clamped into it. Contours are traced on the map padded by one pixel, so a region touching
+            the map's border reaches half a map pixel past it, and a map's grid may extend past the slide.
 
     Returns:
         the polygons, largest first. Pixel ``(r, c)`` of the map covers ``[c, c + 1) x [r, r + 1)`` in map
@@ -117,14 +121,16 @@ def foreground_polygons(
     rings = [r for r in rings if len(r) >= 4 and abs(_signed_area(r[:, ::-1]) * sx * sy) >= float(min_area)]
     if tolerance > 0 and rings:
         ends = np.cumsum([len(r) for r in rings])
-        bounds = np.stack([np.concatenate([[0], ends[:-1]]), ends - 1], axis=1)
-        keep = _douglas_peucker(np.concatenate(rings), bounds, float(tolerance))
+        spans = np.stack([np.concatenate([[0], ends[:-1]]), ends - 1], axis=1)
+        keep = _douglas_peucker(np.concatenate(rings), spans, float(tolerance))
         rings = [r[k] for r, k in zip(rings, np.split(keep, ends[:-1]))]
     exteriors, holes = [], []
     for ring in rings:
         if len(ring) < 4:
             continue
         xy = np.stack([ox + (ring[:, 1] - 0.5) * sx, oy + (ring[:, 0] - 0.5) * sy], axis=1)  # -1 pad, +0.5 centre
+        if bounds is not None:
+            xy = np.clip(xy, (float(bounds[0]), float(bounds[1])), (float(bounds[2]), float(bounds[3])))
         area = _signed_area(xy)
         if area == 0:
             continue

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: Default bound on the heat map's pixels (about 2048 x 2048): what a person looks at; polygons carry the detail.
 DEFAULT_MAX_HEATMAP_PIXELS = 2048 * 2048
+#: Long side of a slide's overview, the picture ``<stem>_overlay.png`` is drawn on (the slide's own size when smaller):
+#: a heat map is sized by the windows (74 x 100 px for a small slide), an overlay by what a person can read.
+DEFAULT_OVERVIEW_LONG_SIDE = 2048
 # The tissue mask is computed on at most this many thumbnail pixels (blocks averaged) and repeated onto the heat
 # map's grid: tissue needs no finer outline, and the HSV conversion of a 4-megapixel thumbnail costs seconds and
 # hundreds of MB.
@@ -132,6 +135,9 @@ class SlidePlan:
             ``tissue_threshold``: the saturation threshold used.
         splitter: the windows over the tissue (``splitter.windows``), ready for ``PatchInferer``.
         seconds: time planning took (open, thumbnail, tissue mask).
+        shape0: ``(height, width)`` of level 0.
+        overview: ``uint8 H x W x 3``, the whole slide with its long side ``overview_long_side`` (or level 0's
+            when smaller); ``overview_pixel0``: ``(y, x)`` level-0 pixels per overview pixel.
     """
 
     path: Path
@@ -146,6 +152,9 @@ class SlidePlan:
     tissue_threshold: float
     splitter: TissueWindowSplitter
     seconds: float
+    shape0: tuple[int, int]
+    overview: np.ndarray
+    overview_pixel0: tuple[float, float]
 
 
 def plan_slide(
@@ -158,6 +167,7 @@ def plan_slide(
     min_tissue_fraction: float = 0.0,
     num_workers: int = 2,
     backend: str = "auto",
+    overview_long_side: int = DEFAULT_OVERVIEW_LONG_SIDE,
 ) -> SlidePlan:
     """Steps 1 and 2 of :func:`localize_slide` (same arguments): scale, heat-map grid, thumbnail, tissue mask and
     the windows to predict (in the order they will be read)."""
@@ -179,6 +189,10 @@ def plan_slide(
         heat_shape = tuple(round(s * (out / window)) for s in frame)  # as PatchInferer sizes its merger
         pixel0 = tuple(f * window / out for f in scale.frame_scale)
         thumbnail = _thumbnail(reader, wsi, heat_shape, pixel0)
+        side = min(int(overview_long_side), max(shape0))
+        overview_shape = tuple(max(1, round(s * side / max(shape0))) for s in shape0)
+        overview_pixel0 = tuple(s / o for s, o in zip(shape0, overview_shape))
+        overview = _thumbnail(reader, wsi, overview_shape, overview_pixel0)
         backend_used = reader.backend
     finally:
         close_slide(wsi)
@@ -200,7 +214,7 @@ def plan_slide(
     )
     return SlidePlan(
         path, backend_used, scale, window, out, heat_shape, pixel0, thumbnail, tissue, used_threshold, splitter,
-        time.perf_counter() - start,
+        time.perf_counter() - start, tuple(int(v) for v in shape0), overview, overview_pixel0,
     )
 
 
@@ -217,6 +231,7 @@ def infer_slide(
     backend: str = "auto",
     blend: str = "gaussian",
     progress: bool = True,
+    overview_long_side: int = DEFAULT_OVERVIEW_LONG_SIDE,
 ) -> dict:
     """Localization heat map of a whole-slide image by overlapping windows over its tissue, at the model's mpp
     (:func:`localize_slide` also writes the outputs).
@@ -268,7 +283,7 @@ def infer_slide(
     plan = plan_slide(
         path, predictor, mpp=mpp, overlap=overlap, max_heatmap_pixels=max_heatmap_pixels,
         tissue_threshold=tissue_threshold, min_tissue_fraction=min_tissue_fraction, num_workers=num_workers,
-        backend=backend,
+        backend=backend, overview_long_side=overview_long_side,
     )
     splitter, scale, pixel0 = plan.splitter, plan.scale, plan.pixel0
     n_windows = len(splitter.windows)
@@ -317,6 +332,9 @@ def infer_slide(
         "tissue": plan.tissue.astype(np.uint8),
         "mask": mask,
         "thumbnail": plan.thumbnail,
+        "overview": plan.overview,
+        "overview_pixel": plan.overview_pixel0,
+        "shape0": plan.shape0,
         "tiles": rows,
         "scale": scale,
         "level": scale.level,
@@ -343,10 +361,12 @@ def write_slide(
     min_polygon_area: float | None = None,
     save_nifti: bool = False,
 ) -> dict[str, Path]:
-    """The outputs of an :func:`infer_slide` result (:func:`~monai_pixelcam.inference.outputs.write_localization`,
-    all at the heat map's size): ``<stem>_heatmap.png``, ``<stem>_mask.png``, ``<stem>_overlay.png`` (on the
-    slide's thumbnail), ``<stem>_tissue.png``, ``<stem>_regions.geojson`` (level-0 pixels), ``<stem>_tiles.csv``
-    and, with ``save_nifti``, ``<stem>_map.nii.gz``.
+    """The outputs of an :func:`infer_slide` result (:func:`~monai_pixelcam.inference.outputs.write_localization`):
+    at the heat map's size ``<stem>_heatmap.png``, ``<stem>_mask.png`` and ``<stem>_tissue.png`` (the data, at
+    ``heatmap_pixel`` level-0 pixels per pixel); ``<stem>_overlay.png``, the map upsampled smoothly onto the
+    slide's overview (long side ``overview_long_side``, 2048 px by default, or the slide's own when smaller);
+    ``<stem>_regions.geojson`` (level-0 pixels, every polygon inside the slide); ``<stem>_tiles.csv`` and, with
+    ``save_nifti``, ``<stem>_map.nii.gz``.
 
     Args:
         min_polygon_area: GeoJSON polygons smaller than this (level-0 pixels squared) are left out; None: the
@@ -356,10 +376,12 @@ def write_slide(
     pixel0 = result["heatmap_pixel"]
     if min_polygon_area is None:
         min_polygon_area = 16.0 * pixel0[0] * pixel0[1]
+    (height0, width0), overview_pixel = result["shape0"], result["overview_pixel"]
     paths = write_localization(
-        output_dir, stem, result["heatmap"], threshold, classes, result["probs"], result["thumbnail"],
+        output_dir, stem, result["heatmap"], threshold, classes, result["probs"], result["overview"],
         valid=result["covered"], tissue=result["tissue"], scale=(pixel0[1], pixel0[0]),
-        min_polygon_area=min_polygon_area, save_nifti=save_nifti,
+        min_polygon_area=min_polygon_area, save_nifti=save_nifti, extent=(width0, height0),
+        background_scale=(overview_pixel[1], overview_pixel[0]),
     )
     paths["tiles"] = write_tiles_csv(output_dir / f"{stem}_tiles.csv", result["tiles"], classes)
     return paths

@@ -74,11 +74,10 @@ def region_annotation(
     x0, y0 = float(location[0]), float(location[1])
     x1, y1 = x0 + width * float(downsample), y0 + height * float(downsample)
     polygons = foreground_polygons(
-        score, float(threshold), min_area=float(min_poly_area), tolerance=_TOLERANCE, scale=downsample, offset=(x0, y0)
-    )
-    # find_contours runs on the map padded by one pixel: a region touching the border is traced up to half
-    # a map pixel outside the footprint
-    contours = [np.round(np.clip(p.exterior, (x0, y0), (x1, y1)), 1).tolist() for p in polygons]
+        score, float(threshold), min_area=float(min_poly_area), tolerance=_TOLERANCE, scale=downsample,
+        offset=(x0, y0), bounds=(x0, y0, x1, y1),
+    )  # fmt: skip
+    contours = [np.round(p.exterior, 1).tolist() for p in polygons]
     return {
         "location": [int(location[0]), int(location[1])],
         "size": [int(round(x1 - x0)), int(round(y1 - y0))],
