@@ -177,8 +177,9 @@ def read_model_meta(model_dir: str | os.PathLike) -> dict:
 
     Raises:
         FileNotFoundError: the folder, ``model.pt`` or ``model_meta.json`` is missing (names the file).
-        ValueError: the meta file is not valid JSON, lacks ``network`` / ``classes``, or its ``num_classes``
-            disagrees with its classes (names the file).
+        ValueError: the meta file is not valid JSON, lacks ``network`` / ``classes``, its ``num_classes``
+            disagrees with its classes, or ``threshold``, ``image_size``, ``stain_normalize``,
+            ``negative_classes`` or ``mpp`` has the wrong type or range (names the file and the key).
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -198,9 +199,27 @@ def read_model_meta(model_dir: str | os.PathLike) -> dict:
     if int(k) != len(classes):
         raise ValueError(f"{meta_path}: network.num_classes is {k} but {len(classes)} classes are named")
     mpp = meta.get("mpp")
-    if mpp is not None and not (isinstance(mpp, (int, float)) and mpp > 0):
+    if mpp is not None and not (_is_number(mpp) and mpp > 0):
         raise ValueError(f"{meta_path}: 'mpp' must be a positive number of microns per pixel or null, got {mpp!r}")
+    # JSON has no types beyond these: a boolean or a string here would be taken as a number downstream
+    # ("threshold": true runs as 1.0, an empty mask everywhere)
+    checks = {
+        "threshold": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"),
+        "image_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+        "stain_normalize": (lambda v: isinstance(v, bool), "true or false"),
+        "negative_classes": (
+            lambda v: isinstance(v, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in v),
+            "a list of class indices",
+        ),
+    }
+    for key, (ok, what) in checks.items():
+        if key in meta and not ok(meta[key]):
+            raise ValueError(f"{meta_path}: '{key}' must be {what}, got {meta[key]!r}")
     return meta
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def publish_model(run_dir: str | os.PathLike, model_dir: str | os.PathLike) -> list[Path]:

@@ -110,6 +110,13 @@ def test_read_rgb_palette_16bit_cmyk_and_float_tiff(tmp_path):
     np.testing.assert_array_equal(read_rgb(tmp_path / "f.tif"), rgb)
     tifffile.imwrite(tmp_path / "rgb16.tif", rgb.astype(np.uint16) * 257)
     np.testing.assert_array_equal(read_rgb(tmp_path / "rgb16.tif"), rgb)
+    # 12-bit samples in a 16-bit TIFF (a scanner's or camera's): scaled by 4095, not read as near-black
+    rgb12 = np.round(rgb.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    rgb12[0, 0] = 4095
+    tifffile.imwrite(tmp_path / "rgb12.tif", rgb12)
+    expected = np.round(rgb12 * (255 / 4095)).astype(np.uint8)
+    np.testing.assert_array_equal(read_rgb(tmp_path / "rgb12.tif"), expected)
+    assert read_rgb(tmp_path / "rgb12.tif").max() == 255
 
 
 def test_read_rgb_bad_files_raise_datalist_error_naming_the_file(tmp_path):
@@ -304,7 +311,12 @@ def test_mask_problem_rule():
     ids[40:50, 40:60] = 2
     ids[10:20, 40:50] = 3
     assert mask_problem(m) is None and mask_problem(m * 255) is None and mask_problem(m.astype(bool)) is None
-    assert mask_problem(ids) is None and mask_problem(ids.astype(np.uint16) * 1000) is None
+    assert mask_problem(ids) is None and mask_problem(ids.astype(np.uint16)) is None
+    # a soft map quantised to 16 levels is piecewise constant too, but its values are not ids 1..K: read as a
+    # label map almost every pixel would be foreground
+    ramp = np.tile(np.linspace(0, 1, 64), (64, 1))
+    assert "must be thresholded" in mask_problem(np.round(ramp * 15).astype(np.uint8) * 17)
+    assert "must be thresholded" in mask_problem(ids.astype(np.uint16) * 1000)
     assert mask_problem(np.zeros((8, 8), np.uint8)) is None and mask_problem(np.full((8, 8), 255, np.uint8)) is None
     assert mask_problem(np.dstack([m * 255, m * 0, m * 255])) is None
     assert mask_problem(np.float32(m) * 0.7 + 0.2) is None

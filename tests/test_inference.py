@@ -167,6 +167,14 @@ def test_from_model_dir_errors(tmp_path):
     (wrong / "model_meta.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"model_meta\.json"):
         PixelCAMPredictor.from_model_dir(wrong)
+    # values of the wrong type name the file and the key instead of running as something else
+    typed = make_model_dir(tmp_path / "typed")
+    good = json.loads((typed / "model_meta.json").read_text())
+    for key, value in [("threshold", True), ("threshold", "high"), ("threshold", None), ("threshold", 1.5),
+                       ("image_size", 128.5), ("stain_normalize", "yes"), ("negative_classes", [True])]:  # fmt: skip
+        (typed / "model_meta.json").write_text(json.dumps({**good, key: value}))
+        with pytest.raises(ValueError, match=rf"model_meta\.json: '{key}' must be"):
+            PixelCAMPredictor.from_model_dir(typed)
 
 
 # ---------------------------------------------------------------- folder

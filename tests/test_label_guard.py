@@ -9,7 +9,6 @@ import importlib.util
 import json
 import tempfile
 
-import numpy as np
 import pytest
 
 if importlib.util.find_spec("monailabel") is None:
@@ -175,28 +174,3 @@ def test_train_options_inside_the_allow_list_pass_checked():
         "valcl_fraction": 0.25,
         "bundle_overrides": {"encoder": "resnet50", "cam_methods": ["cam", "gradcampp"], "lambda_pix": 2.0},
     }
-
-
-def test_label_problem_takes_masks_and_names_what_is_not_one():
-    from monai_pixelcam.label.datastore import label_problem
-
-    ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
-    masks = {
-        "0/1": (ramp > 100).astype(np.uint8),
-        "0/255": (ramp > 100).astype(np.uint8) * 255,
-        "empty": np.zeros((8, 8), np.uint8),
-        "bool": ramp > 100,
-        "gland ids": (ramp // 32).astype(np.uint16),  # 0..7, every id present
-        "grey RGB": np.repeat(((ramp > 100) * 255).astype(np.uint8)[..., None], 3, axis=-1),
-    }
-    for name, mask in masks.items():
-        assert label_problem(mask, has_alpha=False) is None, name
-    not_masks = {
-        "16 levels": ((ramp // 16) * 17, "neither binary"),
-        "float": (ramp.astype(np.float32) / 255, "float32"),
-        "colour": (np.stack([ramp, ramp[:, ::-1], ramp], axis=-1), "colour"),
-        "negative": (np.array([[0, -1]], np.int32), "negative"),
-    }
-    for name, (pixels, words) in not_masks.items():
-        problem = label_problem(pixels, has_alpha=False)
-        assert problem is not None and words in problem, (name, problem)

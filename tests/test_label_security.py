@@ -172,8 +172,8 @@ def test_bad_labels_are_refused_at_submission(server, workspace):
     bad = {
         "m.png": (_png_bytes(np.zeros((32, 48), np.uint8)), 422, "48 x 32 pixels; its image is 64 x 64"),
         "text.png": (b"this is not an image\n" * 10, 422, "not an image the app can read"),
-        "soft.png": (_png_bytes((ramp // 16) * 17), 422, "neither binary"),  # 16 levels of a soft map
-        "colour.png": (_png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)), 422, "colour"),
+        "soft.png": (_png_bytes((ramp // 16) * 17), 422, "must be thresholded"),  # 16 levels of a soft map
+        "photo.png": (_png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)), 422, "image"),
         "label.xml": (b"<ASAP_Annotations/>", 415, "accepted"),
     }
     for name, (payload, status, words) in bad.items():

@@ -8,7 +8,9 @@ Conversion rules (one place, used by the transforms, the validator and the conve
 
 * images (:func:`read_rgb`) become ``uint8 H x W x 3`` RGB:
   grayscale and 1-bit images are replicated to three channels; palette images go through their
-  palette; CMYK, YCbCr, LAB and HSV are converted by PIL; 16-bit data are scaled by 255 / 65535,
+  palette; CMYK, YCbCr, LAB and HSV are converted by PIL; 16-bit data are scaled by 255 / (2^b - 1) for
+  the fewest bits b in (10, 12, 14, 16) that hold the image's largest value (10-, 12- and 14-bit samples
+  stored in 16-bit files keep their brightness; an image that uses the 16-bit range is scaled by 255 / 65535),
   float data in [0, 1] by 255 (other floats are clipped to [0, 255]); an alpha channel is
   **composited on white** (transparent pixels of a slide crop are glass, i.e. white background; an
   opaque image is unchanged, exactly as if alpha were dropped).
@@ -190,6 +192,12 @@ def _fallback_pixels(path: Path, pil_error: BaseException) -> tuple[np.ndarray, 
 
 
 def _decoded_pil_pixels(img: Image.Image, palette_as_index: bool) -> tuple[np.ndarray, bool]:
+    if img.format == "TIFF" and img.mode in ("RGB", "RGBA", "CMYK"):
+        bits = img.tag_v2.get(258, 8)  # BitsPerSample
+        if max(bits if isinstance(bits, tuple) else (bits,)) > 8:
+            # PIL keeps only the high byte of 16-bit colour samples (12-bit data then peaks at 15 of 255):
+            # the caller's tifffile fallback reads them whole
+            raise ValueError("colour TIFF with more than 8 bits per sample")
     img.load()  # decode everything now: truncated or corrupt data fails here, not later
     arr, has_alpha = _pil_pixels(img, palette_as_index)
     if arr.ndim not in (2, 3) or arr.size == 0:
@@ -237,9 +245,13 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
             arr = arr * 255.0
         return np.clip(np.round(arr), 0, 255).astype(np.uint8)
     # 16-bit data: PIL gives I;16 (uint16) or, for some files, I (int32); int32 holding only 0..255 is
-    # taken as 8-bit values, anything wider as the 16-bit range
+    # taken as 8-bit values, anything wider as the range of the fewest bits (10, 12, 14 or 16) that hold its
+    # largest value: cameras and scanners store 10-, 12- and 14-bit samples in 16-bit files, which scaled by
+    # 65535 would read as near-black (a 12-bit image peaks at 15 of 255)
     if arr.dtype.itemsize == 2 or arr.max(initial=0) > 255:
-        arr = np.clip(arr, 0, 65535).astype(np.float64) * (255.0 / 65535.0)
+        peak = int(np.clip(arr.max(initial=0), 0, 65535))
+        full = next(2**bits - 1 for bits in (10, 12, 14, 16) if peak <= 2**bits - 1)
+        arr = np.clip(arr, 0, full).astype(np.float64) * (255.0 / full)
         return np.round(arr).astype(np.uint8)
     return np.clip(arr, 0, 255).astype(np.uint8)
 

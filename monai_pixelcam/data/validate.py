@@ -72,7 +72,9 @@ def mask_problem(pixels: np.ndarray, has_alpha: bool = False) -> str | None:
       with alpha 0 count as 0) are accepted when they hold at most two distinct values (a binary mask
       of any coding: bool, 0/1, 0/255, black/colour), or when they are a label map: piecewise constant
       (at most :data:`MAX_LABEL_MAP_EDGE_FRACTION` of neighbouring pixel pairs differ), as gland
-      instance-id annotations are;
+      instance-id annotations are, and for one channel, ids 1..K of which at least half are used (a soft
+      map quantised to levels 0, 17, 34, ... is piecewise constant too, but read as a label map almost
+      every pixel would be foreground);
     * with more than one value, the value 0 (background) must be present: masks coded with a nonzero
       background (e.g. 1 = background, 2 = object) would otherwise read as all foreground.
 
@@ -111,6 +113,14 @@ def mask_problem(pixels: np.ndarray, has_alpha: bool = False) -> str | None:
                 f"not a binary mask or a label map: {len(values)} distinct values and {100 * edges:.0f}% of "
                 f"neighbouring pixels differ (a label map changes only at region borders, at most "
                 f"{100 * MAX_LABEL_MAP_EDGE_FRACTION:.0f}%); is this an image rather than a mask?"
+            )
+        ids = values[values > 0]
+        if arr.ndim == 2 and int(ids.max()) > 2 * len(ids):
+            shown = ", ".join(str(int(v)) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+            return (
+                f"not a binary mask or a label map: its {len(values)} values ({shown}) are not the ids 1..K of a "
+                f"label map (only {len(ids)} of the {int(ids.max())} ids up to its largest are used); a soft or "
+                "quantised map must be thresholded to 0/1 first"
             )
     if not np.any(values == 0):
         shown = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")

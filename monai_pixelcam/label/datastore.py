@@ -13,8 +13,9 @@ annotator's sight. :class:`PixelCAMDatastore` checks at the door, before anythin
   (400 otherwise);
 * an added image must be an image the app reads (422), of at most ``max_image_pixels`` pixels unless it is
   a whole slide (413);
-* a label must be a raster mask of its image's size, binary (0 and one value) or a label map of consecutive
-  ids (:func:`label_problem`); anything else is refused (415 format, 422 content) and not stored.
+* a label must be a raster mask of its image's size that the datalist check would take
+  (:func:`monai_pixelcam.data.validate.mask_problem`: binary, or a label map of ids, or a soft map in
+  [0, 1]); anything else is refused (415 format, 422 content) and not stored.
 
 Errors are :class:`~monai_pixelcam.label.errors.RequestError` (an ``HTTPException`` MONAI Label's endpoints
 pass to the client) whose message names the id or tag, never a server path.
@@ -28,16 +29,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from monailabel.datastore.local import LocalDatastore
 
 from ..data.datalist import DatalistError
 from ..data.io import MAX_IMAGE_PIXELS, ImageTooLargeError, image_size, read_pixels
+from ..data.validate import mask_problem
 from ..inference.wsi import is_whole_slide
 from .access import removed_on_failure
 from .errors import RequestError
 
-__all__ = ["RASTER_LABEL_SUFFIXES", "check_image_id", "check_tag", "label_problem", "PixelCAMDatastore"]
+__all__ = ["RASTER_LABEL_SUFFIXES", "check_image_id", "check_tag", "PixelCAMDatastore"]
 
 #: Extensions of the label files the app stores (raster masks).
 RASTER_LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -86,37 +87,6 @@ def _suffix(file_name: str, allowed: Sequence[str], what: str) -> str:
     if not _SUFFIX.fullmatch(suffix) or not suffix.endswith(tuple(allowed)):
         raise RequestError(415, f"{what} of type {suffix or '(none)'!r} is not accepted; accepted: {sorted(allowed)}")
     return suffix
-
-
-def label_problem(pixels: np.ndarray, has_alpha: bool) -> str | None:
-    """Why decoded label pixels (:func:`monai_pixelcam.data.io.read_pixels`, palette as index) are not a
-    mask, or None when they are one.
-
-    A mask is single-channel (or colour channels that are all equal) integer or boolean data that is either
-    binary (0 and at most one other value: 0/1, 0/255) or a label map of instance ids 1..K of which at least
-    half are present (GlaS gland ids). A soft map quantised to levels (0, 17, 34, ...) is neither: read as a
-    label map it would turn almost every pixel into foreground.
-    """
-    arr = pixels[..., :-1] if has_alpha and pixels.ndim == 3 else pixels
-    if arr.ndim == 3:
-        if not all(np.array_equal(arr[..., 0], arr[..., k]) for k in range(1, arr.shape[-1])):
-            return "it is a colour image; a label is a single-channel mask (0 background, 1 or 255 region)"
-        arr = arr[..., 0]
-    if arr.dtype == bool:
-        return None
-    if not np.issubdtype(arr.dtype, np.integer):
-        return f"its values are {arr.dtype}; a label holds integers (0 background, 1 or 255 region)"
-    values = np.unique(arr)
-    nonzero = values[values > 0]
-    if values.min() < 0:
-        return f"it has negative values ({int(values.min())})"
-    if len(nonzero) <= 1 or int(nonzero.max()) <= 2 * len(nonzero):
-        return None
-    shown = ", ".join(str(int(v)) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-    return (
-        f"its {len(values)} values ({shown}) are neither binary (0 and one value) nor a label map of consecutive "
-        "ids 1..K; a soft or quantised map must be thresholded to 0/1 first"
-    )
 
 
 class PixelCAMDatastore(LocalDatastore):
@@ -206,7 +176,7 @@ class PixelCAMDatastore(LocalDatastore):
                 422,
                 f"{what} is {pixels.shape[1]} x {pixels.shape[0]} pixels; its image is {expected[1]} x {expected[0]}",
             )
-        problem = label_problem(pixels, has_alpha)
+        problem = mask_problem(pixels, has_alpha)
         if problem:
             raise RequestError(422, f"{what} is not a mask: {problem}")
         return super().save_label(image_id, label_filename, label_tag, label_info)
