@@ -204,7 +204,8 @@ def _named_choice(choice: dict[str, str], datalist: Path) -> dict[str, str]:
     return {names[int(k)]: v for k, v in choice.items()}
 
 
-def _summary(values: list[float]) -> str:
+def _summary(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]  # None: a class absent from a run's test split
     if not values:
         return "-"
     mean = statistics.fmean(values)

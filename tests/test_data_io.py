@@ -345,6 +345,18 @@ def _dataset(tmp_path, n=2):
     return dl
 
 
+def test_class_coverage_is_checked_before_a_run(tmp_path):
+    """A train split without a class, or a valpx/test split without an image with a region of interest, is
+    refused before training (the run would otherwise fail at its end); a test split without one class is
+    taken, and that class's figures are reported as absent."""
+    dl = _dataset(tmp_path, n=2)
+    validate_datalist({**dl, "test": dl["test"][:1]})  # test holds class 'a' only: allowed
+    with pytest.raises(DatalistError, match=r"train has no image of class\(es\) \['b'\]"):
+        validate_datalist({**dl, "train": [it for it in dl["train"] if it["label"] == 0]})
+    with pytest.raises(DatalistError, match="test has no image of a class with a region of interest"):
+        validate_datalist({**dl, "negative_classes": [0], "test": [it for it in dl["test"] if it["label"] == 0]})
+
+
 def test_validate_accepts_valid_datalist_and_json_path(tmp_path):
     dl = _dataset(tmp_path)
     validate_datalist(dl)
@@ -451,7 +463,7 @@ def _run_module(module, args, monkeypatch):
 
 
 def test_validate_cli_entry_point(tmp_path, monkeypatch, capsys):
-    path = save_datalist(_dataset(tmp_path, n=1), tmp_path / "dl.json")
+    path = save_datalist(_dataset(tmp_path, n=2), tmp_path / "dl.json")
     assert _run_module("monai_pixelcam.data.validate", [path], monkeypatch) == 0
     assert "OK" in capsys.readouterr().out
     (tmp_path / "i0.png").write_bytes(b"x")

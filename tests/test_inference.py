@@ -195,8 +195,14 @@ def test_localize_folder_with_bad_files(tmp_path, predictor):
     # 4100 x 4100 PNG of a few KB: more pixels than an image may have to be decoded whole (refused before
     # decoding, not squashed to the network's size)
     Image.fromarray(np.zeros((4100, 4100), np.uint8)).save(src / "huge.png")
+    # what a run killed with -9 while writing leaves behind: swept when the next run starts
+    (out / "sub").mkdir(parents=True)
+    for stale in (out / ".0123456789ab.tmp.a_heatmap.png", out / "sub" / ".ba9876543210.tmp.x_mask.png"):
+        stale.write_bytes(b"")
+    (out / "keep.tmp.txt").write_text("not a temporary of ours")
 
     report = localize_folder(src, out, predictor)
+    assert not list(out.rglob(".*.tmp.*")) and (out / "keep.tmp.txt").is_file()
 
     assert report["processed"] == ["a.png", "b.JPG"]
     assert list(report["failed"]) == ["corrupt.png", "huge.png"] and "corrupt.png" in report["failed"]["corrupt.png"]
@@ -237,7 +243,7 @@ def test_localize_folder_with_bad_files(tmp_path, predictor):
         ("notes.txt", "skipped"),
     ]
     assert "corrupt.png" in errors[0]["message"]
-    assert not [p for p in out.iterdir() if "tmp" in p.name]  # atomic writes leave no temporaries
+    assert not [p for p in out.iterdir() if "tmp" in p.name and p.name != "keep.tmp.txt"]  # none left
 
 
 def test_localize_folder_nifti_and_stem_clash(tmp_path, predictor):

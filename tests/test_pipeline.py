@@ -127,6 +127,13 @@ def test_evaluate_pipeline_writes_the_report_of_every_checkpoint(checkpoint_dir,
     assert abs(aps["bloc"] - aps["bcl"]) > 1.0  # the two checkpoints are told apart by the check above
 
 
+def test_a_class_without_test_images_is_reported_absent(checkpoint_dir, tmp_path):
+    valpx, test = make_items(6, seed=1), [it for it in make_items(8, seed=2) if it["label"] == 1]
+    results = run(checkpoint_dir, valpx, test, tmp_path / "report")
+    for figures in results["pixelcam"].values():
+        assert figures["pxap_benign"] is None and figures["pxap_malignant"] == pytest.approx(figures["pxap"])
+
+
 def test_threshold_is_chosen_on_valpx_never_on_test(checkpoint_dir, tmp_path):
     valpx = make_items(6, seed=1)
     a = run(checkpoint_dir, valpx, make_items(8, seed=2), tmp_path / "a")

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ import numpy as np
 __all__ = [
     "TMP_MARKER",
     "atomic_path",
+    "remove_stale_temporaries",
     "write_json_atomic",
     "write_text_atomic",
     "write_png_atomic",
@@ -31,6 +33,16 @@ __all__ = [
 
 #: Part of every temporary file name (``.<hex>.tmp.<target name>``); a finished write leaves none behind.
 TMP_MARKER = ".tmp."
+_TMP_NAME = re.compile(r"\.[0-9a-f]{12}" + re.escape(TMP_MARKER) + r".+")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left under ``folder`` (recursively) when a run was killed
+    (``kill -9`` skips its cleanup); call it before a run that owns ``folder`` writes anything. Returns them."""
+    stale = [p for p in Path(folder).rglob(f"*{TMP_MARKER}*") if p.is_file() and _TMP_NAME.fullmatch(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 @contextmanager

@@ -229,7 +229,33 @@ def _structure_problems(datalist: Mapping, splits: Sequence[str]) -> tuple[list[
                 else:
                     seen_images[key] = where
                 checkable.append((where, i, {"image": str(image), "mask": str(mask) if mask is not None else None}))
+    if num_classes is not None and not problems:  # coverage of well-formed items only: one cause, one line
+        problems += _coverage_problems(datalist, splits, classes, negative)
     return problems, checkable
+
+
+def _coverage_problems(datalist: Mapping, splits: Sequence[str], classes: list[str], negative: set) -> list[str]:
+    """Class coverage that a run needs, checked before it starts instead of failing at its end: ``train`` holds
+    every class (the classifier learns them all); ``valpx`` and ``test`` each hold an image of a class with a
+    region of interest (the threshold and PxAP are undefined otherwise). A ``test`` without some class is
+    allowed: that class's figures are reported as absent."""
+    problems = []
+    for split in splits:
+        items = datalist.get(split)
+        if not isinstance(items, list) or not items:
+            continue  # reported above
+        present = {it.get("label") for it in items if isinstance(it, Mapping)}
+        if split == "train":
+            missing = [c for k, c in enumerate(classes) if k not in present]
+            if missing:
+                problems.append(f"train has no image of class(es) {missing}: the classifier cannot learn them")
+        elif split in ("valpx", "test") and not any(k in present and k not in negative for k in range(len(classes))):
+            positives = [c for k, c in enumerate(classes) if k not in negative]
+            problems.append(
+                f"{split} has no image of a class with a region of interest ({positives}): "
+                f"{'the threshold' if split == 'valpx' else 'PxAP'} cannot be measured"
+            )
+    return problems
 
 
 def validate_datalist(

@@ -96,7 +96,8 @@ def evaluate_localization(
 
     Returns:
         dict of floats in percent (0..100) except ``threshold`` in [0, 1]: ``accuracy`` (same classes only),
-        ``pxap``, ``pxap_<class>``, ``dice``, ``miou`` (at the valpx threshold), ``dice@0.5``, ``miou@0.5``,
+        ``pxap``, ``pxap_<class>`` (None for a class without test images), ``dice``, ``miou`` (at the valpx
+        threshold), ``dice@0.5``, ``miou@0.5``,
         ``valpx_pxap``; plus ``curve`` = ``(precision, recall)`` lists of
         the pooled test PR curve.
     """
@@ -114,9 +115,12 @@ def evaluate_localization(
     if test_negative_classes is not None:
         negative = [int(c) for c in test_negative_classes]
     positives = [c for c in range(len(names)) if c not in negative]
+    # a class without test images has no per-class figure: reported as absent (None), not computed on nothing
+    present = _labels_present(test_loader)
     metrics: dict = {
         f"test_pxap_{names[c]}": PxAP(output_transform=roi_transform([o for o in range(len(names)) if o != c]))
         for c in positives
+        if present is None or c in present
     } if len(positives) > 1 else {}
     for tag, t in (("at_valpx", threshold), ("at_half", 0.5)):
         metrics[f"test_{tag}"] = LocalizationDice(threshold=t, output_transform=roi_transform(negative))
@@ -129,6 +133,7 @@ def evaluate_localization(
     result = {
         **({"accuracy": 100 * float(m["test_accuracy"])} if same_classes else {}),
         "pxap": 100 * float(m["test_pxap"]),
+        **({f"pxap_{names[c]}": None for c in positives} if len(positives) > 1 else {}),
         **{k[len("test_"):]: 100 * float(v) for k, v in m.items() if k.startswith("test_pxap_")},
         "dice": 100 * float(m["test_at_valpx_dice"]),
         "miou": 100 * float(m["test_at_valpx_miou"]),
@@ -140,6 +145,17 @@ def evaluate_localization(
     precision, recall, _ = pxap.metric_fn.curve()
     result["curve"] = {"precision": [float(v) for v in precision], "recall": [float(v) for v in recall]}
     return result
+
+
+def _labels_present(loader) -> set[int] | None:
+    """Class labels of a loader's dataset items (a MONAI ``Dataset`` over datalist items, or a list of items),
+    or None when they cannot be read without loading the images."""
+    dataset = getattr(loader, "dataset", None)
+    data = getattr(dataset, "data", dataset)
+    try:
+        return {int(it["label"]) for it in data}
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def maps_for_tensorboard(output: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -135,7 +135,8 @@ def evaluate_pipeline(
             name = "PixelCAM" if method is None else f"source {method}"
             entry = results["pixelcam"] if method is None else results["source"].setdefault(method, {})
             entry[selection] = figures
-            logger.info(f"{tag} {name} {selection}: " + ", ".join(f"{k}={v:.3g}" for k, v in figures.items()))
+            shown = ", ".join(f"{k}={'absent' if v is None else f'{v:.3g}'}" for k, v in figures.items())
+            logger.info(f"{tag} {name} {selection}: {shown}")
             if selection == "bloc":
                 curves[name] = (curve["precision"], curve["recall"], figures["pxap"] / 100)
                 if len(figure_batch["image"]):

@@ -33,7 +33,7 @@ from monai.engines.utils import PrepareBatch
 from monai.inferers import Inferer
 from monai.transforms import Compose, MapTransform
 
-from ..data.atomic import write_csv_atomic
+from ..data.atomic import remove_stale_temporaries, write_csv_atomic
 from ..data.datalist import DatalistError
 from ..data.io import read_rgb
 from .outputs import write_localization
@@ -329,7 +329,8 @@ class SaveLocalizationd(MapTransform):
 
 class LocalizationReport:
     """Collects every prediction of a localization evaluator and, when it completes, writes (atomically, on
-    rank 0, with every rank's rows gathered):
+    rank 0, with every rank's rows gathered); when it starts, removes the temporary files a killed run left
+    in the output folder (:func:`~monai_pixelcam.data.atomic.remove_stale_temporaries`):
 
     - ``predictions.csv``: one row per processed file: ``image`` (path relative to the input folder), ``kind``
       (``image`` or ``slide``), ``class`` (predicted), ``prob_<class>`` for each class (slides: mean over the
@@ -358,6 +359,12 @@ class LocalizationReport:
 
     def _start(self, engine: Engine) -> None:
         self._rows.clear()
+        if idist.get_rank() == 0:
+            stale = remove_stale_temporaries(self.output_dir)
+            if stale:
+                logger.info("removed %d temporary file(s) a killed run left in %s", len(stale), self.output_dir)
+        if idist.get_world_size() > 1:
+            idist.barrier()  # no rank writes before the folder is swept
         logger.info(
             "rank %d/%d: %d of %d file(s)", idist.get_rank(), idist.get_world_size(), engine.state.epoch_length,
             len(engine.state.dataloader.dataset),
