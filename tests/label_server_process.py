@@ -40,6 +40,9 @@ class Server:
     def put(self, path: str, **kw) -> requests.Response:
         return requests.put(self.url + path, timeout=kw.pop("timeout", 60), **kw)
 
+    def delete(self, path: str, **kw) -> requests.Response:
+        return requests.delete(self.url + path, timeout=kw.pop("timeout", 60), **kw)
+
     def infer(self, image_id: str = "", file: Path | None = None, params: dict | None = None) -> requests.Response:
         """``POST /infer/pixelcam`` on a datastore id or an uploaded file."""
         files = {"file": (file.name, file.read_bytes(), "application/octet-stream")} if file else None

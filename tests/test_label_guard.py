@@ -8,6 +8,7 @@ import asyncio
 import importlib.util
 import json
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -105,10 +106,10 @@ def test_train_requests_are_checked_before_they_reach_monai_label(guard_factory)
     bad = json.dumps({"bundle_overrides": {"initialize": ["$print('pwned')"]}}).encode()
     status, body = asyncio.run(_call(guard, "POST", "/train/pixelcam", [bad]))
     assert status == 400 and "'initialize'" in body["detail"] and inner.entered == 0
-    status, body = asyncio.run(
-        _call(guard, "POST", "/train/", [json.dumps({"pixelcam": {"output_dir": "/"}}).encode()])
-    )
+    status, body = asyncio.run(_call(guard, "POST", "/train/pixelcam", [json.dumps({"output_dir": "/"}).encode()]))
     assert status == 400 and "'output_dir'" in body["detail"] and inner.entered == 0
+    status, body = asyncio.run(_call(guard, "POST", "/train/pixelcam", [b'{"seed": NaN}']))
+    assert status == 400 and "NaN" in body["detail"] and inner.entered == 0
     good = json.dumps({"mode": "full", "source_epochs": 2, "bundle_overrides": {"cam_methods": ["cam"]}}).encode()
     status, body = asyncio.run(_call(guard, "POST", "/train/pixelcam", [good[:10], good[10:]]))
     assert status == 200 and body == {"read": len(good)} and inner.entered == 1  # replayed whole
@@ -118,12 +119,13 @@ def test_train_requests_are_checked_before_they_reach_monai_label(guard_factory)
 
 def test_the_upload_folder_is_swept_when_no_request_is_in_flight(guard_factory, tmp_path):
     guard = guard_factory(Inner())
-    uploads = tmp_path / "uploads"
-    assert tempfile.gettempdir() == str(uploads)
+    uploads = Path(guard.upload_dir)  # a new private folder inside the one given
+    assert tempfile.gettempdir() == str(uploads) and uploads.parent == tmp_path / "uploads"
     (uploads / "tmpabcdefgh.png").write_bytes(b"left by a failed request")
-    (uploads / "pixelcam_result.png").write_bytes(b"not an upload's name")
+    (uploads / "pixelcam_result_x.png").write_bytes(b"an answer whose client left before it was deleted")
+    (uploads / "other.png").write_bytes(b"neither")
     assert asyncio.run(_call(guard, "GET", "/info/", [b""]))[0] == 200
-    assert sorted(p.name for p in uploads.iterdir()) == ["pixelcam_result.png"]
+    assert sorted(p.name for p in uploads.iterdir()) == ["other.png"]
 
 
 @pytest.mark.parametrize(
@@ -174,3 +176,36 @@ def test_train_options_inside_the_allow_list_pass_checked():
         "valcl_fraction": 0.25,
         "bundle_overrides": {"encoder": "resnet50", "cam_methods": ["cam", "gradcampp"], "lambda_pix": 2.0},
     }
+
+
+@pytest.mark.parametrize(
+    "method, path, query, status",
+    [
+        ("PUT", "/model/pixelcam", b"", 403),
+        ("DELETE", "/model/pixelcam", b"", 403),
+        ("GET", "/model/pixelcam", b"", 200),
+        ("PUT", "/session/", b"uncompress=true", 400),
+        ("PUT", "/session/", b"uncompress=false", 200),
+        ("POST", "/train/pixelcam", b"run_sync=True", 400),
+        ("POST", "/batch/infer/pixelcam", b"run_sync=1", 400),
+        ("POST", "/train/pixelcam", b"enqueue=true", 400),
+        ("POST", "/train/", b"", 400),
+        ("POST", "/ml/train/", b"", 400),  # behind --root_path /ml
+        ("PUT", "/ml/model/pixelcam", b"", 403),
+    ],
+)
+def test_requests_no_client_may_make(guard_factory, method, path, query, status):
+    guard = guard_factory(Inner())
+    scope = {"type": "http", "method": method, "path": path, "headers": [], "query_string": query}
+    if path.startswith("/ml/"):
+        scope["root_path"] = "/ml"
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(guard(scope, receive, send))
+    assert next(m["status"] for m in sent if m["type"] == "http.response.start") == status

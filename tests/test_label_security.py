@@ -16,6 +16,7 @@ import io
 import json
 import os
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def _files_under(folder: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_glas, trained_bundle) -> dict:
     """``root/`` holds ``studies/`` (6 tiles of 64 x 64 and a 4096 x 4096 slide), ``bundle/`` (configs and the
-    session's trained model), ``uploads/`` (the server's upload folder) and the server's working folder."""
+    session's trained model), ``uploads/`` (where the server makes its private upload folder) and the server's
+    working folder."""
     root = tmp_path_factory.mktemp("label_security")
     studies = root / "work" / "studies"  # two levels below root: a "../../x" tag would land in root
     studies.mkdir(parents=True)
@@ -116,16 +118,17 @@ def test_train_requests_cannot_run_code_or_choose_paths(server, workspace):
         "surprise": {"surprise": 1},
     }
     for key, body in refused.items():
-        for path, payload in (("/train/pixelcam", body), ("/train/", {"pixelcam": body})):
-            r = server.post(path, json=payload, params={"run_sync": "true"})
-            assert r.status_code == 400, (key, path, r.text)
-            assert key in r.json()["detail"], (key, r.text)
-    assert server.post(
-        "/train/pixelcam", data=b"{not json", headers={"Content-Type": "application/json"}
-    ).status_code in (
-        400,
-        422,
-    )
+        r = server.post("/train/pixelcam", json=body)
+        assert r.status_code == 400 and key in r.json()["detail"], (key, r.text)
+    json_body = {"headers": {"Content-Type": "application/json"}}
+    for raw in (b"{not json", b'{"mode": ["auto", NaN]}', b'{"seed": Infinity}', b'{"seed": 1' + b"0" * 400 + b"}"):
+        r = server.post("/train/pixelcam", data=raw, **json_body)
+        assert r.status_code == 400, (raw[:40], r.text)
+    # jobs inside the server process or queued without bound, and the deprecated endpoint that always queues
+    for path, query in (("/train/pixelcam", {"run_sync": "true"}), ("/train/pixelcam", {"enqueue": "1"}),
+                        ("/train/", {}), ("/batch/infer/pixelcam", {"run_sync": "true"})):  # fmt: skip
+        r = server.post(path, params=query, json={})
+        assert r.status_code == 400, (path, query, r.text)
     time.sleep(1.0)
     assert _files_under(root) == before, "a refused train request wrote a file"
     assert server.get("/train/").status_code == 404  # no job was ever started
@@ -139,6 +142,25 @@ def test_a_failed_train_job_shows_its_real_reason(server):
     assert task["status"] == "ERROR", task
     last = task["details"][-1]
     assert "TrainError" in last and "DatalistError" in last and "ConfigExpression" not in last, task["details"]
+
+
+def test_the_model_and_archives_cannot_be_uploaded(server, workspace):
+    """The published model is the train jobs' (no upload, no delete); an uploaded archive is not unpacked (a
+    tar member "../x" would be written outside the sessions folder)."""
+    models = workspace["bundle"] / "models"
+    before = (models / "model.pt").read_bytes()
+    r = server.put("/model/pixelcam", files={"file": ("model.pt", b"not weights")})
+    assert r.status_code == 403, r.text
+    assert server.delete("/model/pixelcam").status_code == 403
+    assert (models / "model.pt").read_bytes() == before
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        member = tarfile.TarInfo("../../escape_session.txt")
+        member.size = 1
+        tar.addfile(member, io.BytesIO(b"x"))
+    r = server.put("/session/", params={"uncompress": "true"}, files={"files": ("s.tar", archive.getvalue())})
+    assert r.status_code == 400, r.text
+    assert not list(workspace["root"].rglob("escape_session.txt"))
 
 
 def test_datastore_endpoints_stay_inside_the_datastore(server, workspace):
@@ -164,6 +186,9 @@ def test_datastore_endpoints_stay_inside_the_datastore(server, workspace):
     assert r.status_code == 200 and (studies / "new_tile.png").is_file(), r.text
     r = server.put("/datastore/label", params={"image": "new_tile", "tag": "final"}, files={"label": ("m.png", mask)})
     assert r.status_code == 200 and (studies / "labels" / "final" / "new_tile.png").is_file(), r.text
+    # info that would break every later listing of the datastore (NaN is not JSON)
+    r = server.put("/datastore/image/info", params={"image": "new_tile"}, data={"info": '{"x": NaN}'})
+    assert r.status_code == 400 and server.get("/datastore/", params={"output": "all"}).status_code == 200
 
 
 def test_bad_labels_are_refused_at_submission(server, workspace):
@@ -224,7 +249,7 @@ def test_work_per_request_is_bounded(server, workspace):
 
 
 def test_uploads_are_removed_and_errors_show_no_server_paths(server, workspace):
-    uploads = workspace["uploads"]
+    (uploads,) = workspace["uploads"].iterdir()  # the server's private folder inside the one it was given
     junk = {"text.png": b"hello\n" * 1000, "noise.png": os.urandom(5 * 2**20)}
     for name, payload in junk.items():
         r = server.post("/infer/pixelcam", files={"file": (name, payload)}, params={"output": "json"})
@@ -283,7 +308,7 @@ def test_concurrent_inference_load(server, workspace):
     )
     assert set(statuses) <= {200, 429} and statuses.count(200) >= 8, statuses
     assert server.get("/info/").status_code == 200
-    _wait_empty(workspace["uploads"])
+    _wait_empty(next(workspace["uploads"].iterdir()))
 
 
 def test_the_server_writes_nothing_into_the_package(server):

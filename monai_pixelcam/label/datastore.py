@@ -23,6 +23,7 @@ pass to the client) whose message names the id or tag, never a server path.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -89,6 +90,18 @@ def _suffix(file_name: str, allowed: Sequence[str], what: str) -> str:
     return suffix
 
 
+def _plain_info(info: Any) -> dict[str, Any]:
+    """Image or label info a client sends: a JSON object without NaN or Infinity (stored, it would make every
+    later listing of the datastore fail), at most 64 KB."""
+    try:
+        text = json.dumps(info, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise RequestError(400, f"info must be a JSON object of plain values ({e})") from None
+    if not isinstance(info, dict) or len(text) > 65536:
+        raise RequestError(400, "info must be a JSON object of at most 64 KB")
+    return info
+
+
 class PixelCAMDatastore(LocalDatastore):
     """``LocalDatastore`` whose ids, tags, images and labels are checked (module docstring).
 
@@ -149,6 +162,12 @@ class PixelCAMDatastore(LocalDatastore):
     def get_image_uri(self, image_id: str) -> str:
         uri = super().get_image_uri(image_id)
         return self._inside(uri, f"image {str(image_id)[:80]!r}") if uri else uri
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        super().update_image_info(image_id, _plain_info(info))
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        super().update_label_info(label_id, label_tag, _plain_info(info))
 
     # --- labels ----------------------------------------------------------------------------------------
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:

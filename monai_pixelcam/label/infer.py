@@ -59,6 +59,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Prefix of the temporary files of label images an answer sends (MONAI Label deletes them once sent).
+RESULT_PREFIX = "pixelcam_result_"
 # A model published by the train task replaces model.pt and then model_meta.json; a request that loads in
 # between can see a mismatched pair, so a failed load is retried for a short while before it is reported.
 _LOAD_ATTEMPTS = 3
@@ -486,7 +488,7 @@ class PixelCAMInferTask(BasicInferTask):
         when the request says ``result_write_to_file`` False."""
         if data.get("result_write_to_file", True) is False:
             return None, data[self.output_json_key]
-        fd, name = tempfile.mkstemp(prefix="pixelcam_", suffix=".png")
+        fd, name = tempfile.mkstemp(prefix=RESULT_PREFIX, suffix=".png")
         os.close(fd)
         write_png_atomic(name, data[self.output_label_key])
         return name, data[self.output_json_key]

@@ -9,8 +9,14 @@ endpoints, which read a whole upload to disk and start train jobs before the app
 
 * **request size**: a body over ``max_upload_mb`` is refused with 413, from its ``Content-Length`` before
   it is read, or as soon as a streamed body passes the bound (:class:`~monai_pixelcam.label.limits.ServerLimits`);
-* **train requests** (``POST /train/`` and ``/train/{model}``) are checked against the allow-list of
-  :mod:`monai_pixelcam.label.train_options` before a job starts: 400 naming the key;
+* **train requests** (``POST /train/{model}``) are checked against the allow-list of
+  :mod:`monai_pixelcam.label.train_options` before a job starts: 400 naming the key (NaN and Infinity are
+  not numbers);
+* **requests no client may make** are refused: uploading or deleting the model (403; train jobs publish
+  it), unpacking an uploaded archive (``PUT /session/?uncompress=true``; and every tar MONAI Label unpacks is
+  held inside its folder by ``tarfile``'s ``data`` filter), jobs inside the server process or queued without
+  bound (``run_sync``, ``enqueue``, the deprecated ``POST /train/``) (400). Paths are matched as MONAI Label's
+  routes see them (without ``--root_path`` and the API prefix);
 * **inference load**: at most ``max_pending_infers`` inference requests in the server at once (429
   beyond); MONAI Label runs them one after another on its event loop;
 * **uploads**: the process's temporary folder becomes a private folder of this server (``tempfile.tempdir``,
@@ -30,13 +36,16 @@ import json
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
+from urllib.parse import parse_qs
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from monailabel.config import settings
 
 from .access import request_scope, upload_files
+from .infer import RESULT_PREFIX
 from .limits import ServerLimits
 from .train_options import TrainOptionError, check_train_request
 
@@ -49,6 +58,10 @@ Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
 _INFER_PREFIXES = ("/infer/", "/batch/infer/", "/activelearning/", "/scoring/")
+# query flags that make MONAI Label run a job inside the server process (blocking every client) or queue jobs
+# without bound
+_JOB_FLAGS = ("run_sync", "enqueue")
+_TRUE = ("1", "true", "yes", "on")
 _GUARDS: list[RequestGuard] = []
 
 
@@ -81,9 +94,14 @@ class RequestGuard:
     def __init__(self, inner: ASGIApp, limits: ServerLimits, upload_dir: str | None = None):
         self.inner = inner
         self.limits = limits
-        self.upload_dir = upload_dir or tempfile.mkdtemp(prefix="pixelcam-server-")
-        os.makedirs(self.upload_dir, mode=0o700, exist_ok=True)
+        # always a new private folder (inside upload_dir when given): it is swept and removed at exit, so it must
+        # hold nothing but this server's uploads
+        if upload_dir:
+            os.makedirs(upload_dir, exist_ok=True)
+        self.upload_dir = tempfile.mkdtemp(prefix="pixelcam-server-", dir=upload_dir or None)
         tempfile.tempdir = self.upload_dir
+        # archives MONAI Label unpacks (sessions) may not write outside their folder (links, "../" members)
+        tarfile.TarFile.extraction_filter = staticmethod(tarfile.data_filter)
         atexit.register(shutil.rmtree, self.upload_dir, True)
         self.in_flight = 0
         self.pending_infers = 0
@@ -93,7 +111,11 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.inner(scope, receive, send)
             return
-        path, method = scope.get("path", "").removeprefix(settings.MONAI_LABEL_API_STR), scope.get("method", "")
+        path, method = _route_path(scope), scope.get("method", "")
+        refused = _refused(path, method, scope)
+        if refused:
+            await _answer(send, *refused)
+            return
         limit = self.limits.max_upload_bytes
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -178,8 +200,8 @@ class RequestGuard:
                 return
         body = b"".join(chunks)
         try:
-            params = json.loads(body) if body.strip() else None
-            self._check_train(scope.get("path", "").rstrip("/"), params)
+            params = json.loads(body, parse_constant=_no_constant) if body.strip() else None
+            self._check_train(_route_path(scope).rstrip("/"), params)
         except (ValueError, TrainOptionError) as e:
             await _answer(
                 send, 400, str(e) if isinstance(e, TrainOptionError) else f"the train request is not JSON: {e}"
@@ -199,23 +221,15 @@ class RequestGuard:
 
     @staticmethod
     def _check_train(path: str, params: Any) -> None:
-        """``POST /train/{model}`` takes the options themselves; ``POST /train/`` a dict of them per model."""
-        if params is None:
-            return
-        model = path.split("/")[-1]
-        if model == "train":
-            if not isinstance(params, dict):
-                raise TrainOptionError("the body of POST /train/ must be a JSON object of options per model")
-            for name, options in params.items():
-                if not isinstance(options, dict):
-                    raise TrainOptionError(f"the options of model {name!r} must be a JSON object")
-                check_train_request({"model": name, **options})
-        else:
-            check_train_request({"model": model, **params} if isinstance(params, dict) else params)
+        """``POST /train/{model}`` takes the options themselves (``POST /train/`` is refused before)."""
+        if params is not None:
+            check_train_request({"model": path.split("/")[-1], **params} if isinstance(params, dict) else params)
 
     def _sweep(self) -> None:
-        """Delete what failed requests left in the upload folder (no request is in flight)."""
-        for name in upload_files():
+        """Delete what failed or abandoned requests left in the upload folder (no request is in flight): uploads,
+        and answers whose client left before MONAI Label deleted them."""
+        results = [n for n in os.listdir(self.upload_dir) if n.startswith(RESULT_PREFIX)]
+        for name in [*upload_files(), *results]:
             path = os.path.join(self.upload_dir, name)
             try:
                 if os.path.isdir(path) and not os.path.islink(path):
@@ -225,6 +239,35 @@ class RequestGuard:
                 logger.info(f"removed a request's leftover upload {name}")
             except OSError:
                 pass
+
+
+def _route_path(scope: Scope) -> str:
+    """The path MONAI Label's routes see: without uvicorn's ``--root_path`` and MONAI Label's API prefix."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.removeprefix(settings.MONAI_LABEL_API_STR) or "/"
+
+
+def _refused(path: str, method: str, scope: Scope) -> tuple[int, str] | None:
+    """``(status, detail)`` for the requests no client may make, else None: replacing or deleting the model
+    (train jobs publish it), unpacking an uploaded archive (a session's ``uncompress``), and jobs run inside
+    the server process or queued (``run_sync``, ``enqueue``; the deprecated ``POST /train/`` always queues)."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    flag = lambda name: any(v.strip().lower() in _TRUE for v in query.get(name, []))  # noqa: E731
+    if path.startswith("/model/") and method in ("PUT", "POST", "DELETE"):
+        return 403, "the model is published by this server's train jobs; it cannot be uploaded or deleted"
+    if path.startswith("/session") and method == "PUT" and flag("uncompress"):
+        return 400, "uncompressed sessions only: archives are not unpacked on this server"
+    if method == "POST" and any(flag(f) for f in _JOB_FLAGS):
+        return 400, f"{'/'.join(_JOB_FLAGS)} are not accepted: jobs run one at a time, outside the server process"
+    if method == "POST" and path.rstrip("/") == "/train":
+        return 400, "POST /train/{model} (e.g. /train/pixelcam) with the options as the body"
+    return None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def __getattr__(name: str) -> Any:

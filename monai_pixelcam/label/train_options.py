@@ -90,7 +90,7 @@ class Option:
     def _number(self, key: str, value: Any) -> int | float:
         try:
             number = float(value) if not isinstance(value, bool) else float("nan")
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             number = float("nan")
         whole = self.kind == "int"
         if number != number or (whole and not number.is_integer()) or number in (float("inf"), float("-inf")):
@@ -211,6 +211,8 @@ def check_train_request(request: Mapping[str, Any]) -> dict[str, Any]:
         if value is None or value == "":
             continue
         if key in ("mode", "device") and isinstance(value, (list, tuple)) and value:
+            for item in value[1:]:
+                option.check(key, item)  # every element plain: the request is stored and shown as given
             value = value[0]  # MONAI Label clients echo the config's list of choices; the first is the default
         checked[key] = option.check(key, value)
     return checked
