@@ -81,6 +81,7 @@ def export_model(
     metrics_file: str | os.PathLike | None = None,
     selection: str = "bloc",
     mpp: float | None = None,
+    stain_normalize: bool = False,
 ) -> Path:
     """Publish a PixelCAM checkpoint for inference as ``model_dir/model.pt`` + ``model_meta.json``.
 
@@ -93,6 +94,8 @@ def export_model(
         threshold: foreground threshold in [0, 1]; None reads PixelCAM ``selection``'s valpx threshold from
             ``metrics_file``.
         mpp: microns per pixel of the training images at ``image_size``, or None when unknown.
+        stain_normalize: whether the network's input is Macenko-normalised (as it was at training); every
+            consumer of the model folder applies it.
 
     Returns:
         the path of ``model.pt``.
@@ -117,6 +120,7 @@ def export_model(
         "threshold": float(threshold),
         "image_size": int(image_size),
         "mpp": None if mpp is None else float(mpp),
+        "stain_normalize": bool(stain_normalize),
         "source_checkpoint": str(checkpoint),
     }
     write_json_atomic(meta, model_dir / META_FILE)

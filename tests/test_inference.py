@@ -147,6 +147,22 @@ def test_predict_rejects_bad_arrays(predictor):
         predictor.predict(np.zeros((8, 8, 5), dtype=np.uint8))
 
 
+def test_export_records_stain_normalisation_for_every_consumer(tmp_path):
+    """A model trained with Macenko normalisation is served with it: export_model writes the setting, the
+    predictor (folder, slide and MONAI Label inference) reads it."""
+    from monai_pixelcam.export import export_model
+
+    torch.manual_seed(0)
+    torch.save(build_pixelcam(**NET_KWARGS).state_dict(), tmp_path / "pixelcam_bloc.pt")
+    for flag in (True, False):
+        model_dir = tmp_path / f"model_{flag}"
+        export_model(tmp_path / "pixelcam_bloc.pt", model_dir, NET_KWARGS, CLASSES, image_size=64, threshold=0.5,
+                     stain_normalize=flag)  # fmt: skip
+        assert json.loads((model_dir / "model_meta.json").read_text())["stain_normalize"] is flag
+        predictor = PixelCAMPredictor.from_model_dir(model_dir, device="cpu")
+        assert predictor.stain_normalize is flag and (predictor.prepare.stain is not None) is flag
+
+
 def test_from_model_dir_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="model folder not found"):
         PixelCAMPredictor.from_model_dir(tmp_path / "nope")

@@ -173,6 +173,7 @@ def evaluate_external(
     output_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    stain_normalize: bool = False,
 ) -> dict | None:
     """:func:`evaluate_pipeline` on the test split of another labelled set, without adaptation: a user's own
     annotated tiles, another dataset (out of distribution, e.g. a GlaS model on CAMELYON16 patches) or the same
@@ -182,7 +183,8 @@ def evaluate_external(
     prepared by :func:`monai_pixelcam.data.prepare_datalist`; it needs a ``test`` split only. The threshold of
     each model is chosen on the set's own ``valpx`` when it brings one that shares no image with its test
     split, else on the training dataset's ``valpx_loader`` (a valpx overlapping test would choose the threshold
-    on test images, which the protocol forbids; a warning says so). Returns None, doing nothing, when neither
+    on test images, which the protocol forbids; a warning says so). The images get the model's input chain
+    (``image_size``, ``stain_normalize`` as at training). Returns None, doing nothing, when neither
     ``dataset`` nor ``datalist`` is set, so that a bundle can always list this step.
     """
     from monai_pixelcam.data import load_datalist, prepare_datalist
@@ -196,6 +198,7 @@ def evaluate_external(
         dataset or "synthetic_glas", dataset_dir or f"data/{dataset}", datalist, seed=seed, splits=("test",)
     )
     external = load_datalist(path, splits=("test",))
+    chain = eval_transforms(image_size, stain_normalize=stain_normalize)
     name = Path(datalist).stem if datalist else str(dataset)
     if external["valpx"]:
         shared = {it["id"] for it in external["valpx"]} & {it["id"] for it in external["test"]}
@@ -208,8 +211,8 @@ def evaluate_external(
             logger.warning(f"{path}: its classes {external['classes']} are not the model's; its valpx is not used")
         else:
             logger.info(f"{name}: thresholds chosen on its own valpx ({len(external['valpx'])} images)")
-            valpx_loader = build_dataloader(external["valpx"], eval_transforms(image_size), batch_size=batch_size)
-    loader = build_dataloader(external["test"], eval_transforms(image_size), batch_size=batch_size)
+            valpx_loader = build_dataloader(external["valpx"], chain, batch_size=batch_size)
+    loader = build_dataloader(external["test"], chain, batch_size=batch_size)
     return evaluate_pipeline(
         source_network, pixelcam_network, checkpoint_dir, valpx_loader, loader, class_names, negative_classes,
         cam_methods, output_dir, device, tag=name, test_class_names=external["classes"],

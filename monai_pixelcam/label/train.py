@@ -332,7 +332,8 @@ class PixelCAMTrainTask(TrainTask):
         foreign = sorted(k for k in network if k not in config)
         if foreign:
             return None, f"the published network has settings the bundle config cannot set: {foreign}"
-        return dict(network), ""
+        # the input the published model was trained on: a fine-tuned model must see the same
+        return {**network, "stain_normalize": bool(published.get("stain_normalize", False))}, ""
 
     def _options(self, request: Mapping) -> dict[str, Any]:
         """The request's options over the bundle's defaults, checked against the allow-list
