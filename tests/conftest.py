@@ -12,6 +12,11 @@ import pytest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "pixelcam" / "configs"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+#: Why the MONAI Label tests are skipped when it is missing (``pytest.importorskip(..., reason=...)``).
+MONAILABEL_MISSING = (
+    "monailabel is not installed: pip install -e .[label] && pip install --no-deps monailabel==0.8.5 "
+    "pydicom-seg==0.4.1 (see README, MONAI Label)"
+)
 #: Bundle overrides that make a whole run take seconds on a CPU.
 TINY_BUNDLE = dict(
     source_epochs=2, pixelcam_epochs=2, image_size=56, crop_size=48, batch_size=8, num_workers=0, val_interval=1,

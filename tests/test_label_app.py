@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -10,14 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MONAILABEL_MISSING
 import torch
 
-if importlib.util.find_spec("monailabel") is None:
-    pytest.skip(
-        "monailabel is not installed: pip install -e .[label] && pip install --no-deps monailabel==0.8.5 "
-        "pydicom-seg==0.4.1 (see README, MONAI Label)",
-        allow_module_level=True,
-    )
+pytest.importorskip("monailabel", reason=MONAILABEL_MISSING)
 
 from monailabel.config import settings  # noqa: E402
 from monailabel.datastore.local import LocalDatastore  # noqa: E402

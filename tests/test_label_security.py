@@ -11,7 +11,6 @@ and failed there (see the note of issue 17).
 from __future__ import annotations
 
 import concurrent.futures
-import importlib.util
 import io
 import json
 import os
@@ -22,15 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MONAILABEL_MISSING
 
 pytestmark = pytest.mark.server
 
-if importlib.util.find_spec("monailabel") is None:
-    pytest.skip(
-        "monailabel is not installed: pip install -e .[label] && pip install --no-deps monailabel==0.8.5 "
-        "pydicom-seg==0.4.1 (see README, MONAI Label)",
-        allow_module_level=True,
-    )
+pytest.importorskip("monailabel", reason=MONAILABEL_MISSING)
 
 from PIL import Image  # noqa: E402
 from requests_toolbelt import MultipartEncoder  # noqa: E402

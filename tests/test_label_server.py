@@ -12,7 +12,6 @@ answers; the active learning strategy serves the unlabelled images in the order 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
@@ -21,15 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MONAILABEL_MISSING
 
 pytestmark = pytest.mark.server
 
-if importlib.util.find_spec("monailabel") is None:
-    pytest.skip(
-        "monailabel is not installed: pip install -e .[label] && pip install --no-deps monailabel==0.8.5 "
-        "pydicom-seg==0.4.1 (see README, MONAI Label)",
-        allow_module_level=True,
-    )
+pytest.importorskip("monailabel", reason=MONAILABEL_MISSING)
 
 import requests  # noqa: E402
 from PIL import Image  # noqa: E402
