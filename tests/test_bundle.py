@@ -300,3 +300,18 @@ def test_options_precise_bn_oracle_seed_maps_and_positive_evidence_head(tiny_gla
     store = CAMStore.open(models / "cams", checkpoint_path=models / "source_bloc.pt", method="oracle")
     assert len(store.ids) == len(json.loads(Path(tiny_glas).read_text())["train"])
     assert (models / "pixelcam_bloc.pt").is_file()
+
+
+def test_a_failed_run_ends_with_its_reason(tmp_path):
+    """``python -m monai.bundle run`` with a datalist that does not exist: the last line the user reads names
+    the file (the bundle's initialize installs monai_pixelcam.errors.report_root_cause), not MONAI's
+    ``RuntimeError: Failed to evaluate ConfigExpression`` around it."""
+    missing = tmp_path / "no_such_datalist.json"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
+           "--bundle_root", str(tmp_path / "run"), "--datalist", str(missing)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(CONFIGS.parents[2])}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert last == f"monai-pixelcam: the run failed: DatalistError: {missing}: datalist file not found", last
+    assert "Failed to evaluate ConfigExpression" in proc.stderr  # the traceback itself is still there

@@ -43,6 +43,7 @@ from monailabel.utils.others.generic import name_to_device
 from ..data.atomic import write_json_atomic
 from ..data.datalist import DatalistError, make_splits, save_datalist
 from ..export import META_FILE, MODEL_FILE, publish_model, source_checkpoint_from_model
+from ..errors import root_cause
 from .train_options import check_train_request
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
     "split_items",
     "build_datalist",
     "TrainError",
-    "root_cause",
     "PixelCAMTrainTask",
 ]
 
@@ -231,22 +231,7 @@ def build_datalist(
 
 
 class TrainError(RuntimeError):
-    """A train job that failed; the message is the root cause's (:func:`root_cause`)."""
-
-
-def root_cause(error: BaseException) -> str:
-    """``"Type: message"``, on one line, of the innermost exception ``error`` was raised from (its
-    ``__cause__`` chain, else the exception it was raised while handling), e.g. the mask a datalist check
-    named, not the bundle's ``RuntimeError: Failed to evaluate ConfigExpression`` around it."""
-    seen = {id(error)}
-    while True:
-        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-        if inner is None or id(inner) in seen:
-            # one line: a train job's output shows its last lines, and a datalist error lists a problem a line
-            lines = (line.strip() for line in str(error).splitlines())
-            return f"{type(error).__name__}: " + "; ".join(line for line in lines if line)
-        seen.add(id(inner))
-        error = inner
+    """A train job that failed; the message is the root cause's (:func:`monai_pixelcam.errors.root_cause`)."""
 
 
 def _read_json(path: Path) -> dict | None:
