@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -115,6 +117,29 @@ def test_train_requests_are_checked_before_they_reach_monai_label(guard_factory)
     assert status == 200 and body == {"read": len(good)} and inner.entered == 1  # replayed whole
     status, body = asyncio.run(_call(guard, "POST", "/train/pixelcam", [b"{" * 70000]))
     assert status == 413 and "max_train_request_kb" in body["detail"]
+
+
+def test_old_leftovers_are_swept_under_constant_load(guard_factory):
+    """While a request is in flight, an upload older than max_upload_age_min goes, a recent one stays."""
+
+    async def scenario():
+        release = asyncio.Event()
+        guard = guard_factory(Inner(release), max_upload_age_min=1)
+        folder = Path(guard.upload_dir)
+        old, recent = folder / "tmpoldoldol.png", folder / "tmprecentxx.png"
+        for f in (old, recent):
+            f.write_bytes(b"left by a failed request")
+        os.utime(old, (time.time() - 120, time.time() - 120))
+        busy = asyncio.create_task(_call(guard, "POST", "/infer/pixelcam", [b""]))  # stays in flight
+        await asyncio.sleep(0.05)
+        await _call(guard, "GET", "/info/", [b""])
+        kept = sorted(p.name for p in folder.iterdir())
+        release.set()
+        await busy
+        return kept, sorted(p.name for p in folder.iterdir())
+
+    under_load, idle = asyncio.run(scenario())
+    assert under_load == ["tmprecentxx.png"] and idle == []
 
 
 def test_the_upload_folder_is_swept_when_no_request_is_in_flight(guard_factory, tmp_path):

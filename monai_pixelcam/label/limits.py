@@ -28,6 +28,9 @@ class ServerLimits:
         max_pending_infers: inference requests in the server at once, the running one included (429 beyond).
             Inference runs one request at a time, so a request past the bound would only wait.
         max_train_request_kb: size of a train request's JSON body in KiB (413 beyond).
+        max_upload_age_min: an upload older than this is deleted even while other requests are in flight (the
+            server sweeps every leftover whenever it is idle; under constant load, this bounds how long a
+            failed request's upload stays). A request must not need its upload for longer.
     """
 
     max_wsi_tiles: int = 4096
@@ -35,6 +38,7 @@ class ServerLimits:
     max_upload_mb: int = 2048
     max_pending_infers: int = 8
     max_train_request_kb: int = 64
+    max_upload_age_min: int = 60
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, str] | None) -> ServerLimits:

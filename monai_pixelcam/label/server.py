@@ -23,7 +23,7 @@ endpoints, which read a whole upload to disk and start train jobs before the app
   the standard library's setting for it), so that no other user's file sits among the uploads; every request
   runs in :func:`~monai_pixelcam.label.access.request_scope`, so only files written during it count as its
   uploads; and whenever no request is in flight, every upload left in the folder (a failed request's) is
-  deleted. The folder is removed when the server stops. ``--conf upload_dir PATH`` names it instead of a
+  deleted (under constant load, those older than ``max_upload_age_min``). The folder is removed when the server stops. ``--conf upload_dir PATH`` names it instead of a
   new ``pixelcam-server-*`` folder (it is created, private to the server's user).
 
 The app refuses to serve in server mode without this guard (:meth:`PixelCAMApp.server_mode`).
@@ -38,6 +38,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 from urllib.parse import parse_qs
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -142,8 +143,8 @@ class RequestGuard:
         finally:
             self.in_flight -= 1
             self.pending_infers -= is_infer
-            if self.in_flight == 0:
-                self._sweep()
+            # everything when idle; under load, what is older than any request may need
+            self._sweep(None if self.in_flight == 0 else 60.0 * self.limits.max_upload_age_min)
 
     async def _forward(self, scope: Scope, receive, send, limit: int) -> None:
         """Pass the request on, counting its body: past ``limit`` bytes the body ends, and the answer is 413."""
@@ -225,13 +226,17 @@ class RequestGuard:
         if params is not None:
             check_train_request({"model": path.split("/")[-1], **params} if isinstance(params, dict) else params)
 
-    def _sweep(self) -> None:
-        """Delete what failed or abandoned requests left in the upload folder (no request is in flight): uploads,
-        and answers whose client left before MONAI Label deleted them."""
+    def _sweep(self, min_age_s: float | None = None) -> None:
+        """Delete what failed or abandoned requests left in the upload folder: uploads, and answers whose client
+        left before MONAI Label deleted them; only those older than ``min_age_s`` seconds when given (requests
+        are in flight)."""
         results = [n for n in os.listdir(self.upload_dir) if n.startswith(RESULT_PREFIX)]
+        now = time.time()
         for name in [*upload_files(), *results]:
             path = os.path.join(self.upload_dir, name)
             try:
+                if min_age_s is not None and now - os.lstat(path).st_mtime < min_age_s:
+                    continue
                 if os.path.isdir(path) and not os.path.islink(path):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
