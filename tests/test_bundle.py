@@ -315,3 +315,34 @@ def test_a_failed_run_ends_with_its_reason(tmp_path):
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last == f"monai-pixelcam: the run failed: DatalistError: {missing}: datalist file not found", last
     assert "Failed to evaluate ConfigExpression" in proc.stderr  # the traceback itself is still there
+
+
+@pytest.mark.parametrize("stain_normalize", [True, False])
+def test_the_exported_model_sees_what_validation_saw(tiny_glas, tmp_path, stain_normalize):
+    """One input definition from training to every consumer: the network input the bundle validates and
+    evaluates on (``validate#preprocessing``) equals, within float noise, the input the exported model folder's
+    predictor prepares (folder, slide and MONAI Label inference all go through it), for non-default
+    ``crop_size`` and ``stain_normalize`` (read back from ``model_meta.json``, not passed along)."""
+    from monai_pixelcam.data import load_datalist
+    from monai_pixelcam.data.io import read_rgb
+    from monai_pixelcam.inference import PixelCAMPredictor
+
+    overrides = {**TINY_BUNDLE, "crop_size": 40, "stain_normalize": stain_normalize}
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"), workflow_type=None, logging_file=False,
+        bundle_root=str(tmp_path), datalist=str(tiny_glas), **overrides,
+    )  # fmt: skip
+    workflow.initialize()
+    parser = workflow.parser
+    checkpoint = tmp_path / "pixelcam_bloc.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), checkpoint)
+    parser["exporter"]["checkpoint"], parser["exporter"]["threshold"] = str(checkpoint), 0.5
+    parser.get_parsed_content("exporter", lazy=False)()
+    predictor = PixelCAMPredictor.from_model_dir(tmp_path / "models", device="cpu")
+    chain = parser.get_parsed_content("validate#preprocessing")
+    for item in load_datalist(tiny_glas)["test"][:3]:
+        seen_by_validation = chain(dict(item))["image"].float()
+        rgb = torch.from_numpy(read_rgb(item["image"])).permute(2, 0, 1).float() / 255.0
+        seen_by_inference = predictor.prepare(rgb)
+        assert seen_by_inference.shape == seen_by_validation.shape == (3, 40, 40)
+        torch.testing.assert_close(seen_by_inference, torch.as_tensor(seen_by_validation), atol=1e-5, rtol=0)
