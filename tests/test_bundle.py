@@ -342,7 +342,7 @@ def test_the_exported_model_sees_what_validation_saw(tiny_glas, tmp_path, stain_
     chain = parser.get_parsed_content("validate#preprocessing")
     for item in load_datalist(tiny_glas)["test"][:3]:
         seen_by_validation = chain(dict(item))["image"].float()
-        rgb = torch.from_numpy(read_rgb(item["image"])).permute(2, 0, 1).float() / 255.0
+        rgb = torch.tensor(read_rgb(item["image"])).permute(2, 0, 1).float() / 255.0
         seen_by_inference = predictor.prepare(rgb)
         assert seen_by_inference.shape == seen_by_validation.shape == (3, 40, 40)
         torch.testing.assert_close(seen_by_inference, torch.as_tensor(seen_by_validation), atol=1e-5, rtol=0)
