@@ -23,8 +23,9 @@ endpoints, which read a whole upload to disk and start train jobs before the app
   the standard library's setting for it), so that no other user's file sits among the uploads; every request
   runs in :func:`~monai_pixelcam.label.access.request_scope`, so only files written during it count as its
   uploads; and whenever no request is in flight, every upload left in the folder (a failed request's) is
-  deleted (under constant load, those older than ``max_upload_age_min``). The folder is removed when the server stops. ``--conf upload_dir PATH`` names it instead of a
-  new ``pixelcam-server-*`` folder (it is created, private to the server's user).
+  deleted (under constant load, those older than ``max_upload_age_min``). The folder, a new private
+  ``pixelcam-server-*`` folder in the system's temporary folder (or inside ``--conf upload_dir PATH``), is
+  removed when the server stops.
 
 The app refuses to serve in server mode without this guard (:meth:`PixelCAMApp.server_mode`).
 """
@@ -39,9 +40,9 @@ import shutil
 import tarfile
 import tempfile
 import time
-from urllib.parse import parse_qs
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qs
 
 from monailabel.config import settings
 
@@ -88,8 +89,8 @@ class RequestGuard:
     Args:
         inner: the ASGI application (MONAI Label's FastAPI app).
         limits: the bounds.
-        upload_dir: the private temporary folder (created, made the process's ``tempfile.tempdir``, and
-            removed at exit); None: a new ``pixelcam-server-*`` folder in the system's temporary folder.
+        upload_dir: where the private upload folder is made (a new ``pixelcam-server-*`` folder, made the
+            process's ``tempfile.tempdir`` and removed at exit); None: the system's temporary folder.
     """
 
     def __init__(self, inner: ASGIApp, limits: ServerLimits, upload_dir: str | None = None):
