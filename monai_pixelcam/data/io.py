@@ -47,6 +47,7 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "ImageTooLargeError",
     "image_size",
+    "checked_image_size",
     "read_rgb",
     "read_mask",
     "read_pixels",
@@ -129,7 +130,14 @@ def _full_scale(arr: np.ndarray) -> float:
 
 class ImageTooLargeError(DatalistError):
     """An image with more pixels than a reader's ``max_pixels``; the message names the file, its size and the
-    limit."""
+    limit, also kept as ``size`` (``(height, width)``) and ``max_pixels``."""
+
+    def __init__(self, path: str | os.PathLike, size: tuple[int, int], max_pixels: int):
+        super().__init__(
+            f"{path}: {size[1]} x {size[0]} pixels is more than the {max_pixels} pixels an image may have to be "
+            "decoded whole; cut it into tiles, or save it as a pyramidal TIFF and run it as a whole slide"
+        )
+        self.size, self.max_pixels = size, max_pixels
 
 
 def _check_file(path: Path) -> None:
@@ -168,15 +176,16 @@ def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
     return None
 
 
-def _check_pixels(path: Path, max_pixels: int | None) -> None:
-    if max_pixels is None:
-        return
+def checked_image_size(path: str | os.PathLike, max_pixels: int | None) -> tuple[int, int] | None:
+    """:func:`image_size`, refused when it has more than ``max_pixels`` pixels (None: no limit).
+
+    Raises:
+        ImageTooLargeError: naming the file, its size and the limit.
+    """
     size = image_size(path)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageTooLargeError(
-            f"{path}: {size[1]} x {size[0]} pixels is more than the {max_pixels} pixels an image may have to be "
-            "decoded whole; cut it into tiles, or save it as a pyramidal TIFF and run it as a whole slide"
-        )
+    if max_pixels is not None and size is not None and size[0] * size[1] > max_pixels:
+        raise ImageTooLargeError(path, size, max_pixels)
+    return size
 
 
 def _fallback_pixels(path: Path, pil_error: BaseException) -> tuple[np.ndarray, bool]:
@@ -225,7 +234,7 @@ def read_pixels(
     """
     path = Path(path)
     _check_file(path)
-    _check_pixels(path, max_pixels)
+    checked_image_size(path, max_pixels)
     try:
         with Image.open(path) as img:
             return _decoded_pil_pixels(img, palette_as_index)
@@ -335,7 +344,7 @@ class HistologyReader(PILReader):
     def read(self, data, **kwargs) -> Image.Image:
         (path,) = (Path(p) for p in ensure_tuple(data))
         _check_file(path)
-        _check_pixels(path, self.max_pixels)
+        checked_image_size(path, self.max_pixels)
         try:
             return super().read(path, **kwargs)
         except DatalistError:

@@ -33,11 +33,12 @@ from typing import Any
 from monailabel.datastore.local import LocalDatastore
 
 from ..data.datalist import DatalistError
-from ..data.io import MAX_IMAGE_PIXELS, ImageTooLargeError, image_size, read_pixels
+from ..data.io import MAX_IMAGE_PIXELS, ImageTooLargeError, checked_image_size, read_pixels
 from ..data.validate import mask_problem
 from ..inference.wsi import is_whole_slide
 from .access import removed_on_failure
 from .errors import RequestError
+from .infer import image_geometry, too_large
 
 __all__ = ["RASTER_LABEL_SUFFIXES", "check_image_id", "check_tag", "PixelCAMDatastore"]
 
@@ -131,21 +132,17 @@ class PixelCAMDatastore(LocalDatastore):
         return path
 
     def _size(self, path: str, what: str) -> tuple[int, int]:
-        """``(height, width)`` of an image or slide at level 0 (422 when it is not one the app reads)."""
+        """``(height, width)`` of an image or slide at level 0 (422 when it is not one the app reads, 413 for an
+        image over ``max_image_pixels`` that is not a whole slide)."""
         if is_whole_slide(path):
-            from .infer import image_geometry  # the slide readers; imported here, infer imports this module's errors
-
             width, height, _ = image_geometry(path, 0)
             return height, width
-        size = image_size(path)
+        try:
+            size = checked_image_size(path, self.max_image_pixels)
+        except ImageTooLargeError as e:
+            raise too_large(what, e) from None
         if size is None:
             raise RequestError(422, f"{what} is not an image the app can read")
-        if size[0] * size[1] > self.max_image_pixels:
-            raise RequestError(
-                413,
-                f"{what} has {size[1]} x {size[0]} pixels, more than the server's max_image_pixels "
-                f"({self.max_image_pixels}); save it as a pyramidal TIFF to add it as a whole slide",
-            )
         return size
 
     # --- images ----------------------------------------------------------------------------------------
@@ -186,8 +183,8 @@ class PixelCAMDatastore(LocalDatastore):
         expected = self._size(image, f"image {image_id!r}")
         try:
             pixels, has_alpha = read_pixels(label_filename, palette_as_index=True, max_pixels=self.max_image_pixels)
-        except ImageTooLargeError:
-            raise RequestError(413, f"{what} has more pixels than max_image_pixels ({self.max_image_pixels})") from None
+        except ImageTooLargeError as e:
+            raise too_large(what, e) from None
         except DatalistError:
             raise RequestError(422, f"{what} is not an image the app can read") from None
         if tuple(pixels.shape[:2]) != tuple(expected):

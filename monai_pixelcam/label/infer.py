@@ -53,6 +53,7 @@ __all__ = [
     "load_image",
     "read_image_region",
     "image_geometry",
+    "too_large",
     "LoadImageRegiond",
     "PixelCAMInferTask",
 ]
@@ -187,19 +188,21 @@ def _existing(path: str | os.PathLike) -> Path:
     return path
 
 
-def _too_large(path: Path, size: tuple[int, int], max_pixels: int) -> RequestError:
+def too_large(what: str, error: ImageTooLargeError) -> RequestError:
+    """413 for an image over the server's ``max_image_pixels``, naming it as ``what`` (no server path)."""
+    (height, width), limit = error.size, error.max_pixels
     return RequestError(
         413,
-        f"{path.name} has {size[1]} x {size[0]} pixels, more than the server's max_image_pixels ({max_pixels}); "
-        "cut it into tiles, or save it as a pyramidal TIFF to read it as a whole slide",
+        f"{what} has {width} x {height} pixels, more than the server's max_image_pixels ({limit}); cut it into "
+        "tiles, or save it as a pyramidal TIFF to read it as a whole slide",
     )
 
 
 def _read_plain(path: Path, max_pixels: int) -> np.ndarray:
     try:
         return read_rgb(path, max_pixels=max_pixels)
-    except ImageTooLargeError:
-        raise _too_large(path, image_size(path) or (0, 0), max_pixels) from None
+    except ImageTooLargeError as e:
+        raise too_large(path.name, e) from None
     except DatalistError as e:
         raise RequestError(422, f"cannot read image: {e}") from None
 

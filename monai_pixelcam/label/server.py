@@ -121,11 +121,7 @@ class RequestGuard:
         limit = self.limits.max_upload_bytes
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _answer(
-                send,
-                413,
-                f"the request body is larger than the server's max_upload_mb ({self.limits.max_upload_mb} MiB)",
-            )
+            await _answer(send, 413, self._body_too_large)
             return
         is_infer = method == "POST" and path.startswith(_INFER_PREFIXES)
         if is_infer and self.pending_infers >= self.limits.max_pending_infers:
@@ -137,8 +133,8 @@ class RequestGuard:
         self.in_flight += 1
         self.pending_infers += is_infer
         try:
-            if method == "POST" and (path.rstrip("/") == "/train" or path.startswith("/train/")):
-                await self._train(scope, receive, send)
+            if method == "POST" and path.startswith("/train/"):  # POST /train/ itself is refused above
+                await self._train(path, scope, receive, send)
             else:
                 await self._forward(scope, receive, send, limit)
         finally:
@@ -170,19 +166,17 @@ class RequestGuard:
         try:
             with request_scope():
                 await self.inner(scope, counted_receive, guarded_send)
-        except _TooLarge:
-            pass
         except Exception:
-            if not state["too_large"]:
+            if not state["too_large"]:  # else _TooLarge, or what the app made of it: answered below
                 raise
         if state["too_large"] and not state["started"]:
-            await _answer(
-                send,
-                413,
-                f"the request body is larger than the server's max_upload_mb ({self.limits.max_upload_mb} MiB)",
-            )
+            await _answer(send, 413, self._body_too_large)
 
-    async def _train(self, scope: Scope, receive, send) -> None:
+    @property
+    def _body_too_large(self) -> str:
+        return f"the request body is larger than the server's max_upload_mb ({self.limits.max_upload_mb} MiB)"
+
+    async def _train(self, path: str, scope: Scope, receive, send) -> None:
         """Read the (small) JSON body of a train request, check it, then replay it to MONAI Label."""
         limit = self.limits.max_train_request_kb * 1024
         chunks, size, more = [], 0, True
@@ -203,7 +197,7 @@ class RequestGuard:
         body = b"".join(chunks)
         try:
             params = json.loads(body, parse_constant=_no_constant) if body.strip() else None
-            self._check_train(_route_path(scope).rstrip("/"), params)
+            self._check_train(path.rstrip("/"), params)
         except (ValueError, TrainOptionError) as e:
             await _answer(
                 send, 400, str(e) if isinstance(e, TrainOptionError) else f"the train request is not JSON: {e}"
