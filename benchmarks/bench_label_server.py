@@ -41,6 +41,7 @@ from monai_pixelcam.data.synthetic import render_tile
 from monai_pixelcam.export import export_model
 from monai_pixelcam.label.local_server import running_server
 from monai_pixelcam.networks import build_pixelcam
+from monai_pixelcam.transforms import NetworkInput
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "pixelcam" / "configs"
@@ -59,7 +60,7 @@ def _bundle(root: Path, encoder: str, image_size: int) -> Path:
     checkpoint = root / "pixelcam.pt"
     torch.manual_seed(0)
     torch.save(build_pixelcam(**network).state_dict(), checkpoint)
-    export_model(checkpoint, bundle / "models", network, ["benign", "malignant"], image_size=image_size, threshold=0.5)
+    export_model(checkpoint, bundle / "models", network, ["benign", "malignant"], NetworkInput(image_size), threshold=0.5)
     return bundle
 
 

@@ -63,6 +63,7 @@ from monai_pixelcam.inference import (
     write_pyramid_tiff,
 )
 from monai_pixelcam.networks import build_pixelcam
+from monai_pixelcam.transforms import NetworkInput
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TILE = 256
@@ -145,7 +146,7 @@ def make_model(model_dir: Path, encoder: str, image_size: int, mpp: float, seed:
     checkpoint = model_dir / "random_init.pt"
     model_dir.mkdir(parents=True, exist_ok=True)
     torch.save(build_pixelcam(**network).state_dict(), checkpoint)
-    export_model(checkpoint, model_dir, network, ["normal", "tumor"], image_size=image_size, threshold=0.5, mpp=mpp)
+    export_model(checkpoint, model_dir, network, ["normal", "tumor"], NetworkInput(image_size), threshold=0.5, mpp=mpp)
     return model_dir
 
 

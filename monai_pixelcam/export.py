@@ -6,7 +6,8 @@ A model folder holds ``model.pt`` (the :class:`~monai_pixelcam.networks.PixelCAM
 - ``network``: keyword arguments of :func:`~monai_pixelcam.networks.build_pixelcam`;
 - ``classes`` (label order) and ``negative_classes`` (indices of classes without a region of interest);
 - ``threshold``: the foreground threshold in [0, 1] chosen on valpx;
-- ``image_size``: the side the network sees;
+- ``image_size`` and ``stain_normalize``: the network's input definition
+  (:meth:`monai_pixelcam.transforms.NetworkInput.settings`), which every consumer rebuilds;
 - ``mpp``: microns per pixel of the training images at that size (None when the data did not say); slide
   inference reads slides at this scale;
 - ``source_checkpoint``: the checkpoint it was exported from.
@@ -30,6 +31,7 @@ import torch
 
 from monai_pixelcam.data.atomic import atomic_path, write_json_atomic
 from monai_pixelcam.networks.weights import read_state_dict
+from monai_pixelcam.transforms import NetworkInput, NetworkInputd
 
 __all__ = [
     "MODEL_FILE",
@@ -75,13 +77,12 @@ def export_model(
     model_dir: str | os.PathLike,
     network: Mapping,
     classes: Sequence[str],
+    network_input: NetworkInput | NetworkInputd,
     negative_classes: Sequence[int] = (),
-    image_size: int = 224,
     threshold: float | None = None,
     metrics_file: str | os.PathLike | None = None,
     selection: str = "bloc",
     mpp: float | None = None,
-    stain_normalize: bool = False,
 ) -> Path:
     """Publish a PixelCAM checkpoint for inference as ``model_dir/model.pt`` + ``model_meta.json``.
 
@@ -90,12 +91,13 @@ def export_model(
             container key such as ``network``).
         network: ``build_pixelcam`` keyword arguments.
         classes, negative_classes: class names in label order; indices without a region of interest.
-        image_size: side of the network's input.
+        network_input: the input definition the model was trained and evaluated with (the bundle's
+            ``network_input``); its :meth:`~monai_pixelcam.transforms.NetworkInput.settings` are written, and
+            every consumer of the folder rebuilds it from them.
         threshold: foreground threshold in [0, 1]; None reads PixelCAM ``selection``'s valpx threshold from
             ``metrics_file``.
-        mpp: microns per pixel of the training images at ``image_size``, or None when unknown.
-        stain_normalize: whether the network's input is Macenko-normalised (as it was at training); every
-            consumer of the model folder applies it.
+        mpp: microns per pixel of the network input (a whole training image at ``image_size``), or None when
+            unknown.
 
     Returns:
         the path of ``model.pt``.
@@ -118,9 +120,8 @@ def export_model(
         "classes": list(classes),
         "negative_classes": [int(c) for c in negative_classes],
         "threshold": float(threshold),
-        "image_size": int(image_size),
+        **network_input.settings(),
         "mpp": None if mpp is None else float(mpp),
-        "stain_normalize": bool(stain_normalize),
         "source_checkpoint": str(checkpoint),
     }
     write_json_atomic(meta, model_dir / META_FILE)

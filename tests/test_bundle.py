@@ -32,9 +32,9 @@ def test_metadata_follows_the_bundle_specification():
     for tensors in meta["network_data_format"].values():
         for spec in tensors.values():
             assert len(spec["channel_def"]) == spec["num_channels"]
-    # the declared input is what the default training feeds the network
+    # the declared input is what the exported model is fed: a whole image at the training resize
     train = json.loads(Path(TRAIN).read_text())
-    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [train["crop_size"]] * 2
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [train["image_size"]] * 2
     assert "monai-pixelcam" in meta["required_packages_version"]
     assert any("2503.24135" in ref for ref in meta["references"])
 
@@ -75,9 +75,10 @@ def test_train_workflow_writes_models_metrics_logs_and_figures(trained_bundle, t
         )
     meta = json.loads((models / "model_meta.json").read_text())
     assert meta["threshold"] == metrics["pixelcam"]["bloc"]["threshold"]
-    # the scale the network sees: the 64 px tiles' own mpp, resized to crop_size for evaluation and inference
+    # the scale the network sees: the 64 px tiles' own mpp, resized to image_size for training (before its
+    # crops), evaluation and inference
     tiles = json.loads(Path(tiny_glas).read_text())
-    assert meta["mpp"] == pytest.approx(tiles["mpp"] * 64 / TINY_BUNDLE["crop_size"])
+    assert meta["mpp"] == pytest.approx(tiles["mpp"] * 64 / TINY_BUNDLE["image_size"])
     pixelcam = _scalars(models / "tb" / "pixelcam")
     assert {"loss", "loss_cls", "loss_pix", "valpx_pxap", "valcl_accuracy", "valpx/maps"} <= set(pixelcam)
     # LossTermsHandler puts the terms beside the loss they add up to (lambda_pix = 1)
@@ -218,7 +219,10 @@ def test_overrides_change_handlers_augmentation_and_evaluator(tiny_glas, tmp_pat
     names = lambda chain: [type(t).__name__ for t in chain.transforms]  # noqa: E731
     assert "RandColorJitterd" in names(parsed("train#preprocessing"))
     assert "RandColorJitterd" not in names(parsed("train#preprocessing", color_augment=False))
-    flip = parsed("train#preprocessing#transforms#7", **{"train#preprocessing#transforms#7#prob": 1.0})
+    # the model zoo overrides one transform of a chain by its list position: found by type, not hard-coded
+    raw = json.loads(Path(TRAIN).read_text())["train"]["preprocessing"]["transforms"]
+    at = next(i for i, t in enumerate(raw) if isinstance(t, dict) and t["_target_"] == "RandFlipd")
+    flip = parsed(f"train#preprocessing#transforms#{at}", **{f"train#preprocessing#transforms#{at}#prob": 1.0})
     assert type(flip).__name__ == "RandFlipd" and flip.prob == 1.0
     inferer = parsed("source#validate#evaluator", **{"source#validate#inferer#method": "gradcampp"}).inferer
     assert inferer.method == "gradcampp"
@@ -322,7 +326,8 @@ def test_the_exported_model_sees_what_validation_saw(tiny_glas, tmp_path, stain_
     """One input definition from training to every consumer: the network input the bundle validates and
     evaluates on (``validate#preprocessing``) equals, within float noise, the input the exported model folder's
     predictor prepares (folder, slide and MONAI Label inference all go through it), for non-default
-    ``crop_size`` and ``stain_normalize`` (read back from ``model_meta.json``, not passed along)."""
+    ``crop_size`` and ``stain_normalize`` (read back from ``model_meta.json``, not passed along); both are the
+    whole image at the training resize. ``test_round_trip.py`` follows one image to the maps."""
     from monai_pixelcam.data import load_datalist
     from monai_pixelcam.data.io import read_rgb
     from monai_pixelcam.inference import PixelCAMPredictor
@@ -344,5 +349,6 @@ def test_the_exported_model_sees_what_validation_saw(tiny_glas, tmp_path, stain_
         seen_by_validation = chain(dict(item))["image"].float()
         rgb = torch.tensor(read_rgb(item["image"])).permute(2, 0, 1).float() / 255.0
         seen_by_inference = predictor.prepare(rgb)
-        assert seen_by_inference.shape == seen_by_validation.shape == (3, 40, 40)
+        side = TINY_BUNDLE["image_size"]  # the whole image at the training resize, not the crop
+        assert seen_by_inference.shape == seen_by_validation.shape == (3, side, side)
         torch.testing.assert_close(seen_by_inference, torch.as_tensor(seen_by_validation), atol=1e-5, rtol=0)

@@ -16,6 +16,7 @@ from PIL import Image
 from monai_pixelcam.data.io import read_rgb
 from monai_pixelcam.inference import PixelCAMPredictor, localize_folder
 from monai_pixelcam.networks import build_pixelcam
+from monai_pixelcam.transforms import NetworkInput
 
 CLASSES = ["benign", "malignant"]
 NET_KWARGS = {"encoder": "resnet18", "head": "cam", "num_classes": 2, "base_width": 8}
@@ -156,8 +157,8 @@ def test_export_records_stain_normalisation_for_every_consumer(tmp_path):
     torch.save(build_pixelcam(**NET_KWARGS).state_dict(), tmp_path / "pixelcam_bloc.pt")
     for flag in (True, False):
         model_dir = tmp_path / f"model_{flag}"
-        export_model(tmp_path / "pixelcam_bloc.pt", model_dir, NET_KWARGS, CLASSES, image_size=64, threshold=0.5,
-                     stain_normalize=flag)  # fmt: skip
+        export_model(tmp_path / "pixelcam_bloc.pt", model_dir, NET_KWARGS, CLASSES, NetworkInput(64, flag),
+                     threshold=0.5)  # fmt: skip
         assert json.loads((model_dir / "model_meta.json").read_text())["stain_normalize"] is flag
         predictor = PixelCAMPredictor.from_model_dir(model_dir, device="cpu")
         assert predictor.stain_normalize is flag and (predictor.prepare.stain is not None) is flag

@@ -19,7 +19,6 @@ from test_inference import CLASSES, DarknessNet, one_torch_thread  # noqa: F401 
 from monai_pixelcam.data.synthetic import render_tile
 from monai_pixelcam.inference import (
     BlendedMerger,
-    InputPreparation,
     PixelCAMPredictor,
     SlideWindowDataset,
     TiledTiffWSIReader,
@@ -38,6 +37,7 @@ from monai_pixelcam.inference import (
     write_pyramid_tiff,
 )
 from monai_pixelcam.networks import build_pixelcam
+from monai_pixelcam.transforms import NetworkInput
 
 CELL = 256  # level-0 side of a tissue cell
 TISSUE_CELLS = {(0, 0): 1.0, (1, 2): 0.45, (2, 1): 0.9, (3, 0): 0.5, (3, 2): 0.95}  # (row, col) -> brightness
@@ -253,7 +253,7 @@ def test_block_reads_match_window_reads(slides):
     for model_mpp, stain in ((2 * MPP, False), (2 * MPP, True), (1.5 * MPP, False)):
         pred = darkness_predictor(mpp=model_mpp)
         if stain:
-            pred.prepare = InputPreparation(pred.image_size, stain_normalize=True)
+            pred.prepare = NetworkInput(pred.image_size, stain_normalize=True)
         plan = plan_slide(slides["svs"], pred, num_workers=0, backend="tifffile")
         frame = [w[0] for w in plan.splitter.windows]
         blocks = SlideWindowDataset(slides["svs"], "tifffile", plan.scale, 64, frame, pred.prepare, plan.splitter.block_span)

@@ -167,13 +167,12 @@ def evaluate_external(
     dataset: str | None,
     dataset_dir: str | os.PathLike | None = None,
     datalist: str | os.PathLike | None = None,
-    image_size: int = 224,
+    network_input=None,
     batch_size: int = 16,
     cam_methods: Sequence[str] = ("cam", "gradcam", "gradcampp", "layercam"),
     output_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
-    stain_normalize: bool = False,
 ) -> dict | None:
     """:func:`evaluate_pipeline` on the test split of another labelled set, without adaptation: a user's own
     annotated tiles, another dataset (out of distribution, e.g. a GlaS model on CAMELYON16 patches) or the same
@@ -183,9 +182,10 @@ def evaluate_external(
     prepared by :func:`monai_pixelcam.data.prepare_datalist`; it needs a ``test`` split only. The threshold of
     each model is chosen on the set's own ``valpx`` when it brings one that shares no image with its test
     split, else on the training dataset's ``valpx_loader`` (a valpx overlapping test would choose the threshold
-    on test images, which the protocol forbids; a warning says so). The images get the model's input chain
-    (``image_size``, ``stain_normalize`` as at training). Returns None, doing nothing, when neither
-    ``dataset`` nor ``datalist`` is set, so that a bundle can always list this step.
+    on test images, which the protocol forbids; a warning says so). The images get the model's input
+    definition, ``network_input`` (the bundle's :class:`~monai_pixelcam.transforms.NetworkInputd`; None: a
+    224 px input without stain normalisation). Returns None, doing nothing, when neither ``dataset`` nor
+    ``datalist`` is set, so that a bundle can always list this step.
     """
     from monai_pixelcam.data import load_datalist, prepare_datalist
     from monai_pixelcam.transforms import eval_transforms
@@ -198,7 +198,8 @@ def evaluate_external(
         dataset or "synthetic_glas", dataset_dir or f"data/{dataset}", datalist, seed=seed, splits=("test",)
     )
     external = load_datalist(path, splits=("test",))
-    chain = eval_transforms(image_size, stain_normalize=stain_normalize)
+    settings = network_input.settings() if network_input is not None else {}
+    chain = eval_transforms(**settings)
     name = Path(datalist).stem if datalist else str(dataset)
     if external["valpx"]:
         shared = {it["id"] for it in external["valpx"]} & {it["id"] for it in external["test"]}

@@ -1,7 +1,7 @@
 """Inference with a trained PixelCAM model: tiles (image folders) and whole-slide images (overlapping windows
 over the tissue at the model's mpp, blended), with outputs for viewers (overlay PNG, GeoJSON polygons)."""
 
-from .predictor import InputPreparation, PixelCAMPredictor
+from .predictor import PixelCAMPredictor
 from .wsi import (
     DEFAULT_MAX_TILE_PIXELS,
     SLIDE_SUFFIXES,
@@ -48,7 +48,6 @@ from .folder import (
 from .pyramid import write_pyramid_tiff
 
 __all__ = [
-    "InputPreparation",
     "PixelCAMPredictor",
     "DEFAULT_MAX_TILE_PIXELS",
     "SLIDE_SUFFIXES",

@@ -1,9 +1,9 @@
 """A trained PixelCAM model as a predictor: RGB images in, class probabilities and localization maps out.
 
-The predictor prepares images exactly as evaluation does (:func:`monai_pixelcam.transforms.eval_transforms`):
-``float32 3 x H x W`` in [0, 1] without mean/std normalisation, optionally Macenko stain-normalised at full
-resolution, then resized to ``image_size x image_size`` with
-:class:`~monai_pixelcam.transforms.AntialiasedResize`. One forward pass gives the image logits and the pixel head's logits; the softmax
+The predictor prepares images with the model's input definition, :class:`~monai_pixelcam.transforms.NetworkInput`
+rebuilt from ``model_meta.json`` (the transform training and evaluation used): ``float32 3 x H x W`` in [0, 1]
+without mean/std normalisation, optionally Macenko stain-normalised at full resolution, then resized to
+``image_size x image_size``. One forward pass gives the image logits and the pixel head's logits; the softmax
 foreground channel is upsampled bilinearly from feature resolution straight to the image's own size.
 """
 
@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from monai.utils import convert_to_tensor
 
 from ..data.io import image_to_rgb
 from ..export import META_FILE, MODEL_FILE, inference_network, read_model_meta
 from ..networks.factory import build_pixelcam
 from ..networks.pixelcam import foreground_map
 from ..networks.weights import load_checkpoint
-from ..transforms.array import AntialiasedResize
+from ..transforms.array import NetworkInput
 
 __all__ = ["PixelCAMPredictor"]
 
@@ -45,31 +44,6 @@ def _as_rgb_uint8(image: np.ndarray, index: int) -> np.ndarray:
         raise ValueError(f"image {index}: expected an H x W x 3 RGB array, got shape {arr.shape} ({e})") from None
 
 
-class InputPreparation:
-    """One ``3 x H x W`` float [0, 1] image -> the ``3 x S x S`` float32 network input, as evaluation prepares it:
-    optional Macenko stain normalisation at full resolution, then :class:`AntialiasedResize`.
-
-    A small picklable object, so that data-loader workers (slide windows) prepare inputs in parallel with the
-    forward pass.
-    """
-
-    def __init__(self, image_size: int, stain_normalize: bool = False) -> None:
-        self.resize = AntialiasedResize(int(image_size))
-        self.image_size = int(image_size)
-        self.stain = None
-        if stain_normalize:
-            from ..transforms import MacenkoNormalize
-
-            self.stain = MacenkoNormalize()
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        if self.stain is not None:
-            image = self.stain(image)
-        if tuple(image.shape[-2:]) != (self.image_size, self.image_size):
-            image = self.resize(image)
-        return convert_to_tensor(image, dtype=torch.float32, track_meta=False)
-
-
 class PixelCAMPredictor:
     """Class probabilities and foreground maps of a trained :class:`~monai_pixelcam.networks.PixelCAMNet`.
 
@@ -82,14 +56,14 @@ class PixelCAMPredictor:
         threshold: foreground threshold in [0, 1] for the binary mask (a pixel is foreground when its map
             value is ``>= threshold``, as in :class:`~monai_pixelcam.metrics.LocalizationDiceMetric`);
             training stores the one chosen on valpx.
-        image_size: side ``S`` the network sees (the evaluation size); every image is resized to
-            ``S x S`` for the forward pass and its map is resized back to the image's size.
+        image_size: side ``S`` the network sees (the training resize, recorded in ``model_meta.json``); every
+            image is resized to ``S x S`` for the forward pass and its map is resized back to the image's size.
         device: torch device for the forward pass.
         negative_classes: label indices whose images contain no region of interest (e.g. CAMELYON16
             "normal"); results report whether the predicted class is one of them. The map itself is not
             altered, as in the evaluation protocol.
         stain_normalize: Macenko-normalise each image at full resolution before resizing; must match the
-            training setting (``train_transforms(stain_normalize=...)``).
+            training setting (``model_meta.json`` records it).
         batch_size: most images per forward pass in :meth:`predict`.
         mpp: microns per pixel of the network input (of an ``image_size`` input) the model was trained at, or
             None when unknown; slide inference reads slides at this scale.
@@ -138,8 +112,8 @@ class PixelCAMPredictor:
         self.batch_size = int(batch_size)
         self.stain_normalize = bool(stain_normalize)
         self.mpp = None if mpp is None else float(mpp)
-        # the evaluation chain's resize (transforms.pipelines._load_and_resize), so inputs match evaluation
-        self.prepare = InputPreparation(self.image_size, self.stain_normalize)
+        # the training and evaluation chains' input definition, so inputs match what the model was measured on
+        self.prepare = NetworkInput(self.image_size, self.stain_normalize)
         self._map_size: int | None = None
 
     @classmethod
@@ -183,9 +157,8 @@ class PixelCAMPredictor:
             logger.warning("%s has no 'threshold' (the valpx threshold); using 0.5", meta_path)
         settings = {
             "threshold": meta.get("threshold", 0.5),
-            "image_size": meta.get("image_size", 224),
+            **NetworkInput.from_settings(meta).settings(),
             "negative_classes": meta.get("negative_classes", ()),
-            "stain_normalize": meta.get("stain_normalize", False),
             "mpp": meta.get("mpp"),
         }
         settings.update(kwargs)

@@ -25,7 +25,7 @@ from monai.data.utils import compute_importance_map, iter_patch_position
 from monai.inferers import Merger, WSISlidingWindowSplitter
 from monai.utils import BlendMode, look_up_option
 
-from .predictor import InputPreparation
+from ..transforms.array import NetworkInput
 from .wsi import SlideScale, close_slide, open_slide, read_rgb_region, wsi_reader
 
 __all__ = ["tissue_mask", "window_step", "BlendedMerger", "SlideWindowDataset", "TissueWindowSplitter"]
@@ -186,7 +186,7 @@ class SlideWindowDataset(torch.utils.data.Dataset):
         scale: SlideScale,
         window: int,
         locations: Sequence[tuple[int, int]],
-        prepare: InputPreparation,
+        prepare: NetworkInput,
         block_span: int,
     ) -> None:
         self.path, self.backend, self.scale, self.window = str(path), backend, scale, int(window)
@@ -253,7 +253,7 @@ class TissueWindowSplitter(WSISlidingWindowSplitter):
         overlap: between windows, a float in [0, 1) or pixels.
         tissue: bool ``h x w`` mask on a grid of ``tissue_scale`` frame pixels per mask pixel.
         min_tissue_fraction: in [0, 1).
-        prepare: the predictor's :class:`~monai_pixelcam.inference.predictor.InputPreparation`.
+        prepare: the predictor's :class:`~monai_pixelcam.transforms.NetworkInput`.
         num_workers: ``DataLoader`` processes.
         block: windows per side of a block read at once.
 
@@ -276,7 +276,7 @@ class TissueWindowSplitter(WSISlidingWindowSplitter):
         tissue: np.ndarray,
         tissue_scale: tuple[float, float],
         min_tissue_fraction: float,
-        prepare: InputPreparation,
+        prepare: NetworkInput,
         num_workers: int = 0,
         block: int = 8,
     ) -> None:

@@ -4,7 +4,7 @@ the training / evaluation chains.
 Modules: ``colour`` (colour-space functions), ``stain`` (stain estimation), ``array`` / ``dictionary`` (the
 transform classes), ``pipelines`` (the chains)."""
 
-from .array import AntialiasedResize, MacenkoNormalize, RandColorJitter, RandHEDJitter, RandStainAugment
+from .array import AntialiasedResize, MacenkoNormalize, NetworkInput, RandColorJitter, RandHEDJitter, RandStainAugment
 from .colour import (
     HED_FROM_RGB,
     RGB_FROM_HED,
@@ -26,6 +26,9 @@ from .dictionary import (
     MacenkoNormalizeD,
     MacenkoNormalized,
     MacenkoNormalizeDict,
+    NetworkInputD,
+    NetworkInputd,
+    NetworkInputDict,
     RandColorJitterD,
     RandColorJitterd,
     RandColorJitterDict,
@@ -43,6 +46,10 @@ __all__ = [
     "AntialiasedResize",
     "RGB_FROM_HED",
     "MacenkoNormalize",
+    "NetworkInput",
+    "NetworkInputd",
+    "NetworkInputD",
+    "NetworkInputDict",
     "RandColorJitter",
     "RandHEDJitter",
     "RandStainAugment",

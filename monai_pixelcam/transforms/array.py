@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from .stain import (
     ruifrok_basis,
 )
 
-__all__ = ["RandHEDJitter", "RandStainAugment", "RandColorJitter", "MacenkoNormalize", "AntialiasedResize"]
+__all__ = ["RandHEDJitter", "RandStainAugment", "RandColorJitter", "MacenkoNormalize", "AntialiasedResize", "NetworkInput"]
 
 
 def _check_range(value: float, name: str, upper: float | None = None) -> float:
@@ -378,3 +378,49 @@ class AntialiasedResize(Transform):
             )[0]
         out, *_ = convert_to_dst_type(x, img, dtype=torch.float32)
         return out
+
+
+class NetworkInput(Transform):
+    """What the network sees: the one input definition that training, validation, evaluation, folder and slide
+    inference and the MONAI Label tasks all build on.
+
+    A ``3 x H x W`` RGB image, float in [0, 1] as :func:`monai_pixelcam.data.io.image_to_rgb` reads every file
+    (no mean/std normalisation), is optionally Macenko-normalised at full resolution (before resizing mixes
+    pixels), then resized with :class:`AntialiasedResize` to ``spatial_size x spatial_size``; float32 out.
+
+    The model's scale is this input's: a whole image resized to ``spatial_size``. Training draws its random crops
+    from this same resize, so the network sees tissue at one scale everywhere; ``model_meta.json`` records
+    :meth:`settings` (and the microns per pixel at that size), and every consumer rebuilds the transform from it
+    with :meth:`from_settings`.
+
+    Args:
+        spatial_size: side ``S`` of the square network input (a positive int).
+        stain_normalize: Macenko-normalise first (:class:`MacenkoNormalize`, MONAI's reference stain).
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, spatial_size: int, stain_normalize: bool = False) -> None:
+        if isinstance(spatial_size, bool) or not isinstance(spatial_size, int) or spatial_size < 1:
+            raise ValueError(f"spatial_size must be a positive int, got {spatial_size!r}")
+        if not isinstance(stain_normalize, bool):
+            raise ValueError(f"stain_normalize must be true or false, got {stain_normalize!r}")
+        self.spatial_size = spatial_size
+        self.resize = AntialiasedResize(spatial_size)
+        self.stain = MacenkoNormalize() if stain_normalize else None
+
+    def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
+        """``3 x H x W`` float [0, 1] -> ``3 x S x S`` float32 tensor in [0, 1] (metadata dropped)."""
+        if self.stain is not None:
+            img = self.stain(img)
+        return convert_to_tensor(self.resize(img), dtype=torch.float32, track_meta=False)
+
+    def settings(self) -> dict:
+        """The ``model_meta.json`` entries that rebuild this transform: ``image_size`` and ``stain_normalize``."""
+        return {"image_size": self.spatial_size, "stain_normalize": self.stain is not None}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping) -> NetworkInput:
+        """The transform a model description (``model_meta.json``) asks for; a folder written before these keys
+        existed gets the defaults it was trained with then (``image_size`` 224, no stain normalisation)."""
+        return cls(settings.get("image_size", 224), settings.get("stain_normalize", False))

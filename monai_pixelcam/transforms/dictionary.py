@@ -16,7 +16,16 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms.transform import MapTransform, RandomizableTransform
 from monai.utils.type_conversion import convert_to_tensor
 
-from .array import AntialiasedResize, MacenkoNormalize, RandColorJitter, RandHEDJitter, RandStainAugment
+from monai.transforms import Resize
+
+from .array import (
+    AntialiasedResize,
+    MacenkoNormalize,
+    NetworkInput,
+    RandColorJitter,
+    RandHEDJitter,
+    RandStainAugment,
+)
 
 __all__ = [
     "RandHEDJitterd",
@@ -34,6 +43,9 @@ __all__ = [
     "AntialiasedResized",
     "AntialiasedResizeD",
     "AntialiasedResizeDict",
+    "NetworkInputd",
+    "NetworkInputD",
+    "NetworkInputDict",
 ]
 
 
@@ -218,3 +230,54 @@ class AntialiasedResized(MapTransform):
 
 
 AntialiasedResizeD = AntialiasedResizeDict = AntialiasedResized
+
+
+class NetworkInputd(MapTransform):
+    """Dictionary version of :class:`~monai_pixelcam.transforms.array.NetworkInput` that keeps an item's maps on
+    the image's grid: every chain of the bundle (training before its random crop, validation, evaluation, CAM
+    storage) and :func:`~monai_pixelcam.transforms.eval_transforms` use it.
+
+    Args:
+        keys: keys of the ``3 x H x W`` RGB images, float in [0, 1] -> ``3 x S x S`` network inputs.
+        spatial_size, stain_normalize: as :class:`~monai_pixelcam.transforms.array.NetworkInput`.
+        cam_keys: keys of soft maps (``1 x h x w`` in [0, 1], any ``h x w``, e.g. a stored CAM at feature
+            resolution), resized with the image's filter straight to ``S x S``; skipped when absent.
+        mask_keys: keys of label masks (``1 x H x W``), resized nearest to ``S x S``; skipped when absent or None.
+        allow_missing_keys: don't raise an exception when an image key is missing.
+    """
+
+    backend = NetworkInput.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: int,
+        stain_normalize: bool = False,
+        cam_keys: KeysCollection = ("cam",),
+        mask_keys: KeysCollection = ("mask",),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.network_input = NetworkInput(spatial_size, stain_normalize)
+        self.cam_keys = [cam_keys] if isinstance(cam_keys, str) else list(cam_keys)
+        self.mask_keys = [mask_keys] if isinstance(mask_keys, str) else list(mask_keys)
+        self.resize_mask = Resize((spatial_size, spatial_size), mode="nearest")
+
+    def settings(self) -> dict:
+        """:meth:`NetworkInput.settings <monai_pixelcam.transforms.array.NetworkInput.settings>`."""
+        return self.network_input.settings()
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.network_input(d[key])
+        for key in self.cam_keys:
+            if d.get(key) is not None:
+                d[key] = self.network_input.resize(d[key])
+        for key in self.mask_keys:
+            if d.get(key) is not None:
+                d[key] = self.resize_mask(d[key])
+        return d
+
+
+NetworkInputD = NetworkInputDict = NetworkInputd

@@ -24,14 +24,13 @@ from monai.transforms import (
     RandGaussianSmoothd,
     RandRotate90d,
     RandSpatialCropd,
-    Resized,
     ScaleIntensityRanged,
 )
 
 from monai.utils import look_up_option
 
 from ..data.io import LoadHistologyd
-from .dictionary import AntialiasedResized, MacenkoNormalized, RandColorJitterd, RandHEDJitterd, RandStainAugmentd
+from .dictionary import NetworkInputd, RandColorJitterd, RandHEDJitterd, RandStainAugmentd
 
 __all__ = ["train_transforms", "eval_transforms"]
 
@@ -58,7 +57,8 @@ def _load_and_resize(
     stain_normalize: bool,
     default_mask_key: str = "mask",
 ) -> list[Callable]:
-    """Load (image, mask), add the CAM, optionally stain-normalise, resize everything to ``size x size``.
+    """Load (image, mask), add the CAM, then the network's input definition (:class:`NetworkInputd`: optional
+    stain normalisation, resize to ``size x size``, the mask and CAM along with the image).
 
     Without ``mask_key`` an item's ``mask`` entry (e.g. ``None`` for an image without annotation) is dropped:
     a chain that does not use masks must not hand ``None`` to the batch collation."""
@@ -68,15 +68,12 @@ def _load_and_resize(
         chain.append(LoadHistologyd(keys=keys, mask_keys=[mask_key] if mask_key else [], allow_missing_keys=True))
     if cam_loader is not None:
         chain.append(cam_loader)
-    if stain_normalize:
-        # at full resolution, before resizing mixes pixels: the stain estimate sees the original colours
-        chain.append(MacenkoNormalized(keys=image_key))
-    smooth_keys = [image_key] + ([cam_key] if cam_key else [])
-    # the CAM may come at feature resolution (e.g. 28 x 28): resizing it straight to the target size
-    # along with the image keeps it aligned; antialiasing only acts when shrinking
-    chain.append(AntialiasedResized(keys=smooth_keys, spatial_size=size))
-    if mask_key:
-        chain.append(Resized(keys=mask_key, spatial_size=(size, size), mode="nearest"))
+    chain.append(
+        NetworkInputd(
+            keys=image_key, spatial_size=size, stain_normalize=stain_normalize,
+            cam_keys=[cam_key] if cam_key else [], mask_keys=[mask_key] if mask_key else [],
+        )
+    )  # fmt: skip
     return chain
 
 
@@ -183,12 +180,15 @@ def eval_transforms(
     mask_key: str = "mask",
     cam_key: str = "cam",
 ) -> Compose:
-    """Evaluation chain: load, resize to ``image_size`` (bilinear image and CAM, nearest mask), optional
-    centre crop. No randomness.
+    """Evaluation chain: load, then the network's input definition (:class:`NetworkInputd`: optional stain
+    normalisation, resize to ``image_size``, bilinear image and CAM, nearest mask), optional centre crop. No
+    randomness.
 
-    The WSOL benchmarks' test protocol (Choe et al. 2020, and the histology benchmark PixelCAM uses)
-    resizes test images straight to the training crop size: ``eval_transforms(224)``. For a resize then
-    centre crop, as ImageNet-style evaluation does, give ``image_size=256, crop_size=224``.
+    Give ``image_size`` the training chain's ``image_size``, as the bundle does: the network then sees whole
+    images at the scale its training crops were cut from. (The WSOL benchmarks' protocol, Choe et al. 2020,
+    resizes test images to the crop size, ``eval_transforms(crop_size)``, which shows the network tissue
+    ``image_size / crop_size`` times coarser than at training.) For a resize then centre crop, as
+    ImageNet-style evaluation does, give ``crop_size`` too.
 
     Args:
         image_size: side of the square resize.
