@@ -285,6 +285,47 @@ def test_localize_folder_nifti_and_stem_clash(tmp_path, predictor):
     assert np.asarray(Image.open(tmp_path / "out2" / "sub" / "y_mask.png")).shape == (20, 50)
 
 
+def test_a_rerun_keeps_predictions_consistent_with_the_output_folder(tmp_path, predictor, monkeypatch):
+    """``predictions.csv`` lists every file whose outputs are in the folder: a rerun on other inputs keeps the
+    earlier rows while their outputs stay, drops them once removed, and a run stopped mid-way (an exception
+    that is not a file error, as a kill is) leaves the rows of the files it finished."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for k, name in enumerate(("a.png", "b.png", "c.png")):
+        Image.fromarray(random_image(24, 24, k)).save(src / name)
+    localize_folder(src, out, predictor)
+    assert [r["image"] for r in _read_csv(out / "predictions.csv")] == ["a.png", "b.png", "c.png"]
+    first = {r["image"]: r for r in _read_csv(out / "predictions.csv")}
+
+    (src / "a.png").unlink()  # the user moves a processed file away and adds a new one
+    Image.fromarray(random_image(24, 24, 9)).save(src / "d.png")
+    report = localize_folder(src, out, predictor)
+    assert report["processed"] == ["b.png", "c.png", "d.png"]
+    rows = {r["image"]: r for r in _read_csv(out / "predictions.csv")}
+    assert list(rows) == ["a.png", "b.png", "c.png", "d.png"] and rows["a.png"] == first["a.png"]
+
+    for f in out.glob("a_*"):
+        f.unlink()
+    localize_folder(src, out, predictor)
+    assert [r["image"] for r in _read_csv(out / "predictions.csv")] == ["b.png", "c.png", "d.png"]
+
+    # a first run stopped after its second file (no CSV yet) leaves the rows of the two files it finished
+    calls = {"n": 0}
+    predict = predictor.predict
+
+    def stop_at_third(image):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return predict(image)
+
+    monkeypatch.setattr(predictor, "predict", stop_at_third)
+    (out / "predictions.csv").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        localize_folder(src, out, predictor)
+    assert [r["image"] for r in _read_csv(out / "predictions.csv")] == ["b.png", "c.png"]
+
+
 def test_localize_folder_refuses_output_in_place(tmp_path, predictor):
     with pytest.raises(ValueError, match="must differ"):
         localize_folder(tmp_path, tmp_path, predictor)

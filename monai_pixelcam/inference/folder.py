@@ -18,6 +18,7 @@ two CSVs. :func:`localize_folder` assembles the same pieces for Python callers.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -339,8 +340,14 @@ class LocalizationReport:
     - ``errors.csv``: ``image``, ``status`` (``failed``: unreadable, corrupt or unsupported file, with the error;
       ``skipped``: not an image file), ``message``; header only when there are none.
 
+    ``predictions.csv`` describes the output folder, not only this run: rows an earlier run wrote for files this
+    run did not see (another input folder, a file since removed) are kept while their ``<stem>_mask.png`` is
+    still there. A single-process run rewrites it after every file, so a killed run leaves the rows of every
+    file whose outputs it finished; a rerun replaces the rows of the files it processes again.
+
     The merged report is ``engine.state.localization`` on every rank: ``{"processed": [names], "failed": {name:
-    message}, "skipped": [names], "predictions": Path, "errors": Path, "results": {name: row dict}}``.
+    message}, "skipped": [names], "predictions": Path, "errors": Path, "results": {name: row dict}}``
+    (this run's files only).
 
     Args:
         output_dir: folder of the two CSVs.
@@ -351,6 +358,9 @@ class LocalizationReport:
         self.output_dir = Path(output_dir)
         self.predictor = predictor
         self._rows: list[dict] = []
+        self._earlier: dict[str, dict] = {}
+        self.header = ["image", "kind", "class", *[f"prob_{c}" for c in predictor.classes], "threshold",
+                       "foreground_fraction"]  # fmt: skip
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._start)
@@ -359,10 +369,12 @@ class LocalizationReport:
 
     def _start(self, engine: Engine) -> None:
         self._rows.clear()
+        self._earlier = {}
         if idist.get_rank() == 0:
             stale = remove_stale_temporaries(self.output_dir)
             if stale:
                 logger.info("removed %d temporary file(s) a killed run left in %s", len(stale), self.output_dir)
+            self._earlier = self._earlier_rows()
         if idist.get_world_size() > 1:
             idist.barrier()  # no rank writes before the folder is swept
         logger.info(
@@ -387,21 +399,57 @@ class LocalizationReport:
             )
             logger.info("rank %d: %s: %s", idist.get_rank(), pred["name"], pred["class_name"])
         self._rows.append(row)
+        if idist.get_world_size() == 1:  # other ranks' rows only arrive at the end
+            self._write_predictions(self._rows)
+
+    def _earlier_rows(self) -> dict[str, dict]:
+        """Rows of the folder's ``predictions.csv`` whose file's mask is still in the folder (a rerun must not
+        drop what an earlier run left there); an unreadable or foreign CSV is replaced, with a warning."""
+        path = self.output_dir / "predictions.csv"
+        if not path.is_file():
+            return {}
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            logger.warning("%s cannot be read (%s); it is written anew", path, e)
+            return {}
+        if not rows or list(rows[0]) != self.header:
+            if rows:
+                logger.warning("%s has other columns (another model's classes?); it is written anew", path)
+            return {}
+        kept = {}
+        for row in rows:
+            name = Path(row["image"])
+            stems = (name.with_suffix(""), name.with_name(f"{name.stem}_{name.suffix.lstrip('.').lower()}"))
+            if any((self.output_dir / f"{stem}_mask.png").is_file() for stem in stems):
+                kept[row["image"]] = row
+        return kept
+
+    def _processed(self, rows: Sequence[dict]) -> list[dict]:
+        """The ``predictions.csv`` rows of this run's processed files."""
+        threshold = f"{self.predictor.threshold:.6g}"
+        return [{**r, "image": r["name"], "threshold": threshold} for r in rows if r["status"] == "processed"]
+
+    def _write_predictions(self, rows: Sequence[dict]) -> None:
+        """Write ``predictions.csv``: the rows of this run's processed files and the earlier rows of files it did
+        not see, sorted by file."""
+        seen = {r["name"] for r in rows}
+        merged = [r for n, r in self._earlier.items() if n not in seen] + self._processed(rows)
+        merged.sort(key=lambda r: r["image"])
+        write_csv_atomic(self.output_dir / "predictions.csv", self.header, [[r[h] for h in self.header] for r in merged])
 
     def _write(self, engine: Engine) -> None:
         rows = list(self._rows)
         if idist.get_world_size() > 1:
             rows = [row for part in idist.all_gather(rows) for row in part]
         rows.sort(key=lambda r: r["name"])
-        threshold = f"{self.predictor.threshold:.6g}"
-        header = ["image", "kind", "class", *[f"prob_{c}" for c in self.predictor.classes], "threshold",
-                  "foreground_fraction"]
-        processed = [{**r, "image": r["name"], "threshold": threshold} for r in rows if r["status"] == "processed"]
         failed = {r["name"]: r["message"] for r in rows if r["status"] == "failed"}
         skipped = [r["name"] for r in rows if r["status"] == "skipped"]
         predictions, errors = self.output_dir / "predictions.csv", self.output_dir / "errors.csv"
+        processed = self._processed(rows)
         if idist.get_rank() == 0:
-            write_csv_atomic(predictions, header, [[r[h] for h in header] for r in processed])
+            self._write_predictions(rows)
             write_csv_atomic(
                 errors,
                 ["image", "status", "message"],
@@ -416,7 +464,7 @@ class LocalizationReport:
             "skipped": skipped,
             "predictions": predictions,
             "errors": errors,
-            "results": {r["name"]: {h: r[h] for h in header} for r in processed},
+            "results": {r["name"]: {h: r[h] for h in self.header} for r in processed},
         }
 
 
