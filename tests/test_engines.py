@@ -59,8 +59,8 @@ def test_trained_bundle_cam_store_is_tied_to_its_checkpoint(trained_bundle, tiny
     train = load_datalist(tiny_glas)["train"]
     assert set(store.ids) == {it["id"] for it in train}
     cam = store.load(train[0]["id"])
-    crop = TINY_BUNDLE["crop_size"]
-    assert cam.shape == (1, crop // 8, crop // 8) and 0 <= cam.min() and cam.max() <= 1
+    side = TINY_BUNDLE["image_size"] // 8  # the whole image at the network input size, at stride 8
+    assert cam.shape == (1, side, side) and 0 <= cam.min() and cam.max() <= 1
     other = {k: v + 1e-3 for k, v in torch.load(models / "source_bloc.pt", weights_only=True).items()}
     torch.save(other, tmp_path / "other.pt")
     with pytest.raises(StaleCAMStoreError):

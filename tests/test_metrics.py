@@ -153,40 +153,18 @@ def test_accumulating_batches_equals_one_batch():
         parts(scores[start : start + 2], y[start : start + 2])
     np.testing.assert_array_equal(parts.histogram(), whole.histogram())
     assert parts.aggregate() == whole.aggregate()
-    # many calls fold the buffer into partial sums without changing the result
+    # many calls add to one running sum without changing the result
     many = PxAPMetric()
     for i in range(9):
         for _ in range(10):
             many(scores[i : i + 1], y[i : i + 1])
-    assert len(many.get_buffer()) < 90
+    assert len(many.get_buffer()) == 1  # one running sum, whatever the number of calls
     np.testing.assert_array_equal(many.histogram(), 10 * whole.histogram())
     assert many.aggregate() == pytest.approx(whole.aggregate(), abs=1e-12)
     parts.reset()
     with pytest.raises(ValueError, match="nothing accumulated"):
         parts.aggregate()
 
-
-
-def test_monai_cumulative_grows_per_call_and_the_fold_is_gated_on_it(monkeypatch):
-    """The MONAI behaviour _fold works around, reproduced: ``Cumulative`` keeps a row per call, unbounded. Where a
-    MONAI does not (the gate says so), the private buffer is left alone and the histogram is still exact."""
-    from monai.metrics import Cumulative
-
-    from monai_pixelcam.metrics import localization
-
-    plain = Cumulative()
-    for _ in range(100):
-        plain.extend(torch.zeros(1, 3))
-    assert len(plain.get_buffer()) == 100 and localization.cumulative_keeps_every_call()
-    scores, y = blob_maps(n=2)
-    once = PxAPMetric()
-    once(scores, y)
-    monkeypatch.setattr(localization, "cumulative_keeps_every_call", lambda: False)
-    unfolded = PxAPMetric()
-    for _ in range(70):
-        unfolded(scores, y)
-    assert len(unfolded.get_buffer()) == 70  # not folded
-    np.testing.assert_array_equal(unfolded.histogram(), 70 * once.histogram())
 
 def direct_overlap(scores, y, threshold):
     pred = scores.numpy().ravel() >= np.float32(threshold)

@@ -54,8 +54,12 @@ def test_script_on_the_trained_bundle(script, trained_bundle, tiny_glas, tmp_pat
         assert row["seed_map"] == manifest["selection"]["choice"][str(["benign", "malignant"].index(row["class"]))]
         assert all(0.0 <= row[k] <= 100.0 for k in ("foreground", "background", "foreground_pool", "mask"))
     by_key = {(r["class"], r["erosion"]): r for r in rows}
-    for c in {r["class"] for r in rows}:  # erosion only shrinks the foreground pool; the masks stay the same
-        assert by_key[(c, 1)]["foreground_pool"] <= by_key[(c, 0)]["foreground_pool"]
+    # erosion only shrinks an image's foreground pool, except that a pool it empties becomes the seeder's
+    # fallback (its n_fg = 16 top cells, of the 7 x 7 map of a 56 px input); the masks stay the same
+    cells = (TINY_BUNDLE["image_size"] // 8) ** 2
+    fallback = 100.0 * min(16, cells) / cells
+    for c in {r["class"] for r in rows}:
+        assert by_key[(c, 1)]["foreground_pool"] <= by_key[(c, 0)]["foreground_pool"] + fallback
         assert by_key[(c, 1)]["mask"] == by_key[(c, 0)]["mask"]
     with pytest.raises(ValueError, match="erosions of a ThresholdSeeder"):
         script.main(["--bundle_root", str(trained_bundle), "--datalist", str(tiny_glas), "--out", str(tmp_path),

@@ -437,7 +437,8 @@ class LocalizationReport:
         seen = {r["name"] for r in rows}
         merged = [r for n, r in self._earlier.items() if n not in seen] + self._processed(rows)
         merged.sort(key=lambda r: r["image"])
-        write_csv_atomic(self.output_dir / "predictions.csv", self.header, [[r[h] for h in self.header] for r in merged])
+        rows_out = [[r[h] for h in self.header] for r in merged]
+        write_csv_atomic(self.output_dir / "predictions.csv", self.header, rows_out)
 
     def _write(self, engine: Engine) -> None:
         rows = list(self._rows)
@@ -455,7 +456,9 @@ class LocalizationReport:
                 ["image", "status", "message"],
                 [[k, "failed", v] for k, v in failed.items()] + [[s, "skipped", "not an image file"] for s in skipped],
             )
-            logger.info("%d processed, %d failed, %d skipped; %s", len(processed), len(failed), len(skipped), predictions)
+            logger.info(
+                "%d processed, %d failed, %d skipped; %s", len(processed), len(failed), len(skipped), predictions
+            )
         if idist.get_world_size() > 1:
             idist.barrier()  # rank 0 has written the CSVs when any rank goes on
         engine.state.localization = {

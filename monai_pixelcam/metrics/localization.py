@@ -19,13 +19,13 @@ localization metrics: pass ``include=`` to the metrics, or use :func:`from_engin
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler
-from monai.metrics import Cumulative, CumulativeIterationMetric
+from monai.metrics import CumulativeIterationMetric
 from monai.utils import convert_to_tensor
 
 __all__ = [
@@ -254,34 +254,42 @@ def select_included(y_pred: Any, y: Any, include: Any = None) -> tuple[Any, Any]
     return [p for p, f in zip(y_pred, flags) if f], [t for t, f in zip(y, flags) if f]
 
 
-@lru_cache(maxsize=1)
-def cumulative_keeps_every_call() -> bool:
-    """Whether MONAI's ``Cumulative`` keeps one buffer row per call, in the layout that
-    ``_PixelHistogramMetric`` folds (``_buffers``: a list per buffer, a tensor per call; MONAI 1.6).
-
-    Checked on the behaviour itself, not on a version number: two calls on a probe. A MONAI that bounds its
-    buffer or lays it out otherwise is left alone (no fold: the histogram stays exact, only memory grows).
-    """
-    probe = Cumulative()
-    probe.extend(torch.zeros(1, 1))
-    probe.extend(torch.zeros(1, 1))
-    buffers = getattr(probe, "_buffers", None)
-    return isinstance(buffers, list) and len(buffers) == 1 and isinstance(buffers[0], list) and len(buffers[0]) == 2
-
-
 class _PixelHistogramMetric(CumulativeIterationMetric):
     """Accumulates :class:`PixelHistogram` counts of every call; subclasses only say what ``aggregate`` reads.
 
-    The buffer holds partial sums of the counts, folded once it reaches ``_FOLD_AT`` rows: the histogram is
-    additive, and a row per call (or per image when Ignite unrolls decollated outputs) would otherwise grow
-    with the size of the evaluation set.
+    The histogram is additive, so the buffer is one running sum per process instead of ``Cumulative``'s row per
+    call (or per image when Ignite unrolls decollated outputs), which would grow with the evaluation set:
+    ``extend``, ``append``, ``get_buffer`` and ``reset``, ``Cumulative``'s public buffer API, are overridden to
+    keep it. ``get_buffer`` sums it over the processes of a distributed run (``ignite.distributed.all_reduce``),
+    so every rank must call it, as every rank calls ``aggregate``.
     """
-
-    _FOLD_AT = 64
 
     def __init__(self, num_bins: int = 1000) -> None:
         super().__init__()
         self.histogram_fn = PixelHistogram(num_bins)
+        self._counts: torch.Tensor | None = None  # ``2 x (num_bins + 1)`` int64, this process's running sum
+
+    def reset(self) -> None:
+        super().reset()
+        self._counts = None
+
+    def extend(self, *data: Any) -> None:
+        """Add ``N x 2 x (num_bins + 1)`` counts (``_compute_tensor``'s rows) to the running sum."""
+        rows = convert_to_tensor(data[0], track_meta=False).reshape(-1, *self.histogram_fn.shape)
+        total = rows.sum(0)
+        self._counts = total if self._counts is None else self._counts + total.to(self._counts.device)
+
+    def append(self, *data: Any) -> None:
+        """Add one ``2 x (num_bins + 1)`` count array."""
+        self.extend(*(convert_to_tensor(d, track_meta=False)[None] for d in data))
+
+    def get_buffer(self) -> torch.Tensor | None:  # type: ignore[override]
+        """``1 x 2 x (num_bins + 1)`` counts summed over every process, or None when no process accumulated any."""
+        local = self.histogram_fn.zeros() if self._counts is None else self._counts
+        have = torch.tensor(0 if self._counts is None else 1, device=local.device)
+        if idist.get_world_size() > 1:
+            local, have = idist.all_reduce(local.clone()), idist.all_reduce(have)
+        return None if int(have) == 0 else local[None]
 
     @property
     def num_bins(self) -> int:
@@ -306,21 +314,11 @@ class _PixelHistogramMetric(CumulativeIterationMetric):
         if isinstance(y_pred, (list, tuple)) and len(y_pred) == 0:  # every image excluded
             ret = self.histogram_fn.zeros().unsqueeze(0)
             self.extend(ret)
-        else:
-            ret = super().__call__(y_pred, y)
-        self._fold()
-        return ret
+            return ret
+        return super().__call__(y_pred, y)
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         return self.histogram_fn(y_pred, y).unsqueeze(0)
-
-    def _fold(self) -> None:
-        # MONAI's Cumulative has no public way to reduce its buffer: rewrite its private rows, where they are as
-        # expected (cumulative_keeps_every_call)
-        if not cumulative_keeps_every_call():
-            return
-        if self._buffers and len(self._buffers[0]) >= self._FOLD_AT:
-            self._buffers[0] = [torch.stack(self._buffers[0]).sum(0)]
 
     def histogram(self) -> np.ndarray:
         """Accumulated ``2 x (num_bins + 1)`` int64 counts (row 0 negatives, row 1 positives), all ranks."""

@@ -46,7 +46,14 @@ from .stain import (
     ruifrok_basis,
 )
 
-__all__ = ["RandHEDJitter", "RandStainAugment", "RandColorJitter", "MacenkoNormalize", "AntialiasedResize", "NetworkInput"]
+__all__ = [
+    "RandHEDJitter",
+    "RandStainAugment",
+    "RandColorJitter",
+    "MacenkoNormalize",
+    "AntialiasedResize",
+    "NetworkInput",
+]
 
 
 def _check_range(value: float, name: str, upper: float | None = None) -> float:
