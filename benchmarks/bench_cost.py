@@ -65,7 +65,7 @@ from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from monai_pixelcam.cams import build_cam
-from monai_pixelcam.data.atomic import write_json_atomic
+from monai_pixelcam.atomic import write_json_atomic
 from monai_pixelcam.engines import ClassifierInferer, PixelCAMInferer, sgd_optimizer
 from monai_pixelcam.losses import PixelCAMLoss, resize_cam
 from monai_pixelcam.networks import build_classifier, build_pixelcam

@@ -36,7 +36,7 @@ import requests
 import torch
 from PIL import Image
 
-from monai_pixelcam.data.atomic import write_json_atomic
+from monai_pixelcam.atomic import write_json_atomic
 from monai_pixelcam.data.synthetic import render_tile
 from monai_pixelcam.export import export_model
 from monai_pixelcam.label.local_server import running_server

@@ -30,7 +30,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from sklearn.metrics import average_precision_score
 
-from monai_pixelcam.data.atomic import write_json_atomic
+from monai_pixelcam.atomic import write_json_atomic
 from monai_pixelcam.metrics import PxAPMetric
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_pxap.json"

@@ -36,8 +36,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from monai_pixelcam.data.atomic import write_json_atomic  # noqa: E402
-from monai_pixelcam.data.atomic import write_png_atomic  # noqa: E402
+from monai_pixelcam.atomic import write_json_atomic  # noqa: E402
+from monai_pixelcam.atomic import write_png_atomic  # noqa: E402
 from monai_pixelcam.data.synthetic import KINDS, measure_shortcut, render_tile, synthesize  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

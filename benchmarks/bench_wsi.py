@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_pixelcam.data.atomic import write_json_atomic
+from monai_pixelcam.atomic import write_json_atomic
 from monai_pixelcam.data.synthetic import render_tile
 from monai_pixelcam.export import export_model
 from monai_pixelcam.inference import (

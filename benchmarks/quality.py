@@ -60,7 +60,7 @@ import time
 from pathlib import Path
 
 from monai_pixelcam.cams import CAMStore
-from monai_pixelcam.data.atomic import atomic_path, write_json_atomic
+from monai_pixelcam.atomic import atomic_path, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "pixelcam" / "configs"

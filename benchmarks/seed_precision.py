@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from monai_pixelcam.cams import CAMStore
 from monai_pixelcam.cams.auto import ValpxSelectedMaps, selection_batches
-from monai_pixelcam.data.atomic import write_json_atomic
+from monai_pixelcam.atomic import write_json_atomic
 from monai_pixelcam.networks.weights import load_checkpoint
 from monai_pixelcam.seeding import ThresholdSeeder
 

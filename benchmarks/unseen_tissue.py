@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from monai_pixelcam.data.atomic import write_png_atomic
+from monai_pixelcam.atomic import write_png_atomic
 from monai_pixelcam.data.datalist import save_datalist
 
 CLASSES = ["normal", "tumour"]

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_pixelcam.data.atomic import atomic_path, write_json_atomic
+from monai_pixelcam.atomic import atomic_path, write_json_atomic
 from monai_pixelcam.networks.weights import read_state_dict
 from monai_pixelcam.transforms import NetworkInput, NetworkInputd
 

@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
+from monai.transforms import erode
 
 __all__ = [
     "PixelSeeder",
@@ -73,7 +73,7 @@ def otsu_threshold(cam: torch.Tensor, bins: int = 256) -> torch.Tensor:
 
 
 def binary_erosion(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Batched binary erosion with a ``(2 radius + 1)`` square structuring element (max-pool based).
+    """Batched binary erosion with a ``(2 radius + 1)`` square structuring element (MONAI's ``erode``).
 
     Outside the image counts as foreground, so a region is not eroded from the image border (a gland cut by
     the crop border is still a gland); this matches OpenCV's default border for ``cv2.erode``.
@@ -89,10 +89,8 @@ def binary_erosion(mask: torch.Tensor, radius: int) -> torch.Tensor:
         raise ValueError(f"erosion radius must be >= 0, got {radius}")
     if radius == 0:
         return mask
-    background = (~mask).float().unsqueeze(1)
-    # max_pool pads with -inf, so the outside never marks a pixel as touching background
-    grown = F.max_pool2d(background, kernel_size=2 * radius + 1, stride=1, padding=radius)
-    return grown.squeeze(1) == 0
+    # MONAI's erode, padding with foreground (its default pad_value 1)
+    return erode(mask.unsqueeze(1).float(), filter_size=2 * radius + 1, pad_value=1.0).squeeze(1) > 0.5
 
 
 def random_ranks(values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

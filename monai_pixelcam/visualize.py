@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from monai.visualize import blend_images
 
-from monai_pixelcam.data.atomic import atomic_path
+from monai_pixelcam.atomic import atomic_path
 
 __all__ = ["HEATMAP_CMAP", "heatmap", "heatmap_rgb", "overlay", "map_grid", "save_map_grid", "save_pr_curves"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import glob
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -258,6 +258,35 @@ def test_handlers_are_referenced_by_id_so_inserting_one_changes_nothing(stage):
         for handler in parser[f"{engine}#handlers"]:
             if isinstance(handler, dict) and handler["_target_"] in writers:
                 assert handler["_disabled_"] == rank_zero, (engine, handler["_target_"])
+
+
+def test_the_bundle_training_chain_moves_image_and_cam_with_one_draw():
+    """The PixelCAM stage's own ``train#preprocessing`` (not a copy of it): every transform that moves pixels lists
+    the image and the CAM together, so one random draw moves both, and the stored CAM, from which the pixel
+    seeds are drawn, stays on the augmented image; colour and noise transforms touch the image only."""
+    from monai.transforms import Compose, Randomizable
+    from test_transforms import blocky_item
+
+    from monai_pixelcam.transforms import NetworkInputd
+
+    item = blocky_item()  # 32 x 32: mask = red > 0.5 and cam = green, exactly, under any shared draw
+    overrides = {"image_size": 32, "crop_size": 24}
+    parser = ConfigWorkflow(config_file=TRAIN, workflow_type=None, logging_file=False, **overrides).parser
+    chain = parser.get_parsed_content("train#preprocessing").transforms
+    moves = [t for t in chain if isinstance(t, NetworkInputd) or {"image", "cam"} <= set(getattr(t, "keys", ()))]
+    assert {"NetworkInputd", "RandSpatialCropd", "RandFlipd", "RandRotate90d"} <= {type(t).__name__ for t in moves}
+    for t in chain:
+        if isinstance(t, Randomizable) and t not in moves:
+            assert tuple(t.keys) == ("image",), type(t).__name__
+    spatial = Compose(moves)
+    seen = set()
+    for seed in range(12):
+        out = spatial.set_random_state(seed)(dict(item))
+        img, cam = out["image"], out["cam"]
+        assert img.shape == (3, 24, 24) and cam.shape == (1, 24, 24)
+        assert torch.allclose(cam, img[1:2], atol=1e-6)
+        seen.add(tuple(img[0, 0, :4].tolist()) + tuple(img[0, :4, 0].tolist()))
+    assert len(seen) > 4  # the draws differ between seeds
 
 
 def test_evaluate_a_labelled_set_with_test_only_or_its_own_valpx(trained_bundle, tiny_glas, tmp_path, caplog):

@@ -29,7 +29,7 @@ from monai_pixelcam.cams import (
     normalize_maps,
     sha256_file,
 )
-from monai_pixelcam.data.atomic import TMP_MARKER
+from monai_pixelcam.atomic import TMP_MARKER
 from monai_pixelcam.networks import build_classifier, build_pixelcam
 
 METHODS = sorted(CAM_METHODS)

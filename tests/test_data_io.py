@@ -26,8 +26,8 @@ from monai_pixelcam.data import (
     read_rgb,
     save_datalist,
     validate_datalist,
-    write_png_atomic,
 )
+from monai_pixelcam.atomic import write_png_atomic
 from monai_pixelcam.data.io import HistologyReader, ImageTooLargeError, image_size, read_csv_table
 from monai_pixelcam.data.validate import main as validate_main
 from monai_pixelcam.data.validate import mask_problem

@@ -19,7 +19,7 @@ from monailabel.datastore.local import LocalDatastore  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from monai_pixelcam.data import load_datalist  # noqa: E402
-from monai_pixelcam.data.atomic import TMP_MARKER  # noqa: E402
+from monai_pixelcam.atomic import TMP_MARKER  # noqa: E402
 from monai_pixelcam.data.datalist import DatalistError  # noqa: E402
 from monai_pixelcam.data.io import read_mask, read_rgb  # noqa: E402
 from monai_pixelcam.export import publish_model  # noqa: E402

@@ -50,7 +50,7 @@ from monai.transforms import MapTransform
 from monai_pixelcam.cams.auto import AUTO, DEFAULT_CANDIDATES, ValpxSelectedMaps, selection_batches
 from monai_pixelcam.cams.distinct import build_distinct, distinct_method_name
 from monai_pixelcam.cams.extractors import CAM, build_cam, canonical_method_name
-from monai_pixelcam.data.atomic import write_json_atomic
+from monai_pixelcam.atomic import write_json_atomic
 
 __all__ = [
     "CAMStore",

@@ -19,7 +19,6 @@ from .io import (
     read_mask,
     read_rgb,
 )
-from .atomic import write_png_atomic
 
 _LAZY = {
     "validate_datalist": "validate",
@@ -40,7 +39,6 @@ __all__ = [
     "datalist_mpp",
     "read_rgb",
     "read_mask",
-    "write_png_atomic",
     "LoadHistologyImage",
     "LoadHistologyMask",
     "LoadHistologyd",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json_atomic
+from ..atomic import write_json_atomic
 
 SPLITS = ("train", "valcl", "valpx", "test")
 
@@ -84,6 +84,8 @@ def make_splits(
     dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
     if dup:
         raise DatalistError(f"duplicate image ids: {dup[:10]}")
+    # not monai.data.partition_dataset_classes: valpx takes only masked images (or a negative class's) out of
+    # the validation share, and every class must keep a valcl image
     rng = np.random.default_rng(seed)
     by_class: dict[int, list[dict]] = defaultdict(list)
     for it in sorted(items, key=lambda d: d["id"]):

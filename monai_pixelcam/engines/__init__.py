@@ -11,7 +11,7 @@ from .evaluation import (
 from .inferers import CAMInferer, ClassifierInferer, PixelCAMInferer
 from .pipeline import SELECTIONS, evaluate_external, evaluate_pipeline, store_cams
 from .prepare_batch import DictTargetPrepareBatch
-from .workflows import build_dataloader, sgd_optimizer
+from .builders import build_dataloader, sgd_optimizer
 
 __all__ = [
     "DictTargetPrepareBatch",

@@ -1,6 +1,6 @@
 """The steps of the PixelCAM pipeline that sit between engines: CAM storing and the evaluation report.
 
-The bundle's ``train_source`` and ``train_pixelcam`` steps are trainers built by :mod:`.workflows`; the steps
+The bundle's ``train_source`` and ``train_pixelcam`` steps are trainers the bundle configs declare; the steps
 here are plain functions of already-built networks and loaders, so the bundle configs only wire them.
 """
 
@@ -20,7 +20,7 @@ from monai_pixelcam.cams.auto import DEFAULT_CANDIDATES
 from monai_pixelcam.visualize import save_map_grid, save_pr_curves
 from monai_pixelcam.networks.weights import load_checkpoint
 
-from monai_pixelcam.data.atomic import write_json_atomic
+from monai_pixelcam.atomic import write_json_atomic
 from monai_pixelcam.handlers.selection import read_selection
 
 from .evaluation import evaluate_localization
@@ -190,7 +190,7 @@ def evaluate_external(
     from monai_pixelcam.data import load_datalist, prepare_datalist
     from monai_pixelcam.transforms import eval_transforms
 
-    from .workflows import build_dataloader
+    from .builders import build_dataloader
 
     if not dataset and not datalist:
         return None

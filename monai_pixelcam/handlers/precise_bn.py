@@ -47,8 +47,11 @@ def recompute_batchnorm(
     Returns:
         the number of images seen on this rank.
     """
+    # not torch.optim.swa_utils.update_bn: it reads the whole loader of tensor batches, resets frozen layers too and
+    # does not average over ranks
     network = unwrap_parallel(network)
-    layers = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    batchnorms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    layers = [m for m in network.modules() if isinstance(m, batchnorms) and m.track_running_stats]
     if not layers:
         return 0
     modes = [(m, m.training) for m in network.modules()]

@@ -16,7 +16,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
-from ..data.atomic import atomic_path, write_json_atomic
+from ..atomic import atomic_path, write_json_atomic
 
 __all__ = ["Candidate", "BLOCSelector", "constant_accuracy", "read_selection"]
 

@@ -34,7 +34,7 @@ from monai.engines.utils import PrepareBatch
 from monai.inferers import Inferer
 from monai.transforms import Compose, MapTransform
 
-from ..data.atomic import remove_stale_temporaries, write_csv_atomic
+from ..atomic import remove_stale_temporaries, write_csv_atomic
 from ..data.datalist import DatalistError
 from ..data.io import read_rgb
 from .outputs import write_localization
@@ -55,7 +55,7 @@ __all__ = [
     "LocalizationInferer",
     "SaveLocalizationd",
     "LocalizationReport",
-    "localization_evaluator",
+    "folder_evaluator",
     "localize_folder",
     "localize_image",
 ]
@@ -231,7 +231,7 @@ class LoadLocalizationInputd(MapTransform):
 
 
 class PrepareLocalizationInput(PrepareBatch):
-    """``prepare_batch`` of the localization evaluator: the item itself is the inferer's input (a tile array or a
+    """``prepare_batch`` of the folder evaluator: the item itself is the inferer's input (a tile array or a
     slide path travel with their name and kind); there is no target."""
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs) -> tuple[dict, None]:
@@ -329,9 +329,9 @@ class SaveLocalizationd(MapTransform):
 
 
 class LocalizationReport:
-    """Collects every prediction of a localization evaluator and, when it completes, writes (atomically, on
+    """Collects every prediction of a folder evaluator and, when it completes, writes (atomically, on
     rank 0, with every rank's rows gathered); when it starts, removes the temporary files a killed run left
-    in the output folder (:func:`~monai_pixelcam.data.atomic.remove_stale_temporaries`):
+    in the output folder (:func:`~monai_pixelcam.atomic.remove_stale_temporaries`):
 
     - ``predictions.csv``: one row per processed file: ``image`` (path relative to the input folder), ``kind``
       (``image`` or ``slide``), ``class`` (predicted), ``prob_<class>`` for each class (slides: mean over the
@@ -471,7 +471,7 @@ class LocalizationReport:
         }
 
 
-def localization_evaluator(
+def folder_evaluator(
     items: Sequence[dict],
     output_dir: str | os.PathLike,
     predictor: PixelCAMPredictor,
@@ -504,7 +504,7 @@ def localize_folder(
     slide_kwargs: Mapping | None = None,
 ) -> dict:
     """Localization maps and class probabilities for every image and slide in ``input_dir``: the bundle's
-    inference run from Python (:func:`localization_evaluator` over :func:`list_inputs`).
+    inference run from Python (:func:`folder_evaluator` over :func:`list_inputs`).
 
     Every tile gets ``<stem>_heatmap.png``, ``<stem>_mask.png`` (0/255, the image's ``H x W``, ``map >=
     predictor.threshold``), ``<stem>_overlay.png``, ``<stem>_regions.geojson`` and, with ``save_nifti``,
@@ -534,7 +534,7 @@ def localize_folder(
     try:
         if idist.get_world_size() > 1 and predictor.device.type == "cuda":
             predictor.to(f"cuda:{idist.get_local_rank()}")
-        evaluator = localization_evaluator(items, output_dir, predictor, save_nifti, slide_kwargs)
+        evaluator = folder_evaluator(items, output_dir, predictor, save_nifti, slide_kwargs)
         evaluator.run()
         return evaluator.state.localization
     finally:

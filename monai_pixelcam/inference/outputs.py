@@ -1,4 +1,4 @@
-"""The files a localization run writes per image or slide, all atomically (``monai_pixelcam.data.atomic``).
+"""The files a localization run writes per image or slide, all atomically (``monai_pixelcam.atomic``).
 
 ``<stem>_heatmap.png`` (jet colours, white where nothing was analysed), ``<stem>_mask.png`` (0/255 at the
 threshold), ``<stem>_overlay.png`` (the heat map blended on the image or on a slide's overview of a readable
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.atomic import write_csv_atomic, write_json_atomic, write_nifti_atomic, write_png_atomic
+from ..atomic import write_csv_atomic, write_json_atomic, write_nifti_atomic, write_png_atomic
 from ..visualize import heatmap_rgb, overlay
 from .contours import foreground_polygons, polygons_geojson
 

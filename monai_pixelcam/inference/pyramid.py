@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.atomic import atomic_path
+from ..atomic import atomic_path
 from .wsi import block_mean
 
 __all__ = ["write_pyramid_tiff"]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from monai.data.utils import compute_importance_map, iter_patch_position
 from monai.inferers import Merger, WSISlidingWindowSplitter
-from monai.utils import BlendMode, look_up_option
+from monai.utils import BlendMode, ensure_tuple_rep, look_up_option
 
 from ..transforms.array import NetworkInput
 from .wsi import SlideScale, close_slide, open_slide, read_rgb_region, wsi_reader
@@ -303,9 +303,10 @@ class TissueWindowSplitter(WSISlidingWindowSplitter):
 
     def _plan(self, tissue: np.ndarray, tissue_scale: tuple[float, float], min_fraction: float) -> list:
         size = int(self.patch_size)
-        patch_size, overlap, offset = self._get_valid_shape_parameters(self.get_padded_shape())
+        # the grid MONAI's splitter walks: a square window, this splitter's overlap, no offset
+        overlap = ensure_tuple_rep(self.overlap, 2)
         windows, self.positions = [], 0
-        for r, c in iter_patch_position(self.get_padded_shape(), patch_size, offset, overlap, False):
+        for r, c in iter_patch_position(self.get_padded_shape(), (size, size), (0, 0), overlap, False):
             self.positions += 1
             ra, ca = int(r / tissue_scale[0]), int(c / tissue_scale[1])
             rb = min(max(math.ceil((r + size) / tissue_scale[0]), ra + 1), tissue.shape[0])

@@ -14,8 +14,8 @@ Settings (``--conf KEY VALUE``):
 * ``negative_classes``: comma-separated names or indices of classes whose images hold no region of interest
   (e.g. ``normal`` for CAMELYON16). Default: the trained model's.
 * ``label_key``: the image-info field that holds an image's class (default ``label``).
-* ``wsi_backend``: ``openslide``, ``tifffile`` or ``cucim`` (installed separately). Default: that of
-  :func:`monai_pixelcam.inference.wsi_reader`.
+* ``wsi_backend``: ``openslide``, ``tifffile`` or ``cucim`` (installed separately). Default: OpenSlide, then
+  tifffile for files OpenSlide does not open (:func:`monai_pixelcam.inference.wsi.open_slide`).
 * the limits of :class:`~monai_pixelcam.label.limits.ServerLimits`: ``max_wsi_tiles``, ``max_image_pixels``,
   ``max_upload_mb``, ``max_pending_infers``, ``max_train_request_kb``.
 * ``upload_dir``: the folder for uploads of requests in flight (:mod:`monai_pixelcam.label.server`); default:
@@ -119,15 +119,15 @@ class PixelCAMApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, PixelCAMInferTask]:
-        return {
-            "pixelcam": PixelCAMInferTask(
-                self.model_dir,
-                classes=self.classes,
-                labels={LABEL_NAME: 1},
-                wsi_backend=self.wsi_backend,
-                max_image_pixels=self.limits.max_image_pixels,
-            )
-        }
+        # kept here too: MONAI Label stores the tasks in a private attribute only
+        self.infer_task = PixelCAMInferTask(
+            self.model_dir,
+            classes=self.classes,
+            labels={LABEL_NAME: 1},
+            wsi_backend=self.wsi_backend,
+            max_image_pixels=self.limits.max_image_pixels,
+        )
+        return {"pixelcam": self.infer_task}
 
     def init_trainers(self) -> dict[str, PixelCAMTrainTask]:
         return {
@@ -137,11 +137,11 @@ class PixelCAMApp(MONAILabelApp):
         }
 
     def init_strategies(self) -> dict[str, PixelCAMUncertainty]:
-        return {STRATEGY_NAME: PixelCAMUncertainty(self._infers["pixelcam"], label_key=self.label_key)}
+        return {STRATEGY_NAME: PixelCAMUncertainty(self.infer_task, label_key=self.label_key)}
 
     def info(self) -> dict[str, Any]:
         d = super().info()
-        model = self._infers["pixelcam"].info()
+        model = self.infer_task.info()
         d.update(
             {
                 "classes": model["classes"],
@@ -202,7 +202,7 @@ class PixelCAMApp(MONAILabelApp):
         """``/infer/wsi`` and ``/infer/wsi_v2``: contours of a region tile by tile, at most ``max_wsi_tiles``
         (:func:`monai_pixelcam.label.wsi_infer.infer_wsi`), answered as DSA JSON, ASAP XML or JSON."""
         model = request.get("model")
-        task = self._infers.get(model)
+        task = self.infer_task if model == "pixelcam" else None
         if task is None:
             raise MONAILabelException(
                 MONAILabelError.INVALID_INPUT, f"WSI/Inference Task is not Initialized. There is no model '{model}'"

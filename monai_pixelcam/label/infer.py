@@ -36,11 +36,11 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from ..data.datalist import DatalistError
-from ..data.atomic import write_png_atomic
+from ..atomic import write_png_atomic
 from ..data.io import MAX_IMAGE_PIXELS, ImageTooLargeError, image_size, image_to_rgb, read_rgb
 from ..export import META_FILE, MODEL_FILE
 from ..inference.predictor import PixelCAMPredictor
-from ..inference.wsi import is_whole_slide, wsi_reader
+from ..inference.wsi import close_slide, is_whole_slide, open_slide, read_rgb_region
 from .annotation import LABEL_NAME, region_annotation
 from .errors import RequestError
 
@@ -135,18 +135,16 @@ def parse_region(request: Mapping, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageR
 
 @contextmanager
 def _open_slide(path: Path, backend: str | None) -> Iterator[tuple[Any, Any]]:
-    """``(reader, wsi)`` of a whole-slide image through MONAI's ``WSIReader`` API, closed on exit."""
-    reader = wsi_reader(backend) if backend else wsi_reader()
+    """``(reader, wsi)`` of a whole-slide image (:func:`~monai_pixelcam.inference.wsi.open_slide`, the package's
+    one slide opener), closed on exit; a file no backend opens is a 422 naming the file, not its server path."""
     try:
-        wsi = reader.read(str(path))
-    except Exception as e:  # noqa: BLE001 - any decoder failure is the file's fault
-        raise RequestError(422, f"cannot read whole-slide image {path.name}: {type(e).__name__}: {e}") from None
+        reader, wsi = open_slide(path, backend or "auto")
+    except ValueError as e:
+        raise RequestError(422, str(e).replace(str(path), path.name)) from None  # the file's name, not its path
     try:
         yield reader, wsi
     finally:
-        close = getattr(wsi, "close", None)
-        if callable(close):
-            close()
+        close_slide(wsi)
 
 
 def _check_level(reader, wsi, level: int, name: str) -> None:
@@ -171,13 +169,12 @@ def _read_slide_region(path: Path, region: ImageRegion, backend: str | None) -> 
         height = min(region.height, level_h - int(region.y / downsample))
         width = min(region.width, level_w - int(region.x / downsample))
         try:
-            # MONAI's WSIReader takes (row, col) and (height, width)
-            patch, _ = reader.get_data(wsi, location=(region.y, region.x), size=(height, width), level=region.level)
+            # the slide layer's reader, on the part inside the slide: nothing is padded
+            rgb = read_rgb_region(reader, wsi, (region.y, region.x), (height, width), region.level)
         except ValueError as e:
             raise RequestError(400, f"cannot read region {tuple(region)} of {path.name}: {e}") from None
         except Exception as e:  # noqa: BLE001
             raise RequestError(422, f"cannot decode region of {path.name}: {type(e).__name__}: {e}") from None
-        rgb = image_to_rgb(np.moveaxis(np.asarray(patch), reader.channel_dim, -1), has_alpha=False)
     return rgb, downsample
 
 
@@ -243,11 +240,11 @@ def load_image(
 ) -> np.ndarray:
     """Read an image, or a region of it, as ``H x W x 3`` uint8 RGB.
 
-    Whole-slide images (see :func:`monai_pixelcam.inference.is_whole_slide`) are read region by region with
-    MONAI's ``WSIReader`` API (``wsi_backend``; None: :func:`~monai_pixelcam.inference.wsi_reader`'s
-    default) and need ``region``; other images are decoded whole
-    (:func:`monai_pixelcam.data.io.read_rgb`) and cropped to ``region`` (level 0 only). A region running past
-    the border is cut there.
+    Whole-slide images (see :func:`monai_pixelcam.inference.is_whole_slide`) are read region by region by the
+    package's slide layer (:func:`~monai_pixelcam.inference.wsi.open_slide` with ``wsi_backend``, None:
+    ``"auto"``; :func:`~monai_pixelcam.inference.wsi.read_rgb_region`) and need ``region``; other images are
+    decoded whole (:func:`monai_pixelcam.data.io.read_rgb`) and cropped to ``region`` (level 0 only). A region
+    running past the border is cut there.
 
     Raises:
         RequestError: 404 file not found; 422 not a decodable image; 413 an image of more than ``max_pixels``
@@ -339,8 +336,8 @@ class PixelCAMInferTask(BasicInferTask):
         model_dir: the bundle's ``models`` folder.
         classes: class names shown by :meth:`info` while no model is trained (a trained model's own
             ``model_meta.json`` classes take precedence).
-        wsi_backend: ``"openslide"``, ``"tifffile"`` or ``"cucim"`` (installed separately); None: the
-            default of :func:`~monai_pixelcam.inference.wsi_reader`.
+        wsi_backend: ``"openslide"``, ``"tifffile"`` or ``"cucim"`` (installed separately); None: ``"auto"``
+            (:func:`~monai_pixelcam.inference.wsi.open_slide`: OpenSlide, then tifffile).
         max_image_pixels: largest image or region decoded for one request (413 beyond; the server's
             ``max_image_pixels``).
     """

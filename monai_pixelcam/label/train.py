@@ -40,7 +40,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import name_to_device
 
-from ..data.atomic import write_json_atomic
+from ..atomic import write_json_atomic
 from ..data.datalist import DatalistError, make_splits, save_datalist
 from ..export import META_FILE, MODEL_FILE, publish_model, source_checkpoint_from_model
 from ..errors import root_cause

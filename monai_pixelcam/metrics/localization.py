@@ -24,6 +24,7 @@ from typing import Any
 import ignite.distributed as idist
 import numpy as np
 import torch
+from ignite.engine import Engine
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 from monai.utils import convert_to_tensor
@@ -499,11 +500,16 @@ class _ScoresHandler(IgniteMetricHandler):
         self.output_key = output_key
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
+    def attach(self, engine: Engine, name: str) -> None:  # type: ignore[override]
+        self.attach_name = name  # the metric's name in engine.state.metrics, the prefix of its scores
+        super().attach(engine, name)
+
     def compute(self) -> Any:
         scores = super().compute()
         if self.output_key is not None:
             return scores[self.output_key]
-        prefix = f"{self._name}_" if self._name else ""
+        name = getattr(self, "attach_name", "")
+        prefix = f"{name}_" if name else ""
         return {f"{prefix}{name}": value for name, value in scores.items()}
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from ..atomic import write_png_atomic
+from ...atomic import write_png_atomic
 from ..datalist import make_splits, save_datalist
 from ..io import read_mask, read_rgb
 from .kinds import KIND_CODE, SyntheticKind, kind_spec, render_tile
