@@ -289,6 +289,32 @@ def test_the_bundle_training_chain_moves_image_and_cam_with_one_draw():
     assert len(seen) > 4  # the draws differ between seeds
 
 
+def test_num_workers_do_not_change_the_results(trained_bundle, tiny_glas, tmp_path):
+    """The same command and seed give the same metrics.json with 2 data-loading worker processes as the shared
+    bundle's single-process run: every augmentation draw depends on (seed, epoch, item), not on the worker."""
+    workflow = ConfigWorkflow(
+        config_file=TRAIN, workflow_type="train", logging_file=False, bundle_root=str(tmp_path),
+        datalist=str(tiny_glas), **{**TINY_BUNDLE, "num_workers": 2},
+    )  # fmt: skip
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+    def leaves(tree, path=""):
+        if isinstance(tree, dict):
+            return [leaf for k, v in tree.items() for leaf in leaves(v, f"{path}/{k}")]
+        if isinstance(tree, list):
+            return [leaf for i, v in enumerate(tree) for leaf in leaves(v, f"{path}/{i}")]
+        return [(path, tree)]
+
+    single = leaves(json.loads((trained_bundle / "models" / "metrics.json").read_text()))
+    workers = leaves(json.loads((tmp_path / "models" / "metrics.json").read_text()))
+    assert [k for k, _ in single] == [k for k, _ in workers]
+    for (key, a), (_, b) in zip(single, workers):
+        # float32 sums of the same values in the same order: equal, up to the last printed digit at most
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9) if isinstance(a, float) else a == b, (key, a, b)
+
+
 def test_evaluate_a_labelled_set_with_test_only_or_its_own_valpx(trained_bundle, tiny_glas, tmp_path, caplog):
     """A user's own annotated tiles: a datalist with only ``test`` (thresholds from the bundle's valpx), or with
     ``test`` and a ``valpx`` of its own (used unless it shares images with test)."""

@@ -43,6 +43,44 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path, tiny_glas):
     # the resumed selection judged new epochs together with epoch 1's validation instead of starting empty
     history = saved["bloc_selector"]["history"]
     assert history[: len(first)] == first and {v["epoch"] for v in history} == {1, 2, 3}
+    # and the resumed run is the run: the weights of an uninterrupted one, bit for bit
+    _workflow(tmp_path / "straight", tiny_glas, source_epochs=3).parser.get_parsed_content("source#train#trainer").run()
+    _assert_same_weights(tmp_path / "straight" / "models" / "source_last.pt", last)
+
+
+def _assert_same_weights(a, b) -> None:
+    wa, wb = torch.load(a, weights_only=False)["network"], torch.load(b, weights_only=False)["network"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_pixelcam_stage_is_the_same_resumed_or_with_workers(tmp_path, tiny_glas):
+    """Every random stream of the PixelCAM stage (each item's augmentation, the epoch order, the pixel seeds drawn
+    at each iteration, the pixel head's initial weights) depends on the seed, the epoch and the iteration
+    alone: a run killed after epoch 1 and resumed, and a run loading with 2 worker processes, end with the
+    weights of an uninterrupted single-process run."""
+    import shutil
+
+    source = tmp_path / "source"
+    workflow = _workflow(source, tiny_glas, source_epochs=1)
+    for step in ("train_source", "store_cams"):
+        workflow.parser.get_parsed_content(step)
+    runs = {}
+    for name in ("straight", "resumed", "workers"):
+        shutil.copytree(source, tmp_path / name)
+        runs[name] = tmp_path / name / "models" / "pixelcam_last.pt"
+    # 2 + 2 pixel seeds per image, so that every draw is a real choice on the tiny 7 x 7 maps
+    overrides = {"source_epochs": 1, "pixelcam_epochs": 3, "seeder#n_fg": 2, "seeder#n_bg": 2}
+    _workflow(tmp_path / "straight", tiny_glas, **overrides).parser.get_parsed_content("train#trainer").run()
+    trainer = _workflow(tmp_path / "resumed", tiny_glas, **overrides).parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate())
+    trainer.run()
+    _workflow(tmp_path / "resumed", tiny_glas, **overrides).parser.get_parsed_content("train#trainer").run()
+    workers = {**overrides, "num_workers": 2}
+    _workflow(tmp_path / "workers", tiny_glas, **workers).parser.get_parsed_content("train#trainer").run()
+    for name in ("resumed", "workers"):
+        _assert_same_weights(runs["straight"], runs[name])
 
 
 def test_non_finite_loss_stops_with_clear_error(tmp_path, tiny_glas):

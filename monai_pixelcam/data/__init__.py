@@ -19,6 +19,7 @@ from .io import (
     read_mask,
     read_rgb,
 )
+from .seeded import ItemSeededDataset, ItemSeedSampler, item_seed
 
 _LAZY = {
     "validate_datalist": "validate",
@@ -44,6 +45,9 @@ __all__ = [
     "LoadHistologyd",
     "LoadHistologyD",
     "LoadHistologyDict",
+    "ItemSeededDataset",
+    "ItemSeedSampler",
+    "item_seed",
     *_LAZY,
 ]
 

@@ -9,8 +9,10 @@ Arguments stay plain (strings, numbers, paths) so that a config can say, e.g.::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import torch
 import torch.nn as nn
 from monai.utils import look_up_option
 
@@ -77,12 +79,18 @@ def build_classifier(
     num_classes: int = 2,
     pretrained: str | os.PathLike | None = None,
     head_kwargs: dict | None = None,
+    init_seed: int | None = None,
     **encoder_kwargs,
 ) -> WSOLClassifier:
     """WSOL source classifier: encoder ``encoder`` (kwargs ``encoder_kwargs``, optional torchvision
-    ``pretrained`` file) and image head ``head`` (kwargs ``head_kwargs``) with ``num_classes`` outputs."""
-    enc = build_encoder(encoder, pretrained=pretrained, **encoder_kwargs)
-    return WSOLClassifier(enc, build_head(head, enc.out_channels, num_classes, **(head_kwargs or {})))
+    ``pretrained`` file) and image head ``head`` (kwargs ``head_kwargs``) with ``num_classes`` outputs.
+
+    ``init_seed``: draw the initial weights from torch's generator seeded with it (forked, so the global stream
+    is left as it was); None draws from the global stream, whose state depends on what used it before (every
+    data loader iterator does)."""
+    with _seeded(init_seed):
+        enc = build_encoder(encoder, pretrained=pretrained, **encoder_kwargs)
+        return WSOLClassifier(enc, build_head(head, enc.out_channels, num_classes, **(head_kwargs or {})))
 
 
 def build_pixelcam(
@@ -93,6 +101,7 @@ def build_pixelcam(
     pixel_hidden_channels: int | None = None,
     freeze_backbone: bool = False,
     head_kwargs: dict | None = None,
+    init_seed: int | None = None,
     **encoder_kwargs,
 ) -> PixelCAMNet:
     """PixelCAM network with the architecture of ``build_classifier(encoder, head, num_classes, ...)``.
@@ -100,13 +109,25 @@ def build_pixelcam(
     Encoder and image head start from ``pretrained`` or scratch, the pixel head is fresh; start them from a
     trained source classifier with :meth:`PixelCAMNet.load_source` (``build_pixelcam(...).load_source(path)``).
     ``pixel_hidden_channels`` selects the MLP pixel head; ``freeze_backbone`` the two-step variant (only the
-    pixel head trains).
+    pixel head trains). ``init_seed``: as :func:`build_classifier`.
     """
-    source = build_classifier(
-        encoder, head, num_classes, pretrained=pretrained, head_kwargs=head_kwargs, **encoder_kwargs
-    )
-    pixel_head = PixelHead(source.encoder.out_channels, hidden_channels=pixel_hidden_channels)
+    with _seeded(init_seed):
+        source = build_classifier(
+            encoder, head, num_classes, pretrained=pretrained, head_kwargs=head_kwargs, **encoder_kwargs
+        )
+        pixel_head = PixelHead(source.encoder.out_channels, hidden_channels=pixel_hidden_channels)
     return PixelCAMNet(source.encoder, source.image_head, pixel_head, freeze_backbone=freeze_backbone)
+
+
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Torch's CPU generator seeded with ``seed`` inside, restored after; nothing when ``seed`` is None."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
 
 
 def build_localizer(**kwargs) -> PixelCAMLocalizer:
