@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from monai_pixelcam.atomic import write_png_atomic
 from monai_pixelcam.data import (
     SPLITS,
     DatalistError,
@@ -15,7 +16,6 @@ from monai_pixelcam.data import (
     load_datalist,
     prepare_datalist,
     save_datalist,
-    write_png_atomic,
 )
 
 S = 16
