@@ -13,10 +13,9 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data.meta_obj import get_track_meta
+from monai.transforms import Resize
 from monai.transforms.transform import MapTransform, RandomizableTransform
 from monai.utils.type_conversion import convert_to_tensor
-
-from monai.transforms import Resize
 
 from .array import (
     AntialiasedResize,
