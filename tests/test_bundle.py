@@ -278,6 +278,13 @@ def test_the_bundle_training_chain_moves_image_and_cam_with_one_draw():
     for t in chain:
         if isinstance(t, Randomizable) and t not in moves:
             assert tuple(t.keys) == ("image",), type(t).__name__
+    # the README's one positional override (a list item has no id) lands on the transform it names
+    docs = (CONFIGS.parent / "docs" / "README.md").read_text()
+    documented = re.findall(r"--train#preprocessing#transforms#(\d+)#(\w+) ", docs)
+    assert documented
+    for at, arg in documented:
+        raw = parser[f"train#preprocessing#transforms#{at}"]
+        assert raw["_target_"].endswith("RandColorJitterd") and arg in raw, (at, arg, raw)
     spatial = Compose(moves)
     seen = set()
     for seed in range(12):
