@@ -1,6 +1,12 @@
 """Shared fixtures: one tiny synthetic GlaS-like dataset per test session (24 images of 64 x 64), and one
-bundle trained end to end on it through ``ConfigWorkflow`` (the tests that only need a trained bundle share it:
-the suite trains the whole pipeline once)."""
+bundle trained end to end on it through ``ConfigWorkflow``, which every test that only needs a trained bundle
+shares (evaluation, inference, export, the CAM store, the seed-precision and cost scripts).
+
+The tests that train again do so because training is what they check, each on the same tiny set: the stage
+steps one by one with other options (``test_options_...``), a command-line override (``train_source``), 2 data
+workers against the shared bundle, a killed and resumed run (``test_engines.py``), the input definition with
+non-default settings (``test_round_trip.py``), the two-process run (``test_bundle_ddp.py``), and the MONAI Label
+train task and server."""
 
 from __future__ import annotations
 
