@@ -196,6 +196,18 @@ def test_standard_ids_and_properties_of_train_and_infer_workflows(tiny_glas, tra
     assert isinstance(error.value.__cause__, ValueError) and "--input_dir" in str(error.value.__cause__)
 
 
+def test_parsing_the_config_writes_no_data(tmp_path):
+    """Generating or converting data is the bundle's ``initialize`` step, not a side effect of parsing: a tool that
+    only parses the config (a network check, an export) writes nothing, and reading the datalist before the step
+    says what to run."""
+    workflow = ConfigWorkflow(config_file=TRAIN, workflow_type=None, logging_file=False, bundle_root=str(tmp_path))
+    assert type(workflow.parser.get_parsed_content("network_def")).__name__ == "PixelCAMNet"
+    with pytest.raises(RuntimeError) as error:
+        workflow.parser.get_parsed_content("data#datalist")
+    assert "run the bundle's 'initialize' first" in str(error.value.__cause__)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_overrides_change_handlers_augmentation_and_evaluator(tiny_glas, tmp_path):
     """Handlers, transforms and evaluators are config items: ``--id value`` on the command line changes them."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -212,7 +224,8 @@ def test_overrides_change_handlers_augmentation_and_evaluator(tiny_glas, tmp_pat
     assert [s for s, _ in source["valcl_accuracy"]] == [1, 2, 3]  # the other validator kept val_interval
 
     def parsed(item, **kw):
-        workflow = ConfigWorkflow(config_file=TRAIN, workflow_type=None, logging_file=False, **kw)
+        workflow = ConfigWorkflow(config_file=TRAIN, workflow_type=None, logging_file=False, **{**overrides, **kw})
+        workflow.initialize()  # prepares the datalist the evaluators read (parsing alone writes nothing)
         return workflow.parser.get_parsed_content(item)
 
     names = lambda chain: [type(t).__name__ for t in chain.transforms]  # noqa: E731
@@ -228,7 +241,7 @@ def test_overrides_change_handlers_augmentation_and_evaluator(tiny_glas, tmp_pat
 
 
 @pytest.mark.parametrize("stage", ["", "source#"])
-def test_handlers_are_referenced_by_id_so_inserting_one_changes_nothing(stage):
+def test_handlers_are_referenced_by_id_so_inserting_one_changes_nothing(stage, tiny_glas, tmp_path):
     """Config items refer to handlers by id, never by list position: a handler inserted first in a stage's
     ``validate#handlers`` and ``validate#valcl#handlers`` (by override, as a user would) leaves the resume
     checkpoint saving the B-LOC selector and the BCL saver; the handlers that only rank 0 may run say so
@@ -242,7 +255,12 @@ def test_handlers_are_referenced_by_id_so_inserting_one_changes_nothing(stage):
         f"{stage}validate#handlers": [inserted, *section["validate"]["handlers"]],
         f"{stage}validate#valcl#handlers": [inserted, *section["validate"]["valcl"]["handlers"]],
     }
-    parser = ConfigWorkflow(config_file=TRAIN, workflow_type=None, logging_file=False, **overrides).parser
+    workflow = ConfigWorkflow(
+        config_file=TRAIN, workflow_type=None, logging_file=False, bundle_root=str(tmp_path), datalist=str(tiny_glas),
+        **TINY_BUNDLE, **overrides,
+    )  # fmt: skip
+    workflow.initialize()
+    parser = workflow.parser
     handlers = parser.get_parsed_content(f"{stage}train#handlers")
     resume = next(h for h in handlers if type(h).__name__ == "ResumeCheckpoint")
     assert resume.save_dict["bloc_selector"] is parser.get_parsed_content(f"{stage}validate#bloc_selector")
@@ -426,17 +444,17 @@ def test_the_exported_model_sees_what_validation_saw(tiny_glas, tmp_path, stain_
     from monai_pixelcam.data.io import read_rgb
     from monai_pixelcam.inference import PixelCAMPredictor
 
+    checkpoint = tmp_path / "pixelcam_bloc.pt"
     overrides = {**TINY_BUNDLE, "crop_size": 40, "stain_normalize": stain_normalize}
+    overrides.update({"exporter#checkpoint": str(checkpoint), "exporter#threshold": 0.5})
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"), workflow_type=None, logging_file=False,
         bundle_root=str(tmp_path), datalist=str(tiny_glas), **overrides,
     )  # fmt: skip
     workflow.initialize()
     parser = workflow.parser
-    checkpoint = tmp_path / "pixelcam_bloc.pt"
     torch.save(parser.get_parsed_content("network_def").state_dict(), checkpoint)
-    parser["exporter"]["checkpoint"], parser["exporter"]["threshold"] = str(checkpoint), 0.5
-    parser.get_parsed_content("exporter", lazy=False)()
+    parser.get_parsed_content("exporter")()
     predictor = PixelCAMPredictor.from_model_dir(tmp_path / "models", device="cpu")
     chain = parser.get_parsed_content("validate#preprocessing")
     for item in load_datalist(tiny_glas)["test"][:3]:

@@ -28,6 +28,7 @@ _LAZY = {
     "convert_camelyon": "camelyon",
     "synthesize": "synthetic",
     "prepare_datalist": "prepare",
+    "PreparedDatalist": "prepare",
     "check_class_names": "prepare",
 }
 

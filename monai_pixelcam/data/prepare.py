@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .datalist import SPLITS, DatalistError, load_datalist
 
-__all__ = ["DATASETS", "prepare_datalist", "check_class_names"]
+__all__ = ["DATASETS", "prepare_datalist", "PreparedDatalist", "check_class_names"]
 
 DATASETS = ("synthetic_glas", "synthetic_camelyon", "glas", "camelyon")
 logger = logging.getLogger(__name__)
@@ -80,6 +80,48 @@ def prepare_datalist(
             # an evaluation set's optional valpx (thresholds) is checked on its own: its ids may repeat in test
             validate_datalist(data, ("valpx",))
     return str(path)
+
+
+class PreparedDatalist:
+    """The bundle's data step as a config item: building it does nothing; :meth:`prepare`, which the bundle's
+    ``initialize`` calls, runs :func:`prepare_datalist` (generating or converting data where needed) and keeps
+    the path, which :attr:`path` then gives to the items that read the datalist. Parsing a config therefore
+    never writes data.
+
+    Under a process group of several ranks, rank 0 prepares and the others receive the path (so that no two
+    processes generate or convert into one folder).
+
+    Args: as :func:`prepare_datalist`.
+    """
+
+    def __init__(self, dataset: str = "synthetic_glas", dataset_dir: str | os.PathLike = "data",
+                 datalist: str | os.PathLike | None = None, seed: int = 0, **kwargs) -> None:  # fmt: skip
+        self.kwargs = dict(dataset=dataset, dataset_dir=dataset_dir, datalist=datalist, seed=seed, **kwargs)
+        self._path: str | None = None
+
+    def prepare(self) -> str:
+        """Prepare the datalist (once per rank group) and return its path."""
+        import ignite.distributed as idist
+
+        if idist.get_world_size() > 1:
+            self._path = idist.broadcast(prepare_datalist(**self.kwargs) if idist.get_rank() == 0 else "", src=0)
+        else:
+            self._path = prepare_datalist(**self.kwargs)
+        return self._path
+
+    @property
+    def path(self) -> str:
+        """The prepared datalist's path.
+
+        Raises:
+            RuntimeError: :meth:`prepare` has not run (the bundle's ``initialize`` runs it).
+        """
+        if self._path is None:
+            raise RuntimeError(
+                "the datalist is not prepared yet: run the bundle's 'initialize' first (ConfigWorkflow.initialize(), "
+                "as 'python -m monai.bundle run' does), or call data#source.prepare()"
+            )
+        return self._path
 
 
 def check_class_names(datalist: dict, num_classes: int) -> list[str]:
