@@ -24,6 +24,9 @@ def prepare_datalist(
     n_images: int | None = None,
     validate: bool = True,
     splits: Sequence[str] = SPLITS,
+    folds: str | os.PathLike | None = None,
+    fold: int = 0,
+    out_dir: str | os.PathLike | None = None,
 ) -> str:
     """Return the path of a validated datalist JSON, creating it when needed.
 
@@ -41,6 +44,10 @@ def prepare_datalist(
         validate: check every file before training (fails fast, naming each bad file).
         splits: the splits the datalist must hold and that are checked (all four to train; ``("test",)`` to
             evaluate a trained model on a labelled set of one's own).
+        folds, fold: the published WSOL folds (``glas`` and ``camelyon``; :mod:`monai_pixelcam.data.folds`):
+            the splits are exactly those of fold ``fold``, with ``dataset_dir`` the dataset root their paths are
+            relative to; the datalist is written to ``out_dir`` (the bundle root) as
+            ``datalist_<dataset>_fold<fold>.json``.
 
     Raises:
         DatalistError: unknown dataset name, missing folder, or any invalid file (all listed at once).
@@ -49,6 +56,11 @@ def prepare_datalist(
 
     if datalist:
         path = Path(datalist)
+    elif folds:
+        from .folds import convert_folds
+
+        path = Path(out_dir or dataset_dir) / f"datalist_{dataset}_fold{int(fold)}.json"
+        convert_folds(dataset, dataset_dir, folds, int(fold), path, validate=False)  # validated below
     else:
         if dataset not in DATASETS:
             raise DatalistError(f"unknown dataset {dataset!r}; choose one of {DATASETS} or pass a datalist JSON")
