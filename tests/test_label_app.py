@@ -332,7 +332,8 @@ def test_train_task_full_then_finetune_publishes_models(tmp_path, tiny_glas):
         infer = PixelCAMInferTask(bundle / "models")
         label_file, result = infer({"image": store.get_image_uri("glas_0000"), "device": "cpu"})
         os.remove(label_file)
-        finetune = task({**request, "pixelcam_epochs": 1}, store)
+        # a fine-tune keeps the published model's input definition, whatever the request's image_size
+        finetune = task({**request, "pixelcam_epochs": 1, "image_size": 56}, store)
     finally:
         torch.set_num_threads(threads)
     assert full["mode"] == "full" and finetune["mode"] == "finetune"
@@ -347,6 +348,7 @@ def test_train_task_full_then_finetune_publishes_models(tmp_path, tiny_glas):
     meta = json.loads((bundle / "models" / "model_meta.json").read_text())
     metrics = json.loads((run_ft / "metrics.json").read_text())
     assert meta["classes"] == CLASSES and meta["threshold"] == metrics["pixelcam"]["bloc"]["threshold"]
+    assert (meta["image_size"], meta["stain_normalize"]) == (48, False)
     assert result["class_name"] in CLASSES
     label_file, again = infer({"image": store.get_image_uri("glas_0000"), "device": "cpu"})
     os.remove(label_file)

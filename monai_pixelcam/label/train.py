@@ -44,6 +44,7 @@ from ..atomic import write_json_atomic
 from ..data.datalist import DatalistError, make_splits, save_datalist
 from ..export import META_FILE, MODEL_FILE, publish_model, source_checkpoint_from_model
 from ..errors import root_cause
+from ..transforms.array import NetworkInput
 from .train_options import check_train_request
 
 __all__ = [
@@ -317,8 +318,8 @@ class PixelCAMTrainTask(TrainTask):
         foreign = sorted(k for k in network if k not in config)
         if foreign:
             return None, f"the published network has settings the bundle config cannot set: {foreign}"
-        # the input the published model was trained on: a fine-tuned model must see the same
-        return {**network, "stain_normalize": bool(published.get("stain_normalize", False))}, ""
+        # the input definition the published model was trained on (scale and stain): a fine-tune sees the same
+        return {**network, **NetworkInput.from_settings(published).settings()}, ""
 
     def _options(self, request: Mapping) -> dict[str, Any]:
         """The request's options over the bundle's defaults, checked against the allow-list
