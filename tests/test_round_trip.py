@@ -85,13 +85,12 @@ def test_the_model_folder_carries_the_input_definition(trained, tiny_glas):
     assert meta["mpp"] == pytest.approx(tiles["mpp"] * 64 / SETTINGS["image_size"])
 
 
-def test_one_image_one_map_through_evaluate_folder_slide_and_label(trained, reference, tmp_path):
+def test_one_image_one_map_through_evaluate_folder_and_slide(trained, reference, tmp_path):
     root, _ = trained
-    path, pix, probs, evaluated = reference
+    path, pix, _, evaluated = reference
     size = SETTINGS["image_size"]
     predictor = PixelCAMPredictor.from_model_dir(root / "models", device="cpu")
     assert predictor.image_size == size and predictor.stain_normalize
-    threshold = predictor.threshold
     # evaluate: validate#inferer's map is the pixel head's map at the input size
     np.testing.assert_allclose(evaluated, _map_at(pix, size), atol=ATOL, rtol=0)
 
@@ -119,8 +118,15 @@ def test_one_image_one_map_through_evaluate_folder_slide_and_label(trained, refe
     expected = F.interpolate(foreground_map(pix), size=(side, side), mode="bilinear", antialias=side < pix.shape[-1])
     np.testing.assert_allclose(slide_map, expected[0, 0].numpy(), atol=ATOL, rtol=0)
 
-    # MONAI Label: the app over a datastore holding the image, served from the trained bundle folder
+
+def test_one_image_one_map_through_monai_label_infer(trained, reference, tmp_path):
+    """MONAI Label's ``/infer``: the app over a datastore holding the image, served from the trained bundle
+    folder, answers the evaluation's mask and probabilities."""
     label = pytest.importorskip("monai_pixelcam.label.app", reason=MONAILABEL_MISSING)
+    root, _ = trained
+    path, _, probs, evaluated = reference
+    predictor = PixelCAMPredictor.from_model_dir(root / "models", device="cpu")
+    threshold = predictor.threshold
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(path, studies / "tile.png")
