@@ -5,8 +5,8 @@ shares (evaluation, inference, export, the CAM store, the seed-precision and cos
 The tests that train again do so because training is what they check, each on the same tiny set: the stage
 steps one by one with other options (``test_options_...``), a command-line override (``train_source``), 2 data
 workers against the shared bundle, a killed and resumed run (``test_engines.py``), the input definition with
-non-default settings (``test_round_trip.py``), the two-process run (``test_bundle_ddp.py``), and the MONAI Label
-train task and server."""
+non-default settings (``test_round_trip.py``), the two-process run (``test_bundle_ddp.py``), the MONAI Label
+train task and server, and, on a larger set of its own, that training learns (``test_learning.py``)."""
 
 from __future__ import annotations
 
