@@ -31,7 +31,7 @@ from ..atomic import write_png_atomic
 from ..inference.wsi import close_slide, open_slide, read_rgb_region
 from .annotations import rasterize, read_asap_xml
 from .datalist import SPLITS, DatalistError
-from .folds import find_fold_dir
+from .folds import find_fold_dir, fold_rows
 from .validate import print_problems
 
 __all__ = ["TUMOUR_GROUPS", "EXCLUDED_GROUPS", "PatchName", "parse_patch_name", "rebuild_camelyon512", "main"]
@@ -104,16 +104,13 @@ def rebuild_camelyon512(
     slides, xmls = _index(Path(slides_dir), ".tif"), _index(Path(annotations_dir), ".xml")
     out_root = Path(out_root)
     rows: dict[str, str] = {}
+    problems: list[str] = []
     for split in SPLITS:
         localization = fold_dir / split / "localization.txt"
         if not localization.is_file():
             raise DatalistError(f"{localization}: missing (the fold's image,mask rows)")
-        for line in localization.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                image, _, rest = line.partition(",")
-                rows[image.strip()] = rest.split(",")[0].strip()
+        rows.update({image: mask for image, mask in fold_rows(localization, 2, problems)})
     by_slide: dict[str, list[tuple[str, str, PatchName]]] = {}
-    problems: list[str] = []
     for image, mask in rows.items():
         try:
             name = parse_patch_name(image)

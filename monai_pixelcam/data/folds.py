@@ -32,7 +32,7 @@ from .glas import GLAS_MPP
 from .io import image_size
 from .validate import print_problems, save_validated_datalist
 
-__all__ = ["FOLD_DATASETS", "find_fold_dir", "read_encoding", "fold_datalist", "convert_folds", "main"]
+__all__ = ["FOLD_DATASETS", "find_fold_dir", "read_encoding", "fold_rows", "fold_datalist", "convert_folds", "main"]
 
 #: dataset name -> (its folder among the published folds, its negative classes, its images' microns per pixel)
 FOLD_DATASETS = {
@@ -90,14 +90,15 @@ def read_encoding(path: str | os.PathLike) -> dict[str, int]:
     return encoding
 
 
-def _rows(path: Path, columns: int, problems: list[str]) -> list[list[str]]:
-    """Comma-separated rows of a fold file (blank lines skipped), each padded to ``columns`` cells."""
+def fold_rows(path: Path, columns: int, problems: list[str]) -> list[list[str]]:
+    """Comma-separated rows of a fold file (blank lines skipped), each padded to ``columns`` stripped cells; a
+    file that cannot be read adds a problem naming it and gives no rows."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         problems.append(f"{path}: cannot read ({e})")
         return []
-    return [(line.split(",") + [""] * columns)[:columns] for line in lines if line.strip()]
+    return [[c.strip() for c in (line.split(",") + [""] * columns)[:columns]] for line in lines if line.strip()]
 
 
 def _resolve(root: Path, relative: str) -> Path | None:
@@ -150,10 +151,10 @@ def fold_datalist(dataset: str, dataset_dir: str | os.PathLike, folds: str | os.
             problems.append(f"{folder}: missing {missing}")
             out[split] = []
             continue
-        ids = [row[0].strip() for row in _rows(folder / "image_ids.txt", 1, problems)]
-        labels = {r[0].strip(): r[1].strip() for r in _rows(folder / "class_labels.txt", 2, problems)}
-        masks = {r[0].strip(): r[1].strip() for r in _rows(folder / "localization.txt", 2, problems)}
-        sizes = {r[0].strip(): (r[1].strip(), r[2].strip()) for r in _rows(folder / "image_sizes.txt", 3, problems)}
+        ids = [row[0] for row in fold_rows(folder / "image_ids.txt", 1, problems)]
+        labels = {r[0]: r[1] for r in fold_rows(folder / "class_labels.txt", 2, problems)}
+        masks = {r[0]: r[1] for r in fold_rows(folder / "localization.txt", 2, problems)}
+        sizes = {r[0]: (r[1], r[2]) for r in fold_rows(folder / "image_sizes.txt", 3, problems)}
         items = []
         for rel in ids:
             where = f"{folder}: {rel}"

@@ -98,14 +98,21 @@ def _list_files(input_dir: Path, output_dir: Path, recursive: bool) -> list[Path
     return sorted(files)
 
 
+def _stem_forms(rel_path: str) -> tuple[str, str]:
+    """The two output prefixes an input can get: its relative path without suffix, and with the suffix folded
+    into the name (``a.png`` -> ``a``, ``a_png``)."""
+    plain = str(Path(rel_path).with_suffix(""))
+    return plain, f"{plain}_{Path(rel_path).suffix.lstrip('.').lower()}"
+
+
 def _output_stems(rel_paths: Sequence[str]) -> dict[str, str]:
-    """Output prefix of each input: its relative path without suffix, or with the suffix folded into the
-    name (``a.png`` -> ``a_png``) when two inputs would share a prefix (``a.png`` and ``a.jpg``)."""
-    plain = {r: str(Path(r).with_suffix("")) for r in rel_paths}
+    """Output prefix of each input: the plain form of :func:`_stem_forms`, or the one with the suffix when two
+    inputs would share a prefix (``a.png`` and ``a.jpg``)."""
+    forms = {r: _stem_forms(r) for r in rel_paths}
     counts: dict[str, int] = {}
-    for s in plain.values():
-        counts[s] = counts.get(s, 0) + 1
-    return {r: s if counts[s] == 1 else f"{s}_{Path(r).suffix.lstrip('.').lower()}" for r, s in plain.items()}
+    for plain, _ in forms.values():
+        counts[plain] = counts.get(plain, 0) + 1
+    return {r: plain if counts[plain] == 1 else suffixed for r, (plain, suffixed) in forms.items()}
 
 
 def list_inputs(
@@ -420,9 +427,7 @@ class LocalizationReport:
             return {}
         kept = {}
         for row in rows:
-            name = Path(row["image"])
-            stems = (name.with_suffix(""), name.with_name(f"{name.stem}_{name.suffix.lstrip('.').lower()}"))
-            if any((self.output_dir / f"{stem}_mask.png").is_file() for stem in stems):
+            if any((self.output_dir / f"{stem}_mask.png").is_file() for stem in _stem_forms(row["image"])):
                 kept[row["image"]] = row
         return kept
 
