@@ -58,6 +58,18 @@ def trained_bundle(tmp_path_factory, tiny_glas):
     return root
 
 
+def build_store(root, model, items, method, checkpoint, batch_size=8, dtype="float16", **kwargs):
+    """A CAM store of ``items`` (a list of dicts or a DataLoader) the way the bundle builds one:
+    ``prepare_seed_maps`` (``kwargs``), then ``CAMStore.build``."""
+    from monai.data import DataLoader
+
+    from monai_pixelcam.cams import CAMStore, prepare_seed_maps
+
+    loader = items if isinstance(items, DataLoader) else DataLoader(items, batch_size=batch_size)
+    maps = prepare_seed_maps(method, model, loader, **kwargs)
+    return CAMStore(root).build(maps, loader, checkpoint, dtype=dtype)
+
+
 def load_benchmark(name: str):
     """The module of ``benchmarks/<name>.py``. The benchmarks are scripts, not a package: run from their folder
     they import each other, so that folder goes on the path here too."""

@@ -17,7 +17,7 @@ from monai_pixelcam.cams.auto import ValpxSelectedMaps
 from monai_pixelcam.cams.distinct import CrossClassDistinctiveness, DistinctCAM
 from monai_pixelcam.networks.heads import CAMHead
 
-from conftest import CONFIGS, TINY_BUNDLE
+from conftest import CONFIGS, TINY_BUNDLE, build_store
 
 SIZE, CELL = 32, 4  # 8 x 8 feature cells of 4 x 4 pixels
 #: background tissue shown by both classes, and each class's own region of interest (RGB = the features)
@@ -128,8 +128,8 @@ def test_store_holds_distinct_maps(tmp_path, data):
     checkpoint = tmp_path / "source.pt"
     torch.save(model.state_dict(), checkpoint)
     items = [{k: v for k, v in it.items() if k != "cell_mask"} for it in data]
-    store = CAMStore(tmp_path / "store").build(
-        model, items, "Distinct", checkpoint, batch_size=3, dtype="float32",
+    store = build_store(
+        tmp_path / "store", model, items, "Distinct", checkpoint, batch_size=3, dtype="float32",
         distinct_kwargs={"distinct_layer": "encoder.layer2", "k": 5},
     )
     manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
@@ -185,11 +185,11 @@ def test_store_auto_records_its_choice(tmp_path, data):
     items = [{k: v for k, v in it.items() if k != "cell_mask"} for it in data]
     valpx = [{"image": it["image"], "mask": pixel_mask(it["cell_mask"]), "label": it["label"]} for it in data[:4]]
     kwargs = dict(distinct_kwargs={"k": 5}, candidates=("cam", "distinct"))
-    with pytest.raises(ValueError, match="method 'auto' chooses the maps on valpx; pass selection_data"):
-        CAMStore(tmp_path / "store").build(model, items, "auto", checkpoint, **kwargs)
+    with pytest.raises(ValueError, match="seed maps 'auto' are chosen on valpx; pass selection_loader"):
+        build_store(tmp_path / "store", model, items, "auto", checkpoint, **kwargs)
     assert not (tmp_path / "store" / "manifest.json").exists()
     loader = torch.utils.data.DataLoader(valpx, batch_size=2)
-    store = CAMStore(tmp_path / "store").build(model, items, "AUTO", checkpoint, selection_data=loader, **kwargs)
+    store = build_store(tmp_path / "store", model, items, "AUTO", checkpoint, selection_loader=loader, **kwargs)
     assert store.manifest["method"] == "auto"
     assert store.manifest["selection"]["choice"] == {"0": "distinct", "1": "cam"}
 

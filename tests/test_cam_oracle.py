@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from monai_pixelcam.cams import CAMStore, LoadStoredCAMd, MaskOracle, StaleCAMStoreError, store_method_name
 from monai_pixelcam.networks import build_classifier
+from conftest import build_store
 
 SIZE = 64
 
@@ -42,7 +43,7 @@ def make_items(n=4):
 def test_oracle_store_holds_masks_at_feature_resolution(tmp_path, model, checkpoint):
     items = make_items()
     root = tmp_path / "store"
-    CAMStore(root).build(model, items, "Oracle", checkpoint, batch_size=3, dtype="float32")
+    build_store(root, model, items, "Oracle", checkpoint, batch_size=3, dtype="float32")
     manifest = json.loads((root / "manifest.json").read_text())
     with torch.no_grad():
         h, w = model.encoder(items[0]["image"][None]).shape[-2:]
@@ -64,7 +65,7 @@ def test_oracle_store_holds_masks_at_feature_resolution(tmp_path, model, checkpo
 def test_oracle_needs_masks(tmp_path, model, checkpoint):
     items = [{k: v for k, v in it.items() if k != "mask"} for it in make_items(2)]
     with pytest.raises(KeyError, match="no 'mask' key"):
-        CAMStore(tmp_path / "store").build(model, items, "oracle", checkpoint)
+        build_store(tmp_path / "store", model, items, "oracle", checkpoint)
     assert not (tmp_path / "store" / "manifest.json").exists()
     oracle = MaskOracle(model)
     with pytest.raises(ValueError, match="masks must be B x 1 x H x W"):

@@ -31,6 +31,7 @@ from monai_pixelcam.cams import (
 )
 from monai_pixelcam.atomic import TMP_MARKER
 from monai_pixelcam.networks import build_classifier, build_pixelcam
+from conftest import build_store
 
 METHODS = sorted(CAM_METHODS)
 SIZE = 64
@@ -285,7 +286,7 @@ def checkpoint(tmp_path, cam_model):
 def test_store_round_trip(tmp_path, cam_model, checkpoint):
     items = make_items()
     root = tmp_path / "store"
-    store = CAMStore(root).build(cam_model, items, "gradcam", checkpoint, batch_size=4)
+    store = build_store(root, cam_model, items, "gradcam", checkpoint, batch_size=4)
     reopened = CAMStore.open(root, checkpoint_path=checkpoint, method="gradcam")
     manifest = json.loads((root / "manifest.json").read_text())
     h, w = feature_size(cam_model, items[0]["image"][None])
@@ -311,7 +312,7 @@ def test_store_round_trip(tmp_path, cam_model, checkpoint):
 
 def test_store_rejects_other_checkpoint_or_method(tmp_path, cam_model, checkpoint):
     root = tmp_path / "store"
-    CAMStore(root).build(cam_model, DataLoader(make_items(3), batch_size=2), "cam", checkpoint)
+    build_store(root, cam_model, DataLoader(make_items(3), batch_size=2), "cam", checkpoint)
     other = tmp_path / "other.pt"
     torch.save(make_model("cam", seed=9).state_dict(), other)
     with pytest.raises(StaleCAMStoreError) as err:
@@ -330,7 +331,7 @@ def test_store_rejects_other_checkpoint_or_method(tmp_path, cam_model, checkpoin
 def test_failed_rebuild_keeps_previous_store(tmp_path, cam_model, checkpoint, monkeypatch):
     root = tmp_path / "store"
     items = make_items(4)
-    CAMStore(root).build(cam_model, items, "gradcam", checkpoint, batch_size=2)
+    build_store(root, cam_model, items, "gradcam", checkpoint, batch_size=2)
     before = (root / "manifest.json").read_text()
     first = CAMStore.open(root, checkpoint, "gradcam").load(items[1]["id"])
 
@@ -346,7 +347,7 @@ def test_failed_rebuild_keeps_previous_store(tmp_path, cam_model, checkpoint, mo
     other = tmp_path / "other.pt"
     torch.save(make_model("cam", seed=7).state_dict(), other)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        CAMStore(root).build(make_model("cam", seed=7), Failing(), "layercam", other, batch_size=2)
+        build_store(root, make_model("cam", seed=7), Failing(), "layercam", other, batch_size=2)
     assert (root / "manifest.json").read_text() == before
     torch.testing.assert_close(CAMStore.open(root, checkpoint, "gradcam").load(items[1]["id"]), first)
     assert len(list(root.glob("maps-*"))) == 1 and not temporaries(root)
@@ -361,25 +362,25 @@ def test_failed_rebuild_keeps_previous_store(tmp_path, cam_model, checkpoint, mo
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        CAMStore(root).build(make_model("cam", seed=7), make_items(4, seed=5), "layercam", other, batch_size=2)
+        build_store(root, make_model("cam", seed=7), make_items(4, seed=5), "layercam", other, batch_size=2)
     monkeypatch.undo()
     assert (root / "manifest.json").read_text() == before and not temporaries(root)
     torch.testing.assert_close(CAMStore.open(root, checkpoint, "gradcam").load(items[1]["id"]), first)
     assert len(list(root.glob("maps-*"))) == 1
     # a successful rebuild replaces the old maps folder
-    CAMStore(root).build(make_model("cam", seed=7), make_items(4, seed=5), "layercam", other, batch_size=2)
+    build_store(root, make_model("cam", seed=7), make_items(4, seed=5), "layercam", other, batch_size=2)
     assert len(list(root.glob("maps-*"))) == 1
     with pytest.raises(StaleCAMStoreError):
         CAMStore.open(root, checkpoint, "gradcam")
     with pytest.raises(ValueError, match="duplicate id"):
-        CAMStore(tmp_path / "dup").build(cam_model, make_items(2) * 2, "cam", checkpoint)
+        build_store(tmp_path / "dup", cam_model, make_items(2) * 2, "cam", checkpoint)
     assert not list((tmp_path / "dup").glob("maps-*"))
 
 
 def test_load_stored_camd(tmp_path, cam_model, checkpoint):
     root = tmp_path / "store"
     items = make_items(2)
-    CAMStore(root).build(cam_model, items, "layercam", checkpoint)
+    build_store(root, cam_model, items, "layercam", checkpoint)
     transform = LoadStoredCAMd(keys="cam", store=CAMStore.open(root, checkpoint, "layercam"))
     item = {"image": MetaTensor(torch.rand(3, 80, 96)), "id": items[1]["id"], "label": 1}
     out = transform(item)
@@ -396,7 +397,7 @@ def test_load_stored_camd(tmp_path, cam_model, checkpoint):
     torch.testing.assert_close(next(iter(loader))["cam"], out["cam"])
     other = tmp_path / "other.pt"
     torch.save(make_model("cam", seed=9).state_dict(), other)
-    CAMStore(root).build(cam_model, items, "layercam", other)
+    build_store(root, cam_model, items, "layercam", other)
     with pytest.raises(StaleCAMStoreError):
         pickle.loads(pickle.dumps(transform))(item)
     with pytest.raises(KeyError, match="'id'"):

@@ -13,10 +13,8 @@ from monai_pixelcam.cams.extractors import (
     normalize_maps,
 )
 from monai_pixelcam.cams.distinct import DISTINCT, CrossClassDistinctiveness, DistinctCAM, build_distinct
+from monai_pixelcam.cams.seed_maps import ORACLE, MaskOracle, SeedMaps, prepare_seed_maps, store_method_name
 from monai_pixelcam.cams.store import (
-    ORACLE,
-    MaskOracle,
-    store_method_name,
     CAMStore,
     LoadStoredCAMD,
     LoadStoredCAMd,
@@ -48,4 +46,6 @@ __all__ = [
     "MaskOracle",
     "ORACLE",
     "store_method_name",
+    "SeedMaps",
+    "prepare_seed_maps",
 ]

@@ -22,7 +22,7 @@ including in DataLoader workers, checks them, so stale maps are an error rather 
 Besides the CAM methods of :mod:`.extractors`, a store can hold the maps of :mod:`.distinct` (``"distinct"``,
 ``"<cam method>+distinct"``: computed after one pass over the same data to sample the feature banks), those
 chosen per class on valpx among several methods (``"auto"``, :mod:`.auto`), and the ``"oracle"`` maps of
-:class:`MaskOracle`: each item's ground-truth mask at the model's feature resolution. PixelCAM trained from
+:class:`~.seed_maps.MaskOracle`: each item's ground-truth mask at the model's feature resolution. PixelCAM trained from
 them, through the same store, seeder and schedule, is the ceiling that perfect pseudo-labels reach, so a
 quality table can state how much of the gap a CAM source leaves.
 """
@@ -34,22 +34,19 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.data import DataLoader, MetaTensor
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from monai_pixelcam.cams.auto import AUTO, DEFAULT_CANDIDATES, ValpxSelectedMaps, selection_batches
-from monai_pixelcam.cams.distinct import build_distinct, distinct_method_name
-from monai_pixelcam.cams.extractors import CAM, build_cam, canonical_method_name
+from monai_pixelcam.cams.seed_maps import SeedMaps, store_method_name
 from monai_pixelcam.atomic import write_json_atomic
 
 __all__ = [
@@ -58,18 +55,15 @@ __all__ = [
     "LoadStoredCAMd",
     "LoadStoredCAMD",
     "LoadStoredCAMDict",
-    "MaskOracle",
-    "ORACLE",
     "sha256_file",
-    "store_method_name",
 ]
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _MAPS_PREFIX = "maps-"
 _REQUIRED = ("checkpoint_sha256", "method", "feature_size", "dtype", "maps_dir", "ids")
-#: method name of the ground-truth maps (:class:`MaskOracle`)
-ORACLE = "oracle"
+#: key of an item's id in the batch dicts a store is built from
+_ID = "id"
 
 
 class StaleCAMStoreError(ValueError):
@@ -91,49 +85,6 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 def _map_filename(image_id: str) -> str:
     # Percent-encoding keeps any id (slashes, spaces) a single, distinct file name.
     return quote(image_id, safe="") + ".npy"
-
-
-def store_method_name(name: str) -> str:
-    """Canonical name of what a store holds (any case): ``"oracle"``, a CAM method of :mod:`.extractors`,
-    ``"distinct"`` or ``"<cam method>+distinct"`` (:mod:`.distinct`), ``"auto"`` (:mod:`.auto`); ValueError
-    listing the CAM methods otherwise."""
-    if str(name).lower() in (ORACLE, AUTO):
-        return str(name).lower()
-    return distinct_method_name(name) or canonical_method_name(name)
-
-
-class MaskOracle:
-    """Ground-truth masks at the feature resolution of a model: the maps perfect pseudo-labels would be.
-
-    Each feature cell gets the fraction of its footprint that the mask covers (area average, so values stay
-    in [0, 1] and a cell half on a gland edge is 0.5, like a CAM there). The feature size, and the target
-    layer recorded in a store's manifest, come from the model's own forward pass (a :class:`~.extractors.CAM`
-    extraction), so oracle maps have exactly the shape of the CAMs they stand in for.
-
-    Args:
-        model, target_layer: as for a CAM extractor (default target ``model.encoder``).
-
-    Call: ``oracle(x, masks, class_idx=None)`` with ``x`` ``B x 3 x H x W`` and ``masks`` ``B x 1 x H x W``
-    (or ``B x H x W``) in {0, 1}; returns ``B x 1 x h x w`` float32 in [0, 1].
-    """
-
-    name = ORACLE
-
-    def __init__(self, model: nn.Module, target_layer: nn.Module | str | None = None) -> None:
-        self._cam = CAM(model, target_layer)
-        self.target_layer = self._cam.target_layer
-
-    def __call__(self, x: torch.Tensor, masks: torch.Tensor, class_idx=None) -> torch.Tensor:
-        masks = torch.as_tensor(masks).to(device=x.device, dtype=torch.float32)
-        if masks.ndim == 3:
-            masks = masks.unsqueeze(1)
-        if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[0] != x.shape[0] or masks.shape[2:] != x.shape[2:]:
-            raise ValueError(
-                f"MaskOracle: masks must be B x 1 x H x W matching the images {tuple(x.shape)}, "
-                f"got {tuple(masks.shape)}."
-            )
-        size = self._cam(x, class_idx=class_idx).shape[-2:]
-        return F.adaptive_avg_pool2d(masks.clamp(0.0, 1.0), size)
 
 
 def _ids_of(batch_ids) -> list[str]:
@@ -272,47 +223,17 @@ class CAMStore:
             raise ValueError(f"CAM store {self.root}: {path} has shape {array.shape}, manifest says (1, {h}, {w}).")
         return torch.from_numpy(array.astype(np.float32))
 
-    def build(
-        self,
-        model: nn.Module,
-        data: DataLoader | Iterable[Mapping],
-        method: str,
-        checkpoint_path: str | os.PathLike,
-        batch_size: int = 8,
-        device: str | torch.device | None = None,
-        target_layer: nn.Module | str | None = None,
-        dtype: str = "float16",
-        image_key: str = "image",
-        label_key: str = "label",
-        id_key: str = "id",
-        num_workers: int = 0,
-        mask_key: str = "mask",
-        distinct_kwargs: Mapping | None = None,
-        candidates: Sequence[str] = DEFAULT_CANDIDATES,
-        selection_data: Iterable[Mapping] | None = None,
-    ) -> CAMStore:
-        """Compute the true-class CAM (``class_idx = label``) of every item at feature resolution and store it.
+    def build(self, maps: SeedMaps, loader: Iterable[Mapping], checkpoint_path: str | os.PathLike,
+              dtype: str = "float16") -> CAMStore:
+        """Store the true-class map (``class_idx = label``) of every item of ``loader`` at feature resolution.
 
         Args:
-            model: the source classifier loaded from ``checkpoint_path`` (e.g. ``WSOLClassifier``).
-            data: a DataLoader yielding dicts ``{image: B x 3 x H x W, label: B, id: B str}``, or a dataset of
-                such items (wrapped in a ``monai.data.DataLoader`` without shuffling). Use deterministic eval
-                transforms: the maps are stored for the image as the loader gives it.
-            method: "cam", "gradcam", "gradcampp" or "layercam"; "distinct" or "<cam method>+distinct" (the
-                maps of :mod:`.distinct`, whose feature banks come from a first pass over ``data``); "auto"
-                (per class, the best of ``candidates`` on ``selection_data``); or "oracle" to store the items'
-                ground-truth masks (under ``mask_key``) at feature resolution instead (:class:`MaskOracle`).
+            maps: what to compute (:func:`~.seed_maps.prepare_seed_maps`, from the model loaded from
+                ``checkpoint_path``).
+            loader: batch dicts ``{image: B x 3 x H x W, label: B, id: B str}`` (and ``mask`` for the oracle),
+                from deterministic eval transforms: the maps are stored for the image as the loader gives it.
             checkpoint_path: the file the model weights came from; its sha256 goes into the manifest.
-            batch_size, num_workers: used only when ``data`` is not a DataLoader.
-            device: where to compute; the model is moved there. Default: the model's device.
-            target_layer: passed to the extractor (default ``model.encoder``).
             dtype: "float16" or "float32" on disk; :meth:`load` always returns float32.
-            distinct_kwargs: for a distinctiveness method (or "auto"), arguments of
-                :func:`~monai_pixelcam.cams.distinct.build_distinct` (``distinct_layer``, ``k``, ``bank_size``).
-            candidates, selection_data: for "auto" (:class:`~.auto.ValpxSelectedMaps`), the methods to choose
-                from and a loader of valpx batches ``{image, mask, label}`` (deterministic eval transforms) that
-                chooses one per class; the choice and every candidate's valpx PxAP go into the manifest
-                (``selection``).
 
         Returns:
             ``self``, now expecting this checkpoint and method.
@@ -321,36 +242,9 @@ class CAMStore:
             ValueError: duplicate ids, empty data, or images giving different feature sizes (resize them in
                 the eval transforms).
         """
-        method = store_method_name(method)
         if np.dtype(dtype) not in (np.float16, np.float32):
             raise ValueError(f"dtype must be float16 or float32, got {dtype!r}.")
         sha = sha256_file(checkpoint_path)
-        if device is None:
-            device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        model.to(device)
-        loader = data if isinstance(data, DataLoader) else DataLoader(
-            data, batch_size=batch_size, shuffle=False, num_workers=num_workers
-        )
-        if method == ORACLE:
-            extractor = MaskOracle(model, target_layer)
-        elif method == AUTO:
-            if selection_data is None:
-                raise ValueError("CAMStore.build: method 'auto' chooses the maps on valpx; pass selection_data.")
-            extractor = ValpxSelectedMaps(model, candidates, target_layer, **(distinct_kwargs or {}))
-        elif distinct_method_name(method):
-            extractor = build_distinct(method, model, target_layer, **(distinct_kwargs or {}))
-        else:
-            extractor = build_cam(method, model, target_layer)
-        if hasattr(extractor, "fit"):  # maps that need the training set first (feature banks)
-            extractor.fit(
-                (torch.as_tensor(b[image_key]).to(device=device, dtype=torch.float32), torch.as_tensor(b[label_key]))
-                for b in loader
-            )
-        if method == AUTO:
-            extractor.select(selection_batches(selection_data, device, image_key, mask_key, label_key))
-        needed = (image_key, label_key, id_key) + ((mask_key,) if method == ORACLE else ())
-        layer_name = next(n for n, m in model.named_modules() if m is extractor.target_layer)
-
         self.root.mkdir(parents=True, exist_ok=True)
         maps_dir = f"{_MAPS_PREFIX}{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         staging = self.root / maps_dir
@@ -361,24 +255,18 @@ class CAMStore:
         feature_size = image_size = None
         try:
             for batch in loader:
-                for key in needed:
-                    if key not in batch:
-                        raise KeyError(f"CAMStore.build: batch has no {key!r} key (keys: {sorted(batch)}).")
-                images = torch.as_tensor(batch[image_key]).to(device=device, dtype=torch.float32)
-                labels = torch.as_tensor(batch[label_key]).reshape(-1).to(device)
-                batch_ids = _ids_of(batch[id_key])
-                if method == ORACLE:
-                    maps = extractor(images, batch[mask_key], class_idx=labels)
-                else:
-                    maps = extractor(images, class_idx=labels)
+                if _ID not in batch:
+                    raise KeyError(f"CAMStore.build: batch has no {_ID!r} key (keys: {sorted(batch)}).")
+                batch_ids = _ids_of(batch[_ID])
+                batch_maps, labels = maps(batch)
                 if feature_size is None:
-                    feature_size, image_size = list(maps.shape[-2:]), list(images.shape[-2:])
-                elif list(maps.shape[-2:]) != feature_size:
+                    feature_size, image_size = list(batch_maps.shape[-2:]), list(batch["image"].shape[-2:])
+                elif list(batch_maps.shape[-2:]) != feature_size:
                     raise ValueError(
-                        f"CAMStore.build: feature size {list(maps.shape[-2:])} of ids {batch_ids} differs from "
-                        f"{feature_size}; give all images one size in the eval transforms."
+                        f"CAMStore.build: feature size {list(batch_maps.shape[-2:])} of ids {batch_ids} differs "
+                        f"from {feature_size}; give all images one size in the eval transforms."
                     )
-                maps_np = maps.cpu().numpy().astype(dtype)
+                maps_np = batch_maps.cpu().numpy().astype(dtype)
                 for image_id, cam, label in zip(batch_ids, maps_np, labels.tolist(), strict=True):
                     if image_id in seen:
                         raise ValueError(f"CAMStore.build: duplicate id {image_id!r}.")
@@ -392,8 +280,8 @@ class CAMStore:
                 "format_version": FORMAT_VERSION,
                 "checkpoint_sha256": sha,
                 "checkpoint": str(Path(checkpoint_path).resolve()),
-                "method": method,
-                "target_layer": layer_name,
+                "method": maps.method,
+                "target_layer": maps.target_layer,
                 "feature_size": feature_size,
                 "image_size": image_size,
                 "dtype": np.dtype(dtype).name,
@@ -402,8 +290,8 @@ class CAMStore:
                 "class_idx": class_idx,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            if method == AUTO:
-                manifest["selection"] = extractor.report
+            if maps.report is not None:
+                manifest["selection"] = maps.report
             write_json_atomic(manifest, self.manifest_path, indent=1)  # the commit point
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -411,7 +299,7 @@ class CAMStore:
         for old in self.root.glob(f"{_MAPS_PREFIX}*"):
             if old.name != maps_dir and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
-        self.expected_sha256, self.expected_method = sha, method
+        self.expected_sha256, self.expected_method = sha, maps.method
         self._manifest, self._index = manifest, {image_id: i for i, image_id in enumerate(ids)}
         return self
 

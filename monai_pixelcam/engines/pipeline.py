@@ -15,7 +15,7 @@ import ignite.distributed as idist
 import torch
 from monai.data import MetaTensor
 
-from monai_pixelcam.cams import CAMStore
+from monai_pixelcam.cams import CAMStore, prepare_seed_maps
 from monai_pixelcam.cams.auto import DEFAULT_CANDIDATES
 from monai_pixelcam.visualize import save_map_grid, save_pr_curves
 from monai_pixelcam.networks.weights import load_checkpoint
@@ -44,12 +44,13 @@ def store_cams(
     """Load the source ``checkpoint`` into ``network`` and store the true-class CAM of every image of
     ``loader`` (deterministic eval transforms) under ``store_dir``; the manifest records the checkpoint's
     sha256 and ``method`` so that a later stage cannot read stale maps. ``distinct_kwargs``, ``candidates`` and
-    ``selection_loader`` (valpx, for ``method="auto"``): see :meth:`CAMStore.build`."""
+    ``selection_loader`` (valpx, for ``method="auto"``): see :func:`~monai_pixelcam.cams.prepare_seed_maps`."""
     load_checkpoint(network, checkpoint)
-    store = CAMStore(store_dir).build(
-        network, loader, method, checkpoint, device=device, distinct_kwargs=distinct_kwargs,
-        candidates=candidates, selection_data=selection_loader,
+    maps = prepare_seed_maps(
+        method, network, loader, device=device, distinct_kwargs=distinct_kwargs, candidates=candidates,
+        selection_loader=selection_loader,
     )
+    store = CAMStore(store_dir).build(maps, loader, checkpoint)
     if "selection" in store.manifest:
         logger.info(f"seed maps per class, chosen on valpx: {store.manifest['selection']}")
     logger.info(f"stored {len(store)} {method} maps of {checkpoint} in {store_dir}")
