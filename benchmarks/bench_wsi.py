@@ -36,6 +36,7 @@ Usage: ``python benchmarks/bench_wsi.py [--size 20000x20000] [--workers 1] [--th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -57,6 +58,7 @@ from monai_pixelcam.data.synthetic import render_tile
 from monai_pixelcam.export import export_model
 from monai_pixelcam.inference import (
     PixelCAMPredictor,
+    SlideSettings,
     SlideWindowDataset,
     localize_slide,
     plan_slide,
@@ -205,9 +207,12 @@ def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     predictor = PixelCAMPredictor.from_model_dir(args.model_dir, device="cpu", batch_size=args.batch)
     out_dir = RESULTS / "bench_wsi_outputs"
-    settings = {"overlap": args.overlap, "backend": args.backend, "max_heatmap_pixels": args.max_heatmap_pixels}
+    settings = SlideSettings(
+        overlap=args.overlap, backend=args.backend, max_heatmap_pixels=args.max_heatmap_pixels,
+        num_workers=args.workers, batch_size=args.batch,
+    )
     # the windows localize_slide will predict, and a batch of them (read as it reads them) for the baseline
-    plan = plan_slide(args.slide, predictor, num_workers=0, **settings)
+    plan = plan_slide(args.slide, predictor, dataclasses.replace(settings, num_workers=0))
     windows = len(plan.splitter.windows)
     reads = SlideWindowDataset(args.slide, plan.backend, plan.scale, plan.window, [w[0] for w in plan.splitter.windows],
                                predictor.prepare, plan.splitter.block_span)
@@ -222,26 +227,26 @@ def measure(args: argparse.Namespace) -> dict:
     before = _time_forward(predictor, batch, windows // 2)
     memory = PeakMemory()
     memory.start()
-    res = localize_slide(args.slide, predictor, out_dir, num_workers=args.workers, batch_size=args.batch, **settings)
+    res = localize_slide(args.slide, predictor, out_dir, settings)
     peak_pss = memory.stop()
     rss_main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     rss_workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     after = _time_forward(predictor, batch, windows - windows // 2)
-    scale = res["scale"]
+    scale = res.scale
     return {
-        "windows": res["tiles_predicted"],
-        "positions": res["tiles_total"],
-        "level": res["level"],
-        "read_size": list(res["read_size"]),
+        "windows": res.tiles_predicted,
+        "positions": res.tiles_total,
+        "level": res.level,
+        "read_size": list(res.read_size),
         "slide_mpp": scale.slide_mpp[1] if scale.slide_mpp else None,
         "model_mpp": scale.model_mpp,
-        "heatmap_shape": list(res["heatmap"].shape),
-        "heatmap_level0_px": res["heatmap_pixel"][1],
-        "timings_s": res["timings"],
+        "heatmap_shape": list(res.heatmap.shape),
+        "heatmap_level0_px": res.heatmap_pixel[1],
+        "timings_s": res.timings,
         "forward_baseline_s": before + after,
         "forward_baseline_halves_s": [before, after],
         "peak_memory_gb": {"pss_total": peak_pss, "rss_main": rss_main, "rss_largest_worker": rss_workers},
-        "outputs": sorted(str(p) for p in res["paths"].values()),
+        "outputs": sorted(str(p) for p in res.paths.values()),
     }
 
 

@@ -107,7 +107,7 @@ def test_one_image_one_map_through_evaluate_folder_and_slide(trained, reference,
     out = tmp_path / "out"
     report = localize_folder(
         src, out, predictor, save_nifti=True, max_tile_pixels=size * size - 1,
-        slide_kwargs={"overlap": 0, "num_workers": 0, "progress": False, "max_heatmap_pixels": 10**6},
+        slide={"overlap": 0, "num_workers": 0, "max_heatmap_pixels": 10**6}, progress=False,
     )  # fmt: skip
     assert sorted(report["processed"]) == ["slide.tif", "tile.png"] and not report["failed"], report
     folder_map = nib.load(out / "tile_map.nii.gz").get_fdata().T  # stored W x H

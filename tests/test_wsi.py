@@ -20,6 +20,7 @@ from monai_pixelcam.data.synthetic import render_tile
 from monai_pixelcam.inference import (
     BlendedMerger,
     PixelCAMPredictor,
+    SlideSettings,
     SlideWindowDataset,
     TiledTiffWSIReader,
     choose_scale,
@@ -212,20 +213,33 @@ def test_heatmap_patch_size():
         heatmap_patch_size(160, 120, (100000, 100000), 100)
 
 
+@pytest.mark.parametrize(
+    "bad, message",
+    [({"batch_size": 0}, "batch_size must be positive"), ({"num_workers": -1}, "num_workers must be >= 0"),
+     ({"min_tissue_fraction": 1.0}, r"min_tissue_fraction must lie in \[0, 1\)"),
+     ({"overview_long_side": 0}, "overview_long_side must be positive")],
+)
+def test_slide_settings_name_the_bad_value(bad, message):
+    with pytest.raises(ValueError, match=message):
+        SlideSettings(**bad)
+
+
 def test_missing_mpp_warns_once_and_override(slides, tmp_path, caplog):
     pred = darkness_predictor()
     with caplog.at_level(logging.WARNING, logger="monai_pixelcam"):
-        res = localize_slide(slides["nompp"], pred, tmp_path / "a", max_heatmap_pixels=256 * 192, num_workers=0,
-                             progress=False)
+        res = localize_slide(
+            slides["nompp"], pred, tmp_path / "a", SlideSettings(max_heatmap_pixels=256 * 192, num_workers=0),
+            progress=False,
+        )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
     assert "nompp.svs" in warnings[0] and "assuming level 0 is at the model's 0.998" in warnings[0]
-    assert res["scale"].mpp_source == "assumed" and res["level"] == 0 and res["read_size"] == (64, 64)
+    assert res.scale.mpp_source == "assumed" and res.level == 0 and res.read_size == (64, 64)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="monai_pixelcam"):
-        res = localize_slide(slides["nompp"], pred, tmp_path / "b", mpp=MPP / 2, num_workers=0, progress=False)
+        res = localize_slide(slides["nompp"], pred, tmp_path / "b", SlideSettings(mpp=MPP / 2, num_workers=0), False)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert res["scale"].mpp_source == "override" and res["level"] == 2 and res["read_size"] == (64, 64)
+    assert res.scale.mpp_source == "override" and res.level == 2 and res.read_size == (64, 64)
 
 
 # ---------------------------------------------------------------- merging and tissue
@@ -254,7 +268,7 @@ def test_block_reads_match_window_reads(slides):
         pred = darkness_predictor(mpp=model_mpp)
         if stain:
             pred.prepare = NetworkInput(pred.image_size, stain_normalize=True)
-        plan = plan_slide(slides["svs"], pred, num_workers=0, backend="tifffile")
+        plan = plan_slide(slides["svs"], pred, SlideSettings(num_workers=0, backend="tifffile"))
         frame = [w[0] for w in plan.splitter.windows]
         blocks = SlideWindowDataset(slides["svs"], "tifffile", plan.scale, 64, frame, pred.prepare, plan.splitter.block_span)
         reader, wsi = open_slide(slides["svs"], "tifffile")
@@ -294,29 +308,30 @@ def test_tissue_mask():
 def test_localize_slide_places_maps_at_the_model_mpp(slides, tmp_path, backend, workers):
     # model at 2 x the slide's mpp: windows read at level 1 (64 px, no resize); DarknessNet's 8 x 8 map of a
     # window is merged at twice its resolution, 16 x 16: 8 level-0 pixels per heat-map pixel
-    res = localize_slide(slides["svs"], darkness_predictor(), tmp_path, backend=backend, num_workers=workers,
-                         progress=False)
-    assert res["level"] == 1 and res["read_size"] == (64, 64) and res["scale"].mpp_source == "slide"
-    assert res["heatmap"].shape == (128, 96) and res["heatmap_pixel"] == pytest.approx((8.0, 8.0))
+    res = localize_slide(
+        slides["svs"], darkness_predictor(), tmp_path, SlideSettings(backend=backend, num_workers=workers), False
+    )
+    assert res.level == 1 and res.read_size == (64, 64) and res.scale.mpp_source == "slide"
+    assert res.heatmap.shape == (128, 96) and res.heatmap_pixel == pytest.approx((8.0, 8.0))
     cell = CELL // 8
     for r in range(4):
         for c in range(3):
             block = (slice(r * cell + 2, (r + 1) * cell - 2), slice(c * cell + 2, (c + 1) * cell - 2))
             if (r, c) in TISSUE_CELLS:
-                assert res["tissue"][block].mean() > 0.9 and res["covered"][block].all(), (r, c)
+                assert res.tissue[block].mean() > 0.9 and res.covered[block].all(), (r, c)
             else:
                 # windows reaching in from tissue neighbours may cover glass; the map calls it background
-                assert not res["tissue"][block].any() and not res["mask"][block].any(), (r, c)
+                assert not res.tissue[block].any() and not res.mask[block].any(), (r, c)
     # DarknessNet's map of level 1 (stride 8, offset 0.53) against the heat map pooled to that grid
     level1 = _pool(slides["level0"], 2)
     expected = 1.0 / (1.0 + np.exp(-10.0 * (_pool(1.0 - level1.mean(axis=-1) / 255.0, 8) - 0.53)))
-    heat, cov = _pool(res["heatmap"], 2), _pool(res["covered"], 2) == 1
+    heat, cov = _pool(res.heatmap, 2), _pool(res.covered, 2) == 1
     assert np.corrcoef(heat[cov], expected[cov])[0, 1] > 0.95
-    rows = list(csv.DictReader(open(res["paths"]["tiles"], newline="")))
-    assert len(rows) == res["tiles_predicted"] < res["tiles_total"]
+    rows = list(csv.DictReader(open(res.paths["tiles"], newline="")))
+    assert len(rows) == res.tiles_predicted < res.tiles_total
     assert all(int(r["level"]) == 1 and int(r["height"]) == 64 for r in rows)
     assert all(float(r["prob_benign"]) + float(r["prob_malignant"]) == pytest.approx(1.0, abs=1e-5) for r in rows)
-    t = res["timings"]
+    t = res.timings
     assert set(t) == {"tissue", "read_wait", "read_decode_workers", "forward", "merge", "write", "total"}
     assert t["read_decode_workers"] > 0 and t["forward"] > 0
 
@@ -325,15 +340,15 @@ def test_geojson_overlay_and_reduced_heatmap(slides, tmp_path):
     from skimage.draw import polygon as fill_polygon
 
     pred = darkness_predictor(mpp=MPP)  # level 0, 64 px windows; the heat-map bound, not the map, sets the grid
-    res = localize_slide(slides["svs"], pred, tmp_path, max_heatmap_pixels=128 * 96, num_workers=0, progress=False)
-    assert res["heatmap"].shape == (128, 96) and res["heatmap_pixel"] == pytest.approx((8.0, 8.0))
-    fc = json.loads(Path(res["paths"]["geojson"]).read_text())
+    res = localize_slide(slides["svs"], pred, tmp_path, SlideSettings(max_heatmap_pixels=128 * 96, num_workers=0), False)
+    assert res.heatmap.shape == (128, 96) and res.heatmap_pixel == pytest.approx((8.0, 8.0))
+    fc = json.loads(Path(res.paths["geojson"]).read_text())
     assert fc["type"] == "FeatureCollection" and fc["features"]
     drawn = np.zeros((1024, 768), bool)
     for feature in fc["features"]:
         props = feature["properties"]
-        assert props["classification"]["name"] == res["class_name"]
-        assert props["prob_malignant"] == pytest.approx(res["probs"][1], abs=1e-6)
+        assert props["classification"]["name"] == res.class_name
+        assert props["prob_malignant"] == pytest.approx(res.probs[1], abs=1e-6)
         ring = np.asarray(feature["geometry"]["coordinates"][0])
         assert (ring >= 0).all() and (ring[:, 0] <= 768).all() and (ring[:, 1] <= 1024).all()  # inside level 0
         rr, cc = fill_polygon(ring[:, 1], ring[:, 0], drawn.shape)
@@ -345,18 +360,18 @@ def test_geojson_overlay_and_reduced_heatmap(slides, tmp_path):
     assert iou > 0.8, iou  # level-0 polygons from a map at 1/8 of level 0 land on the dark cells
     # the overlay is drawn on the slide's overview, at the slide's own size here (smaller than 2048 px), the map
     # upsampled onto it; the heat map stays at its own grid as data
-    overlay = np.asarray(Image.open(res["paths"]["overlay"]))
-    assert overlay.shape == (1024, 768, 3) and res["overview_pixel"] == pytest.approx((1.0, 1.0))
+    overlay = np.asarray(Image.open(res.paths["overlay"]))
+    assert overlay.shape == (1024, 768, 3) and res.overview_pixel == pytest.approx((1.0, 1.0))
     level0 = slides["level0"].astype(int)
-    glass = ~np.repeat(np.repeat(res["covered"], 8, axis=0), 8, axis=1)
-    heat = np.repeat(np.repeat(res["mask"] == 1, 8, axis=0), 8, axis=1)
+    glass = ~np.repeat(np.repeat(res.covered, 8, axis=0), 8, axis=1)
+    heat = np.repeat(np.repeat(res.mask == 1, 8, axis=0), 8, axis=1)
     assert np.abs(overlay[glass].astype(int) - level0[glass]).mean() < 4  # uncovered: the slide itself
     assert np.abs(overlay[heat].astype(int) - level0[heat]).mean() > 30  # heat blended
     small = localize_slide(
-        slides["svs"], pred, tmp_path / "small", max_heatmap_pixels=128 * 96, num_workers=0, progress=False,
-        overview_long_side=512,
+        slides["svs"], pred, tmp_path / "small",
+        SlideSettings(max_heatmap_pixels=128 * 96, num_workers=0, overview_long_side=512), progress=False,
     )  # fmt: skip
-    assert np.asarray(Image.open(small["paths"]["overlay"])).shape == (512, 384, 3)
+    assert np.asarray(Image.open(small.paths["overlay"])).shape == (512, 384, 3)
 
 
 def test_overlap_blending_leaves_no_seams(tmp_path):
@@ -372,10 +387,10 @@ def test_overlap_blending_leaves_no_seams(tmp_path):
     pred = PixelCAMPredictor(build_pixelcam(encoder="resnet18_slim", num_classes=2), CLASSES, image_size=window, mpp=0.5)
 
     def border_and_inside(**kwargs) -> tuple[float, float]:
-        res = localize_slide(path, pred, tmp_path / "out", num_workers=0, progress=False, **kwargs)
-        heat = res["heatmap"].astype(np.float64)
-        assert res["covered"].all()
-        f = res["heatmap_pixel"][1]  # network pixels per heat-map pixel (the model is at the slide's mpp)
+        res = localize_slide(path, pred, tmp_path / "out", SlideSettings(num_workers=0, **kwargs), progress=False)
+        heat = res.heatmap.astype(np.float64)
+        assert res.covered.all()
+        f = res.heatmap_pixel[1]  # network pixels per heat-map pixel (the model is at the slide's mpp)
         size, stride = round(window / f), round(window * (1 - kwargs.get("overlap", 0.5)) / f)
         per_col = np.abs(np.diff(heat, axis=1))[size:-size].mean(axis=0)  # between columns j and j+1
         edges = {s for k in range(0, heat.shape[1], stride) for s in (k, k + size)}
@@ -399,7 +414,7 @@ def test_folder_with_slides_corrupt_and_unsupported_files(slides, tmp_path):
     (src / "corrupt.svs").write_bytes(b"II*\x00" + os.urandom(500))
     (src / "slide.mrxs").write_bytes(b"not a mirax slide")
     Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(src / "small.png")
-    report = localize_folder(src, out, darkness_predictor(), slide_kwargs={"num_workers": 0, "progress": False})
+    report = localize_folder(src, out, darkness_predictor(), slide={"num_workers": 0}, progress=False)
     assert report["processed"] == ["good.svs", "small.png"]
     assert sorted(report["failed"]) == ["corrupt.svs", "slide.mrxs"]
     for name, message in report["failed"].items():
@@ -421,7 +436,7 @@ def _sharded_run(src: str, out: str, log_dir: str) -> list[str]:
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
     try:
-        return localize_folder(src, out, darkness_predictor(), slide_kwargs={"num_workers": 0, "progress": False})[
+        return localize_folder(src, out, darkness_predictor(), slide={"num_workers": 0}, progress=False)[
             "processed"
         ]
     finally:

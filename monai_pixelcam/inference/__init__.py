@@ -22,6 +22,8 @@ from .outputs import write_localization, write_tiles_csv
 from .slide import (
     DEFAULT_MAX_HEATMAP_PIXELS,
     SlidePlan,
+    SlideResult,
+    SlideSettings,
     heatmap_patch_size,
     infer_slide,
     localize_slide,
@@ -71,6 +73,8 @@ __all__ = [
     "DEFAULT_MAX_HEATMAP_PIXELS",
     "SlidePlan",
     "heatmap_patch_size",
+    "SlideSettings",
+    "SlideResult",
     "infer_slide",
     "localize_slide",
     "plan_slide",

@@ -39,7 +39,7 @@ from ..data.datalist import DatalistError
 from ..data.io import read_rgb
 from .outputs import write_localization
 from .predictor import PixelCAMPredictor
-from .slide import infer_slide, write_slide
+from .slide import SlideSettings, infer_slide, write_slide
 from .wsi import DEFAULT_MAX_TILE_PIXELS, SLIDE_SUFFIXES, is_whole_slide
 
 __all__ = [
@@ -250,19 +250,25 @@ class LocalizationInferer(Inferer):
 
     - a tile: ``PixelCAMPredictor.predict`` (``"map"`` at the image's size, ``"probs"``, ``"class_name"``,
       ``"foreground_fraction"``, ``"background"``: the image the overlay is drawn on);
-    - a slide: :func:`~monai_pixelcam.inference.slide.infer_slide` with the ``slide`` settings;
+    - a slide: :func:`~monai_pixelcam.inference.slide.infer_slide` with the ``slide`` settings (``"slide"``: the
+      :class:`~monai_pixelcam.inference.slide.SlideResult`, whose ``probs``, ``class_name`` and
+      ``foreground_fraction`` are also copied to the prediction);
     - ``status`` ``"processed"``, or ``"failed"`` with a ``"message"`` naming the file (reading failed earlier, or
       the slide's windows could not be read), or ``"skipped"`` for ``other`` files.
 
     Args:
         predictor: the model, classes, threshold and mpp (its network is the evaluator's).
-        slide: keyword arguments of :func:`~monai_pixelcam.inference.slide.infer_slide` (``mpp``, ``overlap``,
-            ``max_heatmap_pixels``, ``batch_size``, ``num_workers``, ``backend``, ...).
+        slide: how slides are read and predicted (:class:`~monai_pixelcam.inference.slide.SlideSettings`, or
+            a mapping of its fields; None: the defaults).
+        progress: show a progress bar over each slide's windows.
     """
 
-    def __init__(self, predictor: PixelCAMPredictor, slide: Mapping | None = None) -> None:
+    def __init__(
+        self, predictor: PixelCAMPredictor, slide: SlideSettings | Mapping | None = None, progress: bool = True
+    ) -> None:
         self.predictor = predictor
-        self.slide = dict(slide or {})
+        self.slide = slide if isinstance(slide, SlideSettings) else SlideSettings(**(slide or {}))
+        self.progress = bool(progress)
 
     def __call__(self, inputs: dict, network=None, *args, **kwargs) -> dict:
         item = {k: inputs[k] for k in ("name", "kind", "stem")}
@@ -272,7 +278,11 @@ class LocalizationInferer(Inferer):
             return {**item, "status": "failed", "message": inputs["error"]}
         try:
             if inputs["kind"] == "slide":
-                result = infer_slide(inputs["image"], self.predictor, **self.slide)
+                slide = infer_slide(inputs["image"], self.predictor, self.slide, self.progress)
+                result = {
+                    "slide": slide, "probs": slide.probs, "class_name": slide.class_name,
+                    "foreground_fraction": slide.foreground_fraction,
+                }
             else:
                 result = self.predictor.predict(inputs["image"])
                 result = {
@@ -322,7 +332,7 @@ class SaveLocalizationd(MapTransform):
             try:
                 if pred["kind"] == "slide":
                     pred["paths"] = write_slide(
-                        pred, out, stem, self.predictor.threshold, self.predictor.classes, save_nifti=self.save_nifti
+                        pred["slide"], out, stem, self.predictor.threshold, self.predictor.classes, save_nifti=self.save_nifti
                     )
                 else:
                     pred["paths"] = write_localization(
@@ -481,7 +491,8 @@ def folder_evaluator(
     output_dir: str | os.PathLike,
     predictor: PixelCAMPredictor,
     save_nifti: bool = False,
-    slide: Mapping | None = None,
+    slide: SlideSettings | Mapping | None = None,
+    progress: bool = True,
 ) -> SupervisedEvaluator:
     """The localization run over ``items`` (:func:`list_inputs`) as ``inference.json`` declares it: a MONAI
     ``SupervisedEvaluator`` with :class:`LoadLocalizationInputd`, :class:`LocalizationInferer`,
@@ -491,7 +502,7 @@ def folder_evaluator(
         device=predictor.device,
         val_data_loader=DataLoader(dataset, batch_size=1, sampler=rank_sampler(dataset), collate_fn=one_item),
         network=predictor.network,
-        inferer=LocalizationInferer(predictor, slide),
+        inferer=LocalizationInferer(predictor, slide, progress),
         prepare_batch=PrepareLocalizationInput(),
         postprocessing=SaveLocalizationd("pred", output_dir, predictor, save_nifti=save_nifti),
         val_handlers=[LocalizationReport(output_dir, predictor)],
@@ -506,7 +517,8 @@ def localize_folder(
     save_nifti: bool = False,
     recursive: bool = False,
     max_tile_pixels: int | None = None,
-    slide_kwargs: Mapping | None = None,
+    slide: SlideSettings | Mapping | None = None,
+    progress: bool = True,
 ) -> dict:
     """Localization maps and class probabilities for every image and slide in ``input_dir``: the bundle's
     inference run from Python (:func:`folder_evaluator` over :func:`list_inputs`).
@@ -514,7 +526,8 @@ def localize_folder(
     Every tile gets ``<stem>_heatmap.png``, ``<stem>_mask.png`` (0/255, the image's ``H x W``, ``map >=
     predictor.threshold``), ``<stem>_overlay.png``, ``<stem>_regions.geojson`` and, with ``save_nifti``,
     ``<stem>_map.nii.gz``; a slide the same at the heat map's size plus ``<stem>_tissue.png`` and
-    ``<stem>_tiles.csv`` (``slide_kwargs`` go to :func:`~monai_pixelcam.inference.slide.infer_slide`). Outputs
+    ``<stem>_tiles.csv`` (``slide``: :class:`~monai_pixelcam.inference.slide.SlideSettings`; ``progress``: a bar
+    over each slide's windows). Outputs
     of ``sub/a.png`` (``recursive``) go to ``output_dir/sub/``. ``predictions.csv`` and ``errors.csv``: see
     :class:`LocalizationReport`.
 
@@ -539,7 +552,7 @@ def localize_folder(
     try:
         if idist.get_world_size() > 1 and predictor.device.type == "cuda":
             predictor.to(f"cuda:{idist.get_local_rank()}")
-        evaluator = folder_evaluator(items, output_dir, predictor, save_nifti, slide_kwargs)
+        evaluator = folder_evaluator(items, output_dir, predictor, save_nifti, slide, progress)
         evaluator.run()
         return evaluator.state.localization
     finally:

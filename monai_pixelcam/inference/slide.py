@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,9 @@ from .wsi import SlideScale, block_mean, choose_scale, close_slide, open_slide, 
 
 __all__ = [
     "DEFAULT_MAX_HEATMAP_PIXELS",
+    "SlideSettings",
     "SlidePlan",
+    "SlideResult",
     "plan_slide",
     "infer_slide",
     "write_slide",
@@ -122,6 +124,51 @@ class _WindowForward:
         return maps
 
 
+@dataclass(frozen=True)
+class SlideSettings:
+    """How a slide is read and predicted (the bundle's ``slide`` item; every field has the default shown).
+
+    Attributes:
+        mpp: level-0 microns per pixel to use instead of the slide's metadata (None: the slide's).
+        overlap: between neighbouring windows, a fraction of the window in [0, 1) or whole pixels (int). At 0.5
+            every point lies a quarter window or more inside a window that sees it, and the Gaussian weights let
+            that window dominate: a CNN's border effects (zero padding, reaching a few map pixels in) vanish.
+            0.25 needs 2.2 times fewer windows but leaves faint bands where those effects reach deep.
+        max_heatmap_pixels: bound on the heat map's pixel count (and on the merger's memory).
+        tissue_threshold: saturation threshold of the tissue mask; None: clamped Otsu.
+        min_tissue_fraction: in [0, 1); a window is predicted when its tissue fraction exceeds it.
+        batch_size: windows per forward pass (>= 1).
+        num_workers: ``DataLoader`` processes reading windows (0: read in this process, between passes).
+        backend: ``"auto"`` (OpenSlide, else tifffile), ``"openslide"``, ``"tifffile"`` or ``"cucim"``.
+        blend: how overlapping windows are weighted: ``"gaussian"`` or ``"constant"``.
+        overview_long_side: long side of the overview the overlay is drawn on (the slide's own when smaller).
+
+    Raises:
+        ValueError: a value out of its range, named.
+    """
+
+    mpp: float | None = None
+    overlap: float | int = 0.5
+    max_heatmap_pixels: int = DEFAULT_MAX_HEATMAP_PIXELS
+    tissue_threshold: float | None = None
+    min_tissue_fraction: float = 0.0
+    batch_size: int = 8
+    num_workers: int = 2
+    backend: str = "auto"
+    blend: str = "gaussian"
+    overview_long_side: int = DEFAULT_OVERVIEW_LONG_SIDE
+
+    def __post_init__(self) -> None:
+        if int(self.batch_size) < 1:
+            raise ValueError(f"slide batch_size must be positive, got {self.batch_size}")
+        if int(self.num_workers) < 0:
+            raise ValueError(f"slide num_workers must be >= 0, got {self.num_workers}")
+        if not 0.0 <= float(self.min_tissue_fraction) < 1.0:
+            raise ValueError(f"slide min_tissue_fraction must lie in [0, 1), got {self.min_tissue_fraction}")
+        if int(self.overview_long_side) < 1:
+            raise ValueError(f"slide overview_long_side must be positive, got {self.overview_long_side}")
+
+
 @dataclass
 class SlidePlan:
     """What :func:`plan_slide` decided for a slide, before any window is read.
@@ -158,38 +205,28 @@ class SlidePlan:
 
 
 def plan_slide(
-    path: str | os.PathLike,
-    predictor: PixelCAMPredictor,
-    mpp: float | None = None,
-    overlap: float | int = 0.5,
-    max_heatmap_pixels: int = DEFAULT_MAX_HEATMAP_PIXELS,
-    tissue_threshold: float | None = None,
-    min_tissue_fraction: float = 0.0,
-    num_workers: int = 2,
-    backend: str = "auto",
-    overview_long_side: int = DEFAULT_OVERVIEW_LONG_SIDE,
+    path: str | os.PathLike, predictor: PixelCAMPredictor, settings: SlideSettings | None = None
 ) -> SlidePlan:
-    """Steps 1 and 2 of :func:`localize_slide` (same arguments): scale, heat-map grid, thumbnail, tissue mask and
+    """Steps 1 and 2 of :func:`infer_slide` (same arguments): scale, heat-map grid, thumbnail, tissue mask and
     the windows to predict (in the order they will be read)."""
+    settings = settings or SlideSettings()
     start = time.perf_counter()
     path = Path(path)
     window = int(predictor.image_size)
-    stride = window_step(window, overlap)
-    if int(num_workers) < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    if not 0.0 <= float(min_tissue_fraction) < 1.0:
-        raise ValueError(f"min_tissue_fraction must lie in [0, 1), got {min_tissue_fraction}")
-    reader, wsi = open_slide(path, backend)
+    stride = window_step(window, settings.overlap)
+    reader, wsi = open_slide(path, settings.backend)
     try:
         shape0 = reader.get_size(wsi, 0)
         downsamples = [reader.get_downsample_ratio(wsi, lv) for lv in range(reader.get_level_count(wsi))]
-        scale = choose_scale(downsamples, slide_mpp(reader, wsi), predictor.mpp, window, name=str(path), override_mpp=mpp)
+        scale = choose_scale(
+            downsamples, slide_mpp(reader, wsi), predictor.mpp, window, name=str(path), override_mpp=settings.mpp
+        )
         frame = tuple(math.ceil(s / f) for s, f in zip(shape0, scale.frame_scale))
-        out = heatmap_patch_size(window, stride, frame, max_heatmap_pixels, predictor.map_size)
+        out = heatmap_patch_size(window, stride, frame, settings.max_heatmap_pixels, predictor.map_size)
         heat_shape = tuple(round(s * (out / window)) for s in frame)  # as PatchInferer sizes its merger
         pixel0 = tuple(f * window / out for f in scale.frame_scale)
         thumbnail = _thumbnail(reader, wsi, heat_shape, pixel0)
-        side = min(int(overview_long_side), max(shape0))
+        side = min(int(settings.overview_long_side), max(shape0))
         overview_shape = tuple(max(1, round(s * side / max(shape0))) for s in shape0)
         overview_pixel0 = tuple(s / o for s, o in zip(shape0, overview_shape))
         overview = _thumbnail(reader, wsi, overview_shape, overview_pixel0)
@@ -197,11 +234,11 @@ def plan_slide(
     finally:
         close_slide(wsi)
     k = max(1, math.ceil(math.sqrt(heat_shape[0] * heat_shape[1] / _TISSUE_PIXELS)))
-    coarse, used_threshold = tissue_mask(block_mean(thumbnail, k), tissue_threshold)
+    coarse, used_threshold = tissue_mask(block_mean(thumbnail, k), settings.tissue_threshold)
     tissue = np.repeat(np.repeat(coarse, k, axis=0), k, axis=1)[: heat_shape[0], : heat_shape[1]]
     splitter = TissueWindowSplitter(
-        path, backend_used, shape0, scale, window, overlap, tissue, (window / out, window / out),
-        min_tissue_fraction, predictor.prepare, num_workers=num_workers,
+        path, backend_used, shape0, scale, window, settings.overlap, tissue, (window / out, window / out),
+        settings.min_tissue_fraction, predictor.prepare, num_workers=settings.num_workers,
     )
     read_size = scale.read_size(window)
     logger.info(
@@ -218,74 +255,97 @@ def plan_slide(
     )
 
 
+@dataclass
+class SlideResult:
+    """A slide's localization (:func:`infer_slide`), on the heat map's grid of ``H x W`` pixels.
+
+    Attributes:
+        heatmap: float32 ``H x W`` in [0, 1]; 0 where no window was predicted.
+        covered: bool ``H x W``, under a predicted window.
+        tissue: uint8 ``H x W`` in {0, 1}, the tissue mask that chose the windows.
+        mask: uint8 ``H x W`` in {0, 1}: ``heatmap >= threshold`` under a predicted window.
+        thumbnail: uint8 ``H x W x 3``, the slide on the heat map's grid.
+        overview: uint8 ``h x w x 3``, the whole slide with its long side ``overview_long_side`` (the overlay's
+            background); ``overview_pixel``: ``(y, x)`` level-0 pixels per overview pixel.
+        shape0: ``(height, width)`` of level 0.
+        heatmap_pixel: ``(y, x)`` level-0 pixels per heat-map pixel.
+        scale: the level and resize (:class:`~monai_pixelcam.inference.wsi.SlideScale`); ``read_size``: a
+            window's ``(h, w)`` at that level.
+        tiles: rows of ``<stem>_tiles.csv`` (level-0 ``row``, ``col``, ``level`` and size read there, tissue
+            fraction, class, probabilities, foreground fraction), one per predicted window.
+        tiles_total: window positions over the slide; ``tiles_predicted``: those on tissue, predicted.
+        tissue_threshold: the saturation threshold the tissue mask used.
+        probs: mean class probabilities over the windows (float64, sums to 1); None without tissue.
+        label, class_name: the argmax of ``probs`` (None without tissue).
+        foreground_fraction: share of the covered pixels in the mask, in [0, 1].
+        timings: seconds: ``tissue``, ``read_wait``, ``read_decode_workers``, ``forward``, ``merge``, ``total``
+            (and ``write`` after :func:`localize_slide`).
+        paths: the files written (:func:`write_slide`); empty until then.
+    """
+
+    heatmap: np.ndarray
+    covered: np.ndarray
+    tissue: np.ndarray
+    mask: np.ndarray
+    thumbnail: np.ndarray
+    overview: np.ndarray
+    overview_pixel: tuple[float, float]
+    shape0: tuple[int, int]
+    heatmap_pixel: tuple[float, float]
+    scale: SlideScale
+    read_size: tuple[int, int]
+    tiles: list[list]
+    tiles_total: int
+    tiles_predicted: int
+    tissue_threshold: float
+    probs: np.ndarray | None
+    label: int | None
+    class_name: str | None
+    foreground_fraction: float
+    timings: dict[str, float]
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def level(self) -> int:
+        """The slide level the windows were read at."""
+        return self.scale.level
+
+    @property
+    def tiles_skipped(self) -> int:
+        """Window positions left out (not enough tissue)."""
+        return self.tiles_total - self.tiles_predicted
+
+
 def infer_slide(
-    path: str | os.PathLike,
-    predictor: PixelCAMPredictor,
-    mpp: float | None = None,
-    overlap: float | int = 0.5,
-    max_heatmap_pixels: int = DEFAULT_MAX_HEATMAP_PIXELS,
-    tissue_threshold: float | None = None,
-    min_tissue_fraction: float = 0.0,
-    batch_size: int = 8,
-    num_workers: int = 2,
-    backend: str = "auto",
-    blend: str = "gaussian",
-    progress: bool = True,
-    overview_long_side: int = DEFAULT_OVERVIEW_LONG_SIDE,
-) -> dict:
+    path: str | os.PathLike, predictor: PixelCAMPredictor, settings: SlideSettings | None = None, progress: bool = True
+) -> SlideResult:
     """Localization heat map of a whole-slide image by overlapping windows over its tissue, at the model's mpp
     (:func:`localize_slide` also writes the outputs).
 
-    1. Scale (:func:`~monai_pixelcam.inference.wsi.choose_scale`): the slide's level-0 mpp (``mpp`` overrides
-       it) and the model's (``predictor.mpp``) give the level windows are read at and their size there; each
-       window is resized to ``S = predictor.image_size``. A slide or model without mpp logs one warning.
+    1. Scale (:func:`~monai_pixelcam.inference.wsi.choose_scale`): the slide's level-0 mpp (``settings.mpp``
+       overrides it) and the model's (``predictor.mpp``) give the level windows are read at and their size
+       there; each window is resized to ``S = predictor.image_size``. A slide or model without mpp logs one
+       warning.
     2. Heat-map grid: a window's map becomes ``out x out`` pixels (:func:`heatmap_patch_size`: at most twice
-       the network's map, and so that the heat map has at most ``max_heatmap_pixels`` pixels). The slide's thumbnail is read on that grid and its
-       tissue mask computed (:func:`~monai_pixelcam.inference.windows.tissue_mask`).
+       the network's map, and so that the heat map has at most ``settings.max_heatmap_pixels`` pixels). The
+       slide's thumbnail is read on that grid and its tissue mask computed
+       (:func:`~monai_pixelcam.inference.windows.tissue_mask`).
     3. ``PatchInferer`` with a :class:`~monai_pixelcam.inference.windows.TissueWindowSplitter` (windows
-       ``overlap`` apart whose tissue fraction exceeds ``min_tissue_fraction``, read by ``num_workers``
-       processes) and a :class:`~monai_pixelcam.inference.windows.BlendedMerger` (``blend``: ``"gaussian"`` or
-       ``"constant"``); a tqdm bar counts the windows.
+       ``settings.overlap`` apart whose tissue fraction exceeds ``settings.min_tissue_fraction``, read by
+       ``settings.num_workers`` processes) and a :class:`~monai_pixelcam.inference.windows.BlendedMerger`
+       (``settings.blend``); a tqdm bar (``progress``) counts the windows.
 
     Args:
         path: slide file (any format the backend reads).
         predictor: a loaded :class:`PixelCAMPredictor`; its ``threshold`` makes the mask, its ``mpp`` the scale.
-        mpp: level-0 microns per pixel to use instead of the slide's metadata.
-        overlap: between neighbouring windows, a fraction of the window in [0, 1) or whole pixels (int). At 0.5
-            every point lies a quarter window or more inside a window that sees it, and the Gaussian weights let
-            that window dominate: a CNN's border effects (zero padding, reaching a few map pixels in) vanish.
-            0.25 needs 2.2 times fewer windows but leaves faint bands where those effects reach deep.
-        max_heatmap_pixels: bound on the heat map's pixel count (and on the merger's memory).
-        tissue_threshold: saturation threshold of the tissue mask; None: clamped Otsu.
-        min_tissue_fraction: in [0, 1); a window is predicted when its tissue fraction exceeds it.
-        batch_size: windows per forward pass.
-        num_workers: ``DataLoader`` processes reading windows (0: read in this process, between passes).
-        backend: ``"auto"`` (OpenSlide, else tifffile), ``"openslide"``, ``"tifffile"`` or ``"cucim"``.
-        blend: how overlapping windows are weighted.
+        settings: how the slide is read and predicted (:class:`SlideSettings`; None: the defaults).
         progress: show the tqdm bar.
-
-    Returns:
-        dict with ``"heatmap"`` (float32 ``H x W`` in [0, 1]; 0 where no window was predicted), ``"covered"``
-        (bool, under a predicted window), ``"tissue"`` (uint8 {0, 1}), ``"mask"`` (uint8 {0, 1}: ``heatmap >=
-        threshold`` under a predicted window), ``"thumbnail"`` (uint8 ``H x W x 3``, the slide on the heat map's
-        grid), ``"tiles"`` (rows of ``<stem>_tiles.csv``: level-0 ``row``, ``col``, ``level`` and size read
-        there, tissue fraction, class, probabilities, foreground fraction), ``"scale"`` (:class:`SlideScale`), ``"level"``,
-        ``"read_size"`` (window ``(h, w)`` at that level), ``"heatmap_pixel"`` (``(y, x)`` level-0 pixels per
-        heat-map pixel), ``"tiles_total"``, ``"tiles_predicted"``, ``"tiles_skipped"``, ``"tissue_threshold"``,
-        ``"probs"`` (mean class probabilities over the windows, None without tissue), ``"label"``,
-        ``"class_name"``, ``"foreground_fraction"`` (share of the covered pixels in the mask) and ``"timings"``
-        (seconds: ``tissue``, ``read_wait``, ``read_decode_workers``, ``forward``, ``merge``, ``total``).
     """
+    settings = settings or SlideSettings()
     start = time.perf_counter()
     path = Path(path)
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    plan = plan_slide(
-        path, predictor, mpp=mpp, overlap=overlap, max_heatmap_pixels=max_heatmap_pixels,
-        tissue_threshold=tissue_threshold, min_tissue_fraction=min_tissue_fraction, num_workers=num_workers,
-        backend=backend, overview_long_side=overview_long_side,
-    )
-    splitter, scale, pixel0 = plan.splitter, plan.scale, plan.pixel0
+    plan = plan_slide(path, predictor, settings)
+    splitter, scale = plan.splitter, plan.scale
     n_windows = len(splitter.windows)
     read_size = scale.read_size(plan.window)
 
@@ -293,7 +353,9 @@ def infer_slide(
     with tqdm(total=n_windows, desc=path.name, unit="tile", disable=not progress, mininterval=1.0) as bar:
         forward = _WindowForward(predictor, plan.out, bar)
         if n_windows:
-            inferer = PatchInferer(splitter=splitter, merger_cls=BlendedMerger, batch_size=int(batch_size), mode=blend)
+            inferer = PatchInferer(
+                splitter=splitter, merger_cls=BlendedMerger, batch_size=int(settings.batch_size), mode=settings.blend
+            )
             merged = inferer(str(path), forward)[0, 0].numpy()
         else:
             merged = np.full(plan.heat_shape, np.nan, dtype=np.float32)
@@ -326,34 +388,18 @@ def infer_slide(
         "%s: %d windows in %.1f s (%s)", path.name, n_windows, timings["total"],
         ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k != "total"),
     )
-    return {
-        "heatmap": heat,
-        "covered": covered,
-        "tissue": plan.tissue.astype(np.uint8),
-        "mask": mask,
-        "thumbnail": plan.thumbnail,
-        "overview": plan.overview,
-        "overview_pixel": plan.overview_pixel0,
-        "shape0": plan.shape0,
-        "tiles": rows,
-        "scale": scale,
-        "level": scale.level,
-        "read_size": read_size,
-        "heatmap_pixel": pixel0,
-        "tiles_total": splitter.positions,
-        "tiles_predicted": n_windows,
-        "tiles_skipped": splitter.positions - n_windows,
-        "tissue_threshold": plan.tissue_threshold,
-        "probs": mean_probs,
-        "label": label,
-        "class_name": predictor.classes[label] if label is not None else None,
-        "foreground_fraction": float(mask[covered].mean()) if covered.any() else 0.0,
-        "timings": timings,
-    }
+    return SlideResult(
+        heatmap=heat, covered=covered, tissue=plan.tissue.astype(np.uint8), mask=mask, thumbnail=plan.thumbnail,
+        overview=plan.overview, overview_pixel=plan.overview_pixel0, shape0=plan.shape0, heatmap_pixel=plan.pixel0,
+        scale=scale, read_size=read_size, tiles=rows, tiles_total=splitter.positions, tiles_predicted=n_windows,
+        tissue_threshold=plan.tissue_threshold, probs=mean_probs, label=label,
+        class_name=predictor.classes[label] if label is not None else None,
+        foreground_fraction=float(mask[covered].mean()) if covered.any() else 0.0, timings=timings,
+    )
 
 
 def write_slide(
-    result: dict,
+    result: SlideResult,
     output_dir: str | os.PathLike,
     stem: str,
     threshold: float,
@@ -364,26 +410,27 @@ def write_slide(
     """The outputs of an :func:`infer_slide` result (:func:`~monai_pixelcam.inference.outputs.write_localization`):
     at the heat map's size ``<stem>_heatmap.png``, ``<stem>_mask.png`` and ``<stem>_tissue.png`` (the data, at
     ``heatmap_pixel`` level-0 pixels per pixel); ``<stem>_overlay.png``, the map upsampled smoothly onto the
-    slide's overview (long side ``overview_long_side``, 2048 px by default, or the slide's own when smaller);
-    ``<stem>_regions.geojson`` (level-0 pixels, every polygon inside the slide); ``<stem>_tiles.csv`` and, with
-    ``save_nifti``, ``<stem>_map.nii.gz``.
+    slide's overview; ``<stem>_regions.geojson`` (level-0 pixels, every polygon inside the slide);
+    ``<stem>_tiles.csv`` and, with ``save_nifti``, ``<stem>_map.nii.gz``. Returns the paths (also set as
+    ``result.paths``).
 
     Args:
         min_polygon_area: GeoJSON polygons smaller than this (level-0 pixels squared) are left out; None: the
             area of 4 x 4 heat-map pixels (speckle a viewer would only be slowed by).
     """
     output_dir = Path(output_dir)
-    pixel0 = result["heatmap_pixel"]
+    pixel0 = result.heatmap_pixel
     if min_polygon_area is None:
         min_polygon_area = 16.0 * pixel0[0] * pixel0[1]
-    (height0, width0), overview_pixel = result["shape0"], result["overview_pixel"]
+    (height0, width0), overview_pixel = result.shape0, result.overview_pixel
     paths = write_localization(
-        output_dir, stem, result["heatmap"], threshold, classes, result["probs"], result["overview"],
-        valid=result["covered"], tissue=result["tissue"], scale=(pixel0[1], pixel0[0]),
+        output_dir, stem, result.heatmap, threshold, classes, result.probs, result.overview,
+        valid=result.covered, tissue=result.tissue, scale=(pixel0[1], pixel0[0]),
         min_polygon_area=min_polygon_area, save_nifti=save_nifti, extent=(width0, height0),
         background_scale=(overview_pixel[1], overview_pixel[0]),
     )
-    paths["tiles"] = write_tiles_csv(output_dir / f"{stem}_tiles.csv", result["tiles"], classes)
+    paths["tiles"] = write_tiles_csv(output_dir / f"{stem}_tiles.csv", result.tiles, classes)
+    result.paths = paths
     return paths
 
 
@@ -391,20 +438,21 @@ def localize_slide(
     path: str | os.PathLike,
     predictor: PixelCAMPredictor,
     output_dir: str | os.PathLike,
+    settings: SlideSettings | None = None,
+    progress: bool = True,
     min_polygon_area: float | None = None,
     save_nifti: bool = False,
     stem: str | None = None,
-    **kwargs,
-) -> dict:
-    """:func:`infer_slide` (``kwargs``: its settings), then :func:`write_slide` into ``output_dir`` with the
-    prefix ``stem`` (default the file name without its suffix). Returns the result with ``"paths"`` added and
-    the writing time in ``timings["write"]`` (and in ``timings["total"]``)."""
-    result = infer_slide(path, predictor, **kwargs)
+) -> SlideResult:
+    """:func:`infer_slide`, then :func:`write_slide` into ``output_dir`` with the prefix ``stem`` (default the
+    file name without its suffix). The result's ``paths`` hold the files, and ``timings["write"]`` (also
+    counted in ``timings["total"]``) the writing time."""
+    result = infer_slide(path, predictor, settings, progress)
     start = time.perf_counter()
-    result["paths"] = write_slide(
+    write_slide(
         result, output_dir, stem or Path(path).stem, predictor.threshold, predictor.classes,
         min_polygon_area=min_polygon_area, save_nifti=save_nifti,
     )
-    result["timings"]["write"] = time.perf_counter() - start
-    result["timings"]["total"] += result["timings"]["write"]
+    result.timings["write"] = time.perf_counter() - start
+    result.timings["total"] += result.timings["write"]
     return result
