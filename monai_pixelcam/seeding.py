@@ -1,5 +1,8 @@
 """Pixel pseudo-labels (seeds) drawn from class activation maps for PixelCAM training.
 
+"Seed" here is the reference code's term for a pixel pseudo-label; the run's random seed (bundle id ``seed``)
+only decides which pixels a draw picks (:class:`~monai_pixelcam.handlers.ReseedEachIteration`).
+
 Every training iteration, each image of the batch receives a few foreground and background pixel labels
 drawn from its (augmented) CAM; all other pixels are ``ignore_index``. The draw is done for the whole batch
 at once, on the CAM's device, with torch only.

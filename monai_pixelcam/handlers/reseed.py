@@ -20,7 +20,7 @@ class ReseedEachIteration:
 
     Args:
         generator: the ``torch.Generator`` to reseed (on the device the draws happen on).
-        seed: the run's random seed.
+        seed: the run's random seed (bundle id ``seed``); the pixel seeds drawn are :mod:`monai_pixelcam.seeding`'s.
     """
 
     def __init__(self, generator: torch.Generator, seed: int = 0) -> None:
