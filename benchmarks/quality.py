@@ -6,6 +6,8 @@ For each seed, through the bundle (the same pipeline users run):
   and per class, Dice at the valpx threshold, accuracy, for every source CAM method and PixelCAM (B-LOC);
   then, without adaptation, on synthetic CAMELYON16 tumour patches (OOD) and on the GlaS test set re-rendered
   with shifted stain (same tissue, haematoxylin x1.3, eosin x0.7, hue +0.04 turn);
+- ``glas_reference``: the same with the reference's seeding, PixelCAM learning from the source's CAM
+  (``seed_maps: cam``) instead of the maps chosen per class on valpx;
 - ``glas_noaug``: the same without stain and colour augmentation, tested on the stain-shifted set (the
   ablation that shows what the augmentation is worth);
 - ``camelyon``: train on synthetic CAMELYON16, test on it and on synthetic GlaS (the reverse OOD direction).
@@ -74,6 +76,7 @@ NO_EROSION = {"seeder#erosion": 0}
 #: setting -> (training data, bundle overrides, external test sets); data names are those of ``_datasets``
 SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "glas": ("glas", {}, ("camelyon", "glas_stain")),
+    "glas_reference": ("glas", {"seed_maps": "cam"}, ("camelyon", "glas_stain")),
     "glas_noaug": ("glas", {"stain_augment": False, "color_augment": False}, ("glas_stain",)),
     "camelyon": ("camelyon", {}, ("glas",)),
     # foreground seeds from the Otsu region eroded by 1 cell of the seed grid (default), 0 or 2 cells
@@ -212,6 +215,68 @@ def _summary(values: list[float | None]) -> str:
     return f"{mean:.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
+def _distinct_methods(runs: list[dict], split: str) -> dict[str, list[str]]:
+    """The methods of ``split`` with, for each, the later methods whose figures equal its own on every run (CAM
+    and GradCAM on a CAM head: the GradCAM weights are the head's, averaged over a linear map), listed once."""
+    groups: dict[str, list[str]] = {}
+    for method in runs[0][split]:
+        twin = next((m for m in groups if all(
+            abs(r[split][m]["pxap"] - r[split][method]["pxap"]) < 1e-4 for r in runs)), None)
+        if twin is None:
+            groups[method] = []
+        else:
+            groups[twin].append(method)
+    return groups
+
+
+def _worst(values: list[float]) -> str:
+    return f"{min(values):.1f}" if len(values) > 1 else "-"
+
+
+def render_headline(results: dict) -> str:
+    """The one table the bundle README opens its Performance section with: on the test split, under stain
+    shift and out of distribution, the constant-map floor, the source CAM, PixelCAM seeded as the reference
+    seeds it (``glas_reference``), PixelCAM with the defaults (``glas``) and the ceiling of ground-truth seeds
+    (``glas_oracle``); mean ± std over seeds and the worst seed. Settings not in ``results`` are left out."""
+    seeds = results["seeds"]
+
+    def runs(setting):
+        return [results["runs"][f"{setting}/seed{s}"] for s in seeds if f"{setting}/seed{s}" in results["runs"]]
+
+    def cells(figs, key):
+        values = [f[key] for f in figs if f.get(key) is not None]
+        return f"{_summary(values)} | {_worst(values)}" if values else "- | -"
+
+    floor = results.get("constant_map", {})
+
+    def floor_of(name, key="pooled"):  # the stain-shifted set has the test split's masks, so its floor
+        value = floor.get(name, {}).get(key)
+        return "-" if value is None else f"{value:.1f}"
+
+    rows = [f"| constant map (floor) | {floor_of('glas')} | - | {floor_of('glas', 'benign')} | - | {floor_of('glas')} "
+            f"| {floor_of('camelyon_ood')} | - |"]
+    models = [("source CAM", "glas", "source cam"), ("PixelCAM, the reference's seeds (source CAM)", "glas_reference",
+              "PixelCAM"), ("**PixelCAM, defaults**", "glas", "PixelCAM"),
+              ("PixelCAM, ground-truth seeds (ceiling)", "glas_oracle", "PixelCAM")]
+    for name, setting, method in models:
+        found = runs(setting)
+        if not found:
+            continue
+
+        def split(key, found=found, method=method):
+            return [r[key][method] for r in found if key in r]
+
+        test, stain, shifted = split("test"), split("glas_stain_shifted"), split("camelyon_ood")
+        rows.append(
+            f"| {name} | {cells(test, 'pxap')} | {cells(test, 'pxap_benign')} | "
+            f"{_summary([f['pxap'] for f in stain])} | {_summary([f['pxap'] for f in shifted])} | "
+            f"{_summary([f['accuracy'] for f in test])} |"
+        )
+    header = ("| model | test PxAP | worst seed | benign PxAP | worst seed | stain shift PxAP | OOD PxAP (CAMELYON-like) "
+              "| accuracy |\n|---|---|---|---|---|---|---|---|")
+    return header + "\n" + "\n".join(rows) + "\n"
+
+
 def render(results: dict) -> str:
     """Markdown table of one ``quality.json``: mean ± std over its seeds for every setting, split and method."""
     seeds = results["seeds"]
@@ -221,8 +286,9 @@ def render(results: dict) -> str:
     for setting in settings:
         runs = [results["runs"][f"{setting}/seed{s}"] for s in seeds if f"{setting}/seed{s}" in results["runs"]]
         for split in [k for k in runs[0] if k not in ("seconds", "seed_map_choice")]:
-            for method in runs[0][split]:
+            for method, same in _distinct_methods(runs, split).items():
                 figs = [r[split][method] for r in runs]
+                method = " = ".join([method, *(m.removeprefix("source ") for m in same)])
                 classes = sorted(k[5:] for k in figs[0] if k.startswith("pxap_"))
                 per_class = ", ".join(f"{c} {_summary([f['pxap_' + c] for f in figs])}" for c in classes)
                 acc = _summary([f["accuracy"] for f in figs if "accuracy" in f])
@@ -291,15 +357,26 @@ def write_docs_figure(src: Path, dst: Path, max_kb: int = 1024) -> Path:
     return dst
 
 
-def update_docs(all_results: list[dict], docs: Path = ROOT / "bundles" / "pixelcam" / "docs" / "README.md") -> None:
-    """Replace the generated results section of the bundle's README (between the quality markers)."""
+#: the full tables, committed beside the other results and linked from the bundle's README
+FULL_TABLES = ROOT / "benchmarks" / "results" / "quality.md"
+
+
+def update_docs(all_results: list[dict], docs: Path = ROOT / "bundles" / "pixelcam" / "docs" / "README.md",
+                full: Path = FULL_TABLES) -> None:
+    """Write the headline table of the first results into the bundle's README (between the quality markers),
+    and every table of all of them into ``full``."""
     text = docs.read_text()
     begin, end = "<!-- quality:begin -->", "<!-- quality:end -->"
     if begin not in text or end not in text:
         raise ValueError(f"{docs} has no {begin} ... {end} section")
-    body = "\n".join(render(r) for r in all_results)
+    first = all_results[0]
+    body = (f"Seeds {first['seeds']}; bundle overrides {first['overrides'] or 'none'}; B-LOC checkpoints; figures in "
+            f"percent. Stain shift: {first['stain_shift']}.\n\n" + render_headline(first))
     with atomic_path(docs) as tmp:
         tmp.write_text(text[: text.index(begin) + len(begin)] + "\n" + body + text[text.index(end):])
+    with atomic_path(full) as tmp:
+        tmp.write_text("# Quality tables (generated by `benchmarks/quality.py`)\n\n" + "\n".join(
+            render(r) for r in all_results))
 
 
 def main(argv=None) -> int:
@@ -335,6 +412,8 @@ def main(argv=None) -> int:
         data_name, extra, externals = SETTINGS[setting]
         results["settings"][setting] = extra
         results["constant_map"][data_name] = constant_map_pxap(data[data_name])
+        for name in externals:
+            results["constant_map"][EXTERNAL_NAMES[name]] = constant_map_pxap(data[name])
         for seed in args.seeds:
             if f"{setting}/seed{seed}" in results["runs"]:
                 continue
