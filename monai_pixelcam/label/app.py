@@ -14,6 +14,11 @@ Settings (``--conf KEY VALUE``):
 * ``negative_classes``: comma-separated names or indices of classes whose images hold no region of interest
   (e.g. ``normal`` for CAMELYON16). Default: the trained model's.
 * ``label_key``: the image-info field that holds an image's class (default ``label``).
+* ``roi_labels``: comma-separated names of the region-of-interest polygons in slide annotations (e.g.
+  ``gland`` or ``tumor``; default ``roi``, the label the infer task's contours carry). See
+  :mod:`monai_pixelcam.data.slide_regions` for the annotation protocol.
+* ``slide_tile_mpp``: microns per pixel of the training tiles cut from annotated slides. Default: the
+  trained model's input scale (``model_meta.json`` ``mpp``), else the slide's level 0.
 * ``wsi_backend``: ``openslide``, ``tifffile`` or ``cucim`` (installed separately). Default: OpenSlide, then
   tifffile for files OpenSlide does not open (:func:`monai_pixelcam.inference.wsi.open_slide`).
 * the limits of :class:`~monai_pixelcam.label.limits.ServerLimits`: ``max_wsi_tiles``, ``max_image_pixels``,
@@ -78,6 +83,19 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()] if value else []
 
 
+def _positive(value: str | None, key: str) -> float | None:
+    """A positive number setting, or None when unset; ValueError names the setting."""
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"--conf {key} must be a positive number, got {value!r}")
+    return number
+
+
 class PixelCAMApp(MONAILabelApp):
     """PixelCAM annotation assistant: proposes the region of interest of a histology image (infer) and
     learns from image-level labels plus a few masks (train). See the module docstring for the settings."""
@@ -96,6 +114,8 @@ class PixelCAMApp(MONAILabelApp):
         self.classes = _split(conf.get("classes"))
         self.negative_classes = _split(conf.get("negative_classes"))
         self.label_key = conf.get("label_key", "label")
+        self.roi_labels = _split(conf.get("roi_labels")) or [LABEL_NAME]
+        self.slide_tile_mpp = _positive(conf.get("slide_tile_mpp"), "slide_tile_mpp")
         self.wsi_backend = conf.get("wsi_backend") or None
         super().__init__(
             app_dir=app_dir,
@@ -114,9 +134,19 @@ class PixelCAMApp(MONAILabelApp):
             self.studies,
             extensions=IMAGE_PATTERNS,
             max_image_pixels=self.limits.max_image_pixels,
+            classes=self._annotation_classes,
+            roi_labels=self.roi_labels,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
+
+    def _annotation_classes(self) -> list[str] | None:
+        """The class names slide annotations must use: the ``classes`` setting, else the trained model's;
+        None while neither exists (the train job then takes the names the annotations use)."""
+        if self.classes:
+            return self.classes
+        model = self.infer_task.info()
+        return list(model["classes"]) if model["trained"] and model["classes"] else None
 
     def init_infers(self) -> dict[str, PixelCAMInferTask]:
         # kept here too: MONAI Label stores the tasks in a private attribute only
@@ -132,7 +162,8 @@ class PixelCAMApp(MONAILabelApp):
     def init_trainers(self) -> dict[str, PixelCAMTrainTask]:
         return {
             "pixelcam": PixelCAMTrainTask(
-                self.bundle_dir, classes=self.classes, negative_classes=self.negative_classes, label_key=self.label_key
+                self.bundle_dir, classes=self.classes, negative_classes=self.negative_classes, label_key=self.label_key,
+                roi_labels=self.roi_labels, slide_tile_mpp=self.slide_tile_mpp, wsi_backend=self.wsi_backend,
             )
         }
 

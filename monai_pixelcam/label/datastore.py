@@ -15,7 +15,11 @@ annotator's sight. :class:`PixelCAMDatastore` checks at the door, before anythin
   a whole slide (413);
 * a label must be a raster mask of its image's size that the datalist check would take
   (:func:`monai_pixelcam.data.validate.mask_problem`: binary, or a label map of ids, or a soft map in
-  [0, 1]); anything else is refused (415 format, 422 content) and not stored.
+  [0, 1]), or, for a whole slide, polygon annotations (ASAP XML as QuPath's *Submit Label* sends them, DSA
+  JSON, GeoJSON; :func:`monai_pixelcam.data.annotations.read_annotations`) whose polygons lie on the slide,
+  do not cross themselves, enclose an area, and are named after a class or a region-of-interest label
+  (:func:`monai_pixelcam.data.slide_regions.annotation_problems`); anything else is refused (415 format,
+  422 content, naming the annotation) and not stored.
 
 Errors are :class:`~monai_pixelcam.label.errors.RequestError` (an ``HTTPException`` MONAI Label's endpoints
 pass to the client) whose message names the id or tag, never a server path.
@@ -26,13 +30,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from monailabel.datastore.local import LocalDatastore
 
+from ..data.annotations import ANNOTATION_SUFFIXES, read_annotations
 from ..data.datalist import DatalistError
+from ..data.slide_regions import annotation_problems
 from ..data.io import MAX_IMAGE_PIXELS, ImageTooLargeError, checked_image_size, read_pixels
 from ..data.validate import mask_problem
 from ..inference.wsi import is_whole_slide
@@ -41,6 +47,9 @@ from .errors import RequestError
 from .infer import image_geometry, too_large
 
 __all__ = ["RASTER_LABEL_SUFFIXES", "check_image_id", "check_tag", "PixelCAMDatastore"]
+
+#: At most this many problems of one annotation file are sent back (the rest are counted).
+_MAX_PROBLEMS = 20
 
 #: Extensions of the label files the app stores (raster masks).
 RASTER_LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
@@ -110,6 +119,9 @@ class PixelCAMDatastore(LocalDatastore):
         datastore_path: the datastore folder (``--studies``).
         extensions: file patterns of images (``*.png``, ...); their suffixes are the accepted image types.
         max_image_pixels: largest image (pixels) accepted, whole slides excepted.
+        classes: returns the class names annotations must use, or None while they are unknown (no setting
+            and no trained model: the train job checks them then).
+        roi_labels: the region-of-interest labels of slide annotations.
         kwargs: passed to ``LocalDatastore`` (``auto_reload``, ``read_only``, ...).
     """
 
@@ -118,10 +130,14 @@ class PixelCAMDatastore(LocalDatastore):
         datastore_path: str,
         extensions: Sequence[str] = ("*.png",),
         max_image_pixels: int = MAX_IMAGE_PIXELS,
+        classes: Callable[[], Sequence[str] | None] = lambda: None,
+        roi_labels: Sequence[str] = ("roi",),
         **kwargs,
     ):
         self.image_suffixes = tuple(sorted({p.lstrip("*").lower() for p in extensions if p.startswith("*.")}))
         self.max_image_pixels = int(max_image_pixels)
+        self.classes = classes
+        self.roi_labels = tuple(roi_labels)
         super().__init__(datastore_path, extensions=list(extensions), **kwargs)
         self._root = os.path.realpath(datastore_path)
 
@@ -179,8 +195,11 @@ class PixelCAMDatastore(LocalDatastore):
         if not image or not os.path.isfile(image):
             raise RequestError(404, f"image {image_id!r} is not in the datastore")
         what = f"label {label_tag!r} of image {image_id!r}"
-        _suffix(label_filename, RASTER_LABEL_SUFFIXES, what)
+        suffix = _suffix(label_filename, RASTER_LABEL_SUFFIXES + ANNOTATION_SUFFIXES, what)
         expected = self._size(image, f"image {image_id!r}")
+        if suffix.endswith(ANNOTATION_SUFFIXES):
+            self._check_annotations(image, label_filename, expected, what)
+            return super().save_label(image_id, label_filename, label_tag, label_info)
         try:
             pixels, has_alpha = read_pixels(label_filename, palette_as_index=True, max_pixels=self.max_image_pixels)
         except ImageTooLargeError as e:
@@ -196,6 +215,22 @@ class PixelCAMDatastore(LocalDatastore):
         if problem:
             raise RequestError(422, f"{what} is not a mask: {problem}")
         return super().save_label(image_id, label_filename, label_tag, label_info)
+
+    def _check_annotations(self, image: str, label_filename: str, size: tuple[int, int], what: str) -> None:
+        """Polygon annotations of a whole slide (class docstring): 422 with every problem, naming the
+        annotation."""
+        if not is_whole_slide(image):
+            raise RequestError(422, f"{what}: polygon annotations are taken for whole slides; for an image, "
+                                    "submit a mask image")
+        try:
+            polygons = read_annotations(label_filename, name=what)
+        except DatalistError as e:
+            problems = e.problems
+        else:
+            problems = annotation_problems(polygons, (size[1], size[0]), self.classes(), self.roi_labels, what)
+        if problems:
+            more = len(problems) - _MAX_PROBLEMS
+            raise RequestError(422, "; ".join(problems[:_MAX_PROBLEMS]) + (f"; and {more} more" if more > 0 else ""))
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         uri = super().get_label_uri(label_id, label_tag)

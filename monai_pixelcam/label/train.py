@@ -27,9 +27,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import name_to_device
 
 from ..atomic import write_json_atomic
+from ..data.annotations import ANNOTATION_SUFFIXES, read_annotations
 from ..data.datalist import DatalistError, make_splits, save_datalist
+from ..data.slide_regions import classify_annotations, cut_region_tiles
 from ..export import META_FILE, MODEL_FILE, publish_model, source_checkpoint_from_model
 from ..errors import root_cause
 from ..transforms.array import NetworkInput
@@ -55,6 +58,8 @@ __all__ = [
     "parse_label",
     "resolve_classes",
     "datastore_items",
+    "annotation_classes",
+    "is_annotation",
     "split_items",
     "build_datalist",
     "TrainError",
@@ -122,21 +127,48 @@ def resolve_classes(configured: Sequence[str], published: Sequence[str], raw_lab
     return sorted(names)
 
 
-def datastore_items(
-    datastore: Datastore, classes: Sequence[str], label_key: str = "label", mask_tag: str = DefaultLabelTag.FINAL
-) -> tuple[list[dict], list[str]]:
-    """Datalist items ``{"image", "mask", "label", "id"}`` of every datastore image with an image-level label.
+def _final_label(datastore: Datastore, image_id: str, mask_tag: str) -> str | None:
+    label_id = datastore.get_label_by_image_id(image_id, mask_tag)
+    return (datastore.get_label_uri(label_id, mask_tag) or None) if label_id else None
 
-    ``mask`` is the path of the image's label of tag ``mask_tag`` (None when it has none).
+
+def is_annotation(label: str | None) -> bool:
+    """Whether a label file is polygon annotations (ASAP XML, DSA JSON, GeoJSON) rather than a mask image."""
+    return bool(label) and "".join(Path(label).suffixes).lower().endswith(ANNOTATION_SUFFIXES)
+
+
+def datastore_items(
+    datastore: Datastore,
+    classes: Sequence[str],
+    label_key: str = "label",
+    mask_tag: str = DefaultLabelTag.FINAL,
+    slide_tiles: Callable[[str, str, str], list[dict]] | None = None,
+) -> tuple[list[dict], list[str]]:
+    """Datalist items ``{"image", "mask", "label", "id"}`` of every datastore image with an image-level label,
+    and the tiles of every slide whose label of tag ``mask_tag`` is polygon annotations.
+
+    ``mask`` is the path of the image's label of tag ``mask_tag`` (None when it has none). A slide annotated
+    with polygons gives ``slide_tiles(image_id, slide_path, annotation_path)`` (its class regions' tiles; see
+    :mod:`monai_pixelcam.data.slide_regions`) instead of one item.
 
     Returns:
         ``(items, unlabelled_ids)``.
 
     Raises:
-        DatalistError: one line per image whose label cannot be read.
+        DatalistError: one line per image whose label cannot be read, or per bad annotation.
     """
     items, unlabelled, problems = [], [], []
     for image_id in sorted(datastore.list_images()):
+        mask = _final_label(datastore, image_id, mask_tag)
+        if is_annotation(mask):
+            if slide_tiles is None:
+                problems.append(f"image {image_id!r}: its label is polygon annotations, which this job cannot read")
+                continue
+            try:
+                items.extend(slide_tiles(image_id, datastore.get_image_uri(image_id), mask))
+            except DatalistError as e:
+                problems.extend(f"image {image_id!r}: {p}" for p in e.problems)
+            continue
         info = datastore.get_image_info(image_id) or {}
         raw = info.get(label_key)
         if raw is None or (isinstance(raw, str) and not raw.strip()):
@@ -147,12 +179,23 @@ def datastore_items(
         except ValueError as e:
             problems.append(f"image {image_id!r}: {e}")
             continue
-        label_id = datastore.get_label_by_image_id(image_id, mask_tag)
-        mask = datastore.get_label_uri(label_id, mask_tag) if label_id else ""
-        items.append({"image": datastore.get_image_uri(image_id), "mask": mask or None, "label": label, "id": image_id})
+        items.append({"image": datastore.get_image_uri(image_id), "mask": mask, "label": label, "id": image_id})
     if problems:
         raise DatalistError(problems)
     return items, unlabelled
+
+
+def annotation_classes(datastore: Datastore, roi_labels: Sequence[str], mask_tag: str = DefaultLabelTag.FINAL) -> list[str]:
+    """The group names of the datastore's slide annotations that are not region-of-interest labels: the class
+    names the annotators used (for :func:`resolve_classes` when no class is configured or published)."""
+    roi = {r.lower() for r in roi_labels}
+    names = set()
+    for image_id in datastore.list_images():
+        label = _final_label(datastore, image_id, mask_tag)
+        if is_annotation(label):
+            names |= {p.group.strip() for p in read_annotations(label, name=f"label of image {image_id!r}")
+                      if p.group.strip().lower() not in roi}
+    return sorted(names)
 
 
 def split_items(
@@ -220,10 +263,12 @@ def build_datalist(
     valcl_fraction: float = 0.2,
     valpx_per_class: int = 2,
     seed: int = 0,
+    slide_tiles: Callable[[str, str, str], list[dict]] | None = None,
 ) -> dict:
     """The datastore as a datalist dict (``classes``, ``negative_classes``, ``train``/``valcl``/``valpx``/
-    ``test``), ready for :func:`monai_pixelcam.data.save_datalist` (see :func:`split_items`)."""
-    items, unlabelled = datastore_items(datastore, classes, label_key=label_key)
+    ``test``), ready for :func:`monai_pixelcam.data.save_datalist` (see :func:`datastore_items` and
+    :func:`split_items`)."""
+    items, unlabelled = datastore_items(datastore, classes, label_key=label_key, slide_tiles=slide_tiles)
     if unlabelled:
         shown = ", ".join(unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else "")
         logger.info(f"{len(unlabelled)} image(s) without an image-level '{label_key}' are left out: {shown}")
@@ -257,6 +302,10 @@ class PixelCAMTrainTask(TrainTask):
         classes: class names in label order; empty: the published model's, else the datastore's names.
         negative_classes: names or indices of classes whose images have no region of interest.
         label_key: image-info field holding an image's class.
+        roi_labels: region-of-interest labels of slide annotations (:mod:`monai_pixelcam.data.slide_regions`).
+        slide_tile_mpp: microns per pixel of the tiles cut from annotated slides; None: the published model's
+            input scale, else the slide's level 0. Tiles are ``image_size`` pixels.
+        wsi_backend: the slide reader (None: OpenSlide, then tifffile).
     """
 
     def __init__(
@@ -265,6 +314,9 @@ class PixelCAMTrainTask(TrainTask):
         classes: Sequence[str] = (),
         negative_classes: Sequence[str | int] = (),
         label_key: str = "label",
+        roi_labels: Sequence[str] = ("roi",),
+        slide_tile_mpp: float | None = None,
+        wsi_backend: str | None = None,
         description: str = "Train PixelCAM from image-level labels (image info 'label') with the bundle's pipeline",
     ):
         super().__init__(description)
@@ -274,6 +326,9 @@ class PixelCAMTrainTask(TrainTask):
         self.classes = [str(c) for c in classes]
         self.negative_classes = list(negative_classes)
         self.label_key = label_key
+        self.roi_labels = [str(r) for r in roi_labels]
+        self.slide_tile_mpp = slide_tile_mpp
+        self.wsi_backend = wsi_backend or "auto"
 
     # --- MONAI Label interface -------------------------------------------------------------------------
     def bundle_defaults(self) -> dict[str, Any]:
@@ -320,6 +375,20 @@ class PixelCAMTrainTask(TrainTask):
             return None, f"the published network has settings the bundle config cannot set: {foreign}"
         # the input definition the published model was trained on (scale and stain): a fine-tune sees the same
         return {**network, **NetworkInput.from_settings(published).settings()}, ""
+
+    def _slide_tiles(
+        self, classes: Sequence[str], tiles_dir: Path, tile_size: int, published: Mapping | None
+    ) -> Callable[[str, str, str], list[dict]]:
+        """What :func:`datastore_items` calls for an annotated slide: its class regions' tiles of ``tile_size``
+        pixels at ``slide_tile_mpp`` (else the published model's input scale, else level 0), in ``tiles_dir``."""
+        tile_mpp = self.slide_tile_mpp or (published or {}).get("mpp")
+
+        def tiles(image_id: str, slide: str, annotations: str) -> list[dict]:
+            name = f"label of image {image_id!r}"
+            regions = classify_annotations(read_annotations(annotations, name=name), classes, self.roi_labels, name)
+            return cut_region_tiles(slide, regions, tiles_dir, image_id, tile_size, tile_mpp, backend=self.wsi_backend)
+
+        return tiles
 
     def _options(self, request: Mapping) -> dict[str, Any]:
         """The request's options over the bundle's defaults, checked against the allow-list
@@ -378,21 +447,11 @@ class PixelCAMTrainTask(TrainTask):
             (datastore.get_image_info(i) or {}).get(self.label_key) for i in datastore.list_images()
         ]
         classes = resolve_classes(
-            self.classes, (published or {}).get("classes", []), [v for v in raw_labels if v not in (None, "")]
+            self.classes,
+            (published or {}).get("classes", []),
+            [v for v in raw_labels if v not in (None, "")] + annotation_classes(datastore, self.roi_labels),
         )
         negative = self._negative_indices(classes, published)
-        datalist = build_datalist(
-            datastore,
-            classes,
-            negative,
-            label_key=self.label_key,
-            valcl_fraction=opts["valcl_fraction"],
-            valpx_per_class=opts["valpx_per_class"],
-            seed=opts.get("seed", 0),
-        )
-        counts = {k: len(datalist[k]) for k in ("train", "valcl", "valpx", "test")}
-        logger.info(f"PixelCAM train: classes {classes}, negative {negative}, images per split {counts}")
-
         network, why_not = self._finetune_overrides(published, classes)
         mode = opts["mode"]
         if mode == "auto":
@@ -404,6 +463,30 @@ class PixelCAMTrainTask(TrainTask):
 
         run_dir = self.model_dir / RUNS_DIR / f"{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}-{mode}"
         run_dir.mkdir(parents=True)
+        # a fine-tune keeps the published input size; tiles are cut at the size the network takes
+        tile_size = (network or {}).get("image_size") or opts.get("image_size")
+        try:
+            if not tile_size:
+                raise ValueError(f"{self.config_file} gives no literal image_size to cut slide tiles at")
+            datalist = build_datalist(
+                datastore,
+                classes,
+                negative,
+                label_key=self.label_key,
+                valcl_fraction=opts["valcl_fraction"],
+                valpx_per_class=opts["valpx_per_class"],
+                seed=opts.get("seed", 0),
+                slide_tiles=self._slide_tiles(classes, run_dir / "tiles", int(tile_size), published),
+            )
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)  # a job refused for its data leaves no run behind
+            raise
+        counts = {k: len(datalist[k]) for k in ("train", "valcl", "valpx", "test")}
+        tiles = {k: sum(1 for it in datalist[k] if str(it["image"]).startswith(str(run_dir))) for k in counts}
+        logger.info(
+            f"PixelCAM train: classes {classes}, negative {negative}, images per split {counts}, of which tiles "
+            f"of annotated slides {tiles}"
+        )
         datalist_path = save_datalist(datalist, run_dir / "datalist.json")
         overrides: dict[str, Any] = {
             "bundle_root": str(self.bundle_dir),
@@ -437,6 +520,7 @@ class PixelCAMTrainTask(TrainTask):
             "time_s": round(time.time() - start, 1),
             "classes": classes,
             "images": counts,
+            "slide_tiles": tiles,
             "threshold": (_read_json(self.model_dir / META_FILE) or {}).get("threshold"),
             "test_metrics": figures,
             "run_dir": str(run_dir),
