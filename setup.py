@@ -63,6 +63,7 @@ setup(
             "itk-core>=5.3",  # only imported (by monailabel.transform.writer); the full itk is 1.5 GB
             "SimpleITK>=2.2",
             "pynrrd>=1.0.0",
+            "jsonschema>=4",  # pydicom-seg's, installed without its requirements
         ],
         "dev": ["pytest>=7", "jsonschema>=4"],
     },
