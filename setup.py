@@ -65,6 +65,8 @@ setup(
             "pynrrd>=1.0.0",
             "jsonschema>=4",  # pydicom-seg's, installed without its requirements
         ],
-        "dev": ["pytest>=7", "jsonschema>=4"],
+        # encoders from local Hugging Face snapshots (monai_pixelcam.networks.snapshot): ViT/DeiT, DINOv2
+        "foundation": ["transformers>=5,<6"],
+        "dev": ["pytest>=7", "jsonschema>=4", "transformers>=5,<6"],
     },
 )
