@@ -52,9 +52,9 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
 META_FILE = "model_meta.json"
 
-# build_pixelcam arguments that point at weight files used to *start* training; model.pt holds every weight, so
-# rebuilding the network for inference drops them rather than requiring those files on this machine
-TRAINING_ONLY_KWARGS = ("pretrained",)
+# build_pixelcam arguments that only *start* training: weight files (model.pt holds every weight, so rebuilding
+# the network for inference drops them rather than requiring those files on this machine) and what trains
+TRAINING_ONLY_KWARGS = ("pretrained", "trainable_blocks")
 
 TRAIN_HINT = (
     "train the bundle first (python -m monai.bundle run training --config_file "

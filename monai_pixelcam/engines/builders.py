@@ -55,11 +55,21 @@ def sgd_optimizer(
     weight_decay: float = 1e-4,
     nesterov: bool = True,
     head_lr_mult: float = 10.0,
+    layer_decay: float | None = None,
 ) -> torch.optim.SGD:
     """SGD as in the paper: momentum 0.9, Nesterov, weight decay 1e-4, heads at ``head_lr_mult`` x ``lr``.
 
     The groups come from the network's ``param_groups``, which leave out frozen parameters (the two-step
-    variant); a ``DistributedDataParallel`` wrapper is looked through.
+    variant); a ``DistributedDataParallel`` wrapper is looked through. ``layer_decay`` (in (0, 1]; a snapshot
+    encoder only) splits the encoder's group by depth, block ``i`` of ``L`` at ``lr * layer_decay ** (L - i)``
+    (:func:`~monai_pixelcam.networks.snapshot.layer_decay_param_groups`); None: one encoder group.
     """
+    if layer_decay is not None:
+        if not 0.0 < float(layer_decay) <= 1.0:
+            raise ValueError(f"layer_decay must lie in (0, 1] or be null, got {layer_decay}")
+        from monai_pixelcam.networks.snapshot import layer_decay_param_groups
+
+        groups = layer_decay_param_groups(network, lr, head_lr_mult, float(layer_decay))
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     groups = unwrap_parallel(network).param_groups(lr, head_lr_mult)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)

@@ -56,12 +56,29 @@ def _lookup(table: dict[str, Callable[..., nn.Module]], name: str, what: str) ->
         raise ValueError(f"unknown {what} {name!r}: {e}") from None
 
 
-def build_encoder(name: str, pretrained: str | os.PathLike | None = None, **kwargs) -> nn.Module:
-    """Encoder ``name`` (``resnet18``, ``resnet50``, ``vgg16``, ``vit_tiny``) built with ``kwargs``.
+def build_encoder(
+    name: str,
+    pretrained: str | os.PathLike | None = None,
+    snapshot: str | os.PathLike | None = None,
+    trainable_blocks: int | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Encoder ``name`` (``resnet18``, ``resnet50``, ``vgg16``, ``vit_tiny``) built with ``kwargs``, or the
+    transformer of a local Hugging Face snapshot folder.
 
     ``pretrained``: path of a local torchvision checkpoint to load (see
     :func:`~monai_pixelcam.networks.weights.load_torchvision_weights`); None or "" trains from scratch.
+    ``snapshot``: a local snapshot folder (:class:`~monai_pixelcam.networks.snapshot.SnapshotEncoder`, weights
+    included; ``name`` and ``pretrained`` are then unused) with ``trainable_blocks`` (None: all train, 0: frozen,
+    ``N``: the last ``N`` blocks).
     """
+    if snapshot:
+        from .snapshot import build_snapshot_encoder  # imports transformers, an optional dependency
+
+        return build_snapshot_encoder(snapshot, trainable_blocks=trainable_blocks)
+    if trainable_blocks is not None:
+        raise ValueError(f"trainable_blocks is for snapshot encoders; encoder {name!r} trains whole or frozen "
+                         "(freeze_backbone)")
     encoder = _lookup(ENCODERS, name, "encoder")(**kwargs)
     if pretrained:
         load_torchvision_weights(encoder, pretrained)
@@ -80,16 +97,22 @@ def build_classifier(
     pretrained: str | os.PathLike | None = None,
     head_kwargs: dict | None = None,
     init_seed: int | None = None,
+    encoder_snapshot: str | os.PathLike | None = None,
+    trainable_blocks: int | None = None,
     **encoder_kwargs,
 ) -> WSOLClassifier:
     """WSOL source classifier: encoder ``encoder`` (kwargs ``encoder_kwargs``, optional torchvision
-    ``pretrained`` file) and image head ``head`` (kwargs ``head_kwargs``) with ``num_classes`` outputs.
+    ``pretrained`` file; or the local Hugging Face ``encoder_snapshot`` with ``trainable_blocks``, see
+    :func:`build_encoder`) and image head ``head`` (kwargs ``head_kwargs``) with ``num_classes`` outputs.
 
     ``init_seed``: draw the initial weights from torch's generator seeded with it (forked, so the global stream
     is left as it was); None draws from the global stream, whose state depends on what used it before (every
     data loader iterator does)."""
     with _seeded(init_seed):
-        enc = build_encoder(encoder, pretrained=pretrained, **encoder_kwargs)
+        enc = build_encoder(
+            encoder, pretrained=pretrained, snapshot=encoder_snapshot, trainable_blocks=trainable_blocks,
+            **encoder_kwargs,
+        )
         return WSOLClassifier(enc, build_head(head, enc.out_channels, num_classes, **(head_kwargs or {})))
 
 
@@ -102,6 +125,8 @@ def build_pixelcam(
     freeze_backbone: bool = False,
     head_kwargs: dict | None = None,
     init_seed: int | None = None,
+    encoder_snapshot: str | os.PathLike | None = None,
+    trainable_blocks: int | None = None,
     **encoder_kwargs,
 ) -> PixelCAMNet:
     """PixelCAM network with the architecture of ``build_classifier(encoder, head, num_classes, ...)``.
@@ -109,11 +134,12 @@ def build_pixelcam(
     Encoder and image head start from ``pretrained`` or scratch, the pixel head is fresh; start them from a
     trained source classifier with :meth:`PixelCAMNet.load_source` (``build_pixelcam(...).load_source(path)``).
     ``pixel_hidden_channels`` selects the MLP pixel head; ``freeze_backbone`` the two-step variant (only the
-    pixel head trains). ``init_seed``: as :func:`build_classifier`.
+    pixel head trains). ``init_seed``, ``encoder_snapshot``, ``trainable_blocks``: as :func:`build_classifier`.
     """
     with _seeded(init_seed):
         source = build_classifier(
-            encoder, head, num_classes, pretrained=pretrained, head_kwargs=head_kwargs, **encoder_kwargs
+            encoder, head, num_classes, pretrained=pretrained, head_kwargs=head_kwargs,
+            encoder_snapshot=encoder_snapshot, trainable_blocks=trainable_blocks, **encoder_kwargs,
         )
         pixel_head = PixelHead(source.encoder.out_channels, hidden_channels=pixel_hidden_channels)
     return PixelCAMNet(source.encoder, source.image_head, pixel_head, freeze_backbone=freeze_backbone)
