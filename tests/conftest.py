@@ -58,6 +58,19 @@ def trained_bundle(tmp_path_factory, tiny_glas):
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tests, restored after: for tiny networks a second thread brings
+    nothing, and on a busy 2-core machine (the suite runs beside other jobs) the threads' synchronisation made
+    one 64 x 64 forward ~1 s, not ~2 ms. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def build_store(root, model, items, method, checkpoint, batch_size=8, dtype="float16", **kwargs):
     """A CAM store of ``items`` (a list of dicts or a DataLoader) the way the bundle builds one:
     ``prepare_seed_maps`` (``kwargs``), then ``CAMStore.build``."""

@@ -11,7 +11,8 @@ from PIL import Image
 
 from monai_pixelcam.data import DatalistError
 from monai_pixelcam.data.annotations import rasterize, read_asap_xml
-from monai_pixelcam.data.camelyon512 import parse_patch_name, rebuild_camelyon512
+from monai_pixelcam.data.camelyon512 import parse_patch_name, rebuild_camelyon512, sample_camelyon512
+from monai_pixelcam.data.datalist import SPLITS
 from monai_pixelcam.data.folds import fold_datalist
 from monai_pixelcam.inference import write_pyramid_tiff
 
@@ -110,3 +111,64 @@ def test_bad_inputs_name_their_patch(raw, tmp_path):
     assert sum("slide normal_001.tif not found" in p for p in problems) == 5
     assert any("tumor_057.xml: bad: a polygon needs 3 or more finite points" in p for p in problems)
     assert not (tmp_path / "out").exists()
+
+
+def test_rebuild_resumes_and_runs_in_workers(raw, tmp_path):
+    slides, xmls, folds = raw
+    out = tmp_path / "rebuilt"
+    first = rebuild_camelyon512(slides, xmls, folds, 0, out, workers=2, progress=False)
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert len(written) == 10 + 5  # 10 patches, 5 of them with a mask (the tumour slide's)
+    removed = next(p for p in sorted(written) if "normal_001" in p.name)  # a patch without a mask
+    kept = next(p for p in sorted(written) if p != removed)
+    removed.unlink()
+    # a rerun (as after a kill) cuts only what is missing, and reports the same disagreements
+    assert rebuild_camelyon512(slides, xmls, folds, 0, out, progress=False) == first
+    assert removed.is_file() and kept.stat().st_mtime_ns == written[kept]
+    assert sum(p.stat().st_mtime_ns != written[p] for p in written) == 1
+
+
+def _tissue_slide(path: Path, seed: int) -> None:
+    """White glass with a pink tissue block over its top half (rows 0-255)."""
+    rng = np.random.default_rng(seed)
+    rgb = np.full((SIDE, SIDE, 3), 245, np.uint8)
+    tissue = np.array([205, 120, 175]) + rng.normal(0, 8, (SIDE // 2, SIDE, 3))
+    rgb[: SIDE // 2] = np.clip(tissue, 0, 255).astype(np.uint8)
+    write_pyramid_tiff(path, rgb, mpp=0.243, downsamples=(4,))
+
+
+def test_sampling_new_slides_by_the_rule_and_by_slide(tmp_path):
+    slides, xmls, out = tmp_path / "slides", tmp_path / "lesions", tmp_path / "sampled"
+    xmls.mkdir()
+    for k in range(3):
+        _tissue_slide(slides / f"tumor_{k:03d}.tif", k)
+        _xml(xmls / f"tumor_{k:03d}.xml", {"_0": (0, 0, 256, 128)})  # in the tissue, rows 0-127, columns 0-255
+        _tissue_slide(slides / f"normal_{k:03d}.tif", 10 + k)
+    _tissue_slide(slides / "tumor_999.tif", 99)  # covered by a fold: excluded
+    data = sample_camelyon512(
+        slides, xmls, out, exclude=["tumor_999"], patch_size=64, min_tissue=0.5, min_metastatic=0.5, per_slide=3,
+        fractions={"valcl": 1 / 3, "valpx": 1 / 3, "test": 0.0}, workers=2, progress=False,
+    )
+    items = [it for s in SPLITS for it in data[s]]
+    assert data["classes"] == ["normal", "metastatic"] and data["negative_classes"] == [0]
+    assert len(items) == 18 and not data["test"]
+    splits_of = {}
+    for split in SPLITS:
+        for it in data[split]:
+            splits_of.setdefault(it["slide"], set()).add(split)
+    assert all(len(s) == 1 for s in splits_of.values()) and "tumor_999" not in splits_of  # split by slide
+    assert {next(iter(splits_of[f"tumor_{k:03d}"])) for k in range(3)} == {"train", "valcl", "valpx"}
+    for it in items:
+        name = parse_patch_name(Path(it["image"]).name)
+        assert name.tissue >= 0.5 and name.y < SIDE // 2  # in the tissue half
+        if it["slide"].startswith("tumor"):
+            mask = np.asarray(Image.open(it["mask"])) > 0
+            assert it["label"] == 1 and mask.mean() >= 0.5 and mask.mean() == pytest.approx(name.metastatic, abs=1e-4)
+        else:
+            assert it["label"] == 0 and it["mask"] is None and name.metastatic == 0
+    # a rerun keeps the patches and gives the same datalist
+    again = sample_camelyon512(
+        slides, xmls, out, exclude=["tumor_999"], patch_size=64, min_tissue=0.5, min_metastatic=0.5, per_slide=3,
+        fractions={"valcl": 1 / 3, "valpx": 1 / 3, "test": 0.0}, progress=False,
+    )
+    assert again == data

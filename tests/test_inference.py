@@ -18,6 +18,8 @@ from monai_pixelcam.inference import PixelCAMPredictor, localize_folder
 from monai_pixelcam.networks import build_pixelcam
 from monai_pixelcam.transforms import NetworkInput
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CLASSES = ["benign", "malignant"]
 NET_KWARGS = {"encoder": "resnet18", "head": "cam", "num_classes": 2, "base_width": 8}
 
@@ -59,16 +61,6 @@ class DarknessNet(nn.Module):
 
 def darkness_predictor(threshold: float = 0.5, image_size: int = 64) -> PixelCAMPredictor:
     return PixelCAMPredictor(DarknessNet(), CLASSES, threshold=threshold, image_size=image_size)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # the networks here are tiny: a second intra-op thread brings nothing, and on a busy 2-core machine
-    # (the suite runs beside other jobs) the threads' synchronisation made one 64 x 64 forward ~1 s, not ~2 ms
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

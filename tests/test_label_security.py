@@ -194,13 +194,25 @@ def test_bad_labels_are_refused_at_submission(server, workspace):
         "text.png": (b"this is not an image\n" * 10, 422, "not an image the app can read"),
         "soft.png": (_png_bytes((ramp // 16) * 17), 422, "must be thresholded"),  # 16 levels of a soft map
         "photo.png": (_png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)), 422, "image"),
-        "label.xml": (b"<ASAP_Annotations/>", 415, "accepted"),
+        "label.xml": (b"<ASAP_Annotations/>", 422, "polygon annotations are taken for whole slides"),
+        "label.txt": (b"text", 415, "accepted"),
     }
     for name, (payload, status, words) in bad.items():
         r = server.put("/datastore/label", params={"image": image_id, "tag": "final"}, files={"label": (name, payload)})
         assert r.status_code == status and words in r.json()["detail"], (name, r.text)
         assert "/" not in r.json()["detail"].replace("0/1", ""), r.text  # no server path
     assert server.get("/datastore/label", params={"label": image_id, "tag": "final"}).status_code == 404
+    # hostile annotations for a slide: entity expansion (a billion laughs), JSON nested past the parser's depth
+    entities = "".join(f'<!ENTITY e{k} "{f"&e{k - 1};" * 10 if k else "lol" * 10}">' for k in range(9))
+    hostile = {
+        "laughs.xml": f'<?xml version="1.0"?><!DOCTYPE l [{entities}]><ASAP_Annotations>&e8;</ASAP_Annotations>',
+        "deep.json": "[" * 100000 + "]" * 100000,
+    }
+    for name, payload in hostile.items():
+        r = server.put("/datastore/label", params={"image": SLIDE_ID, "tag": "final"}, files={"label": (name, payload)})
+        detail = r.json()["detail"]
+        assert r.status_code == 422 and ("not ASAP XML" in detail or "cannot read" in detail), r.text
+    assert server.get("/datastore/label", params={"label": SLIDE_ID, "tag": "final"}).status_code == 404
     binary = _png_bytes((ramp > 128).astype(np.uint8) * 255)
     r = server.put("/datastore/label", params={"image": image_id, "tag": "final"}, files={"label": ("m.png", binary)})
     assert r.status_code == 200, r.text

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from monai_pixelcam.cams import build_cam, build_distinct  # noqa: E402
 from monai_pixelcam.networks import CAMHead, PixelCAMNet, PixelHead, WSOLClassifier  # noqa: E402
@@ -58,15 +59,6 @@ def _write_snapshot(folder, family: str, **overrides):
     if pre is not None:
         (folder / "preprocessor_config.json").write_text(json.dumps(pre))
     return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is much faster and steadier than two on a busy 2-core machine; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
