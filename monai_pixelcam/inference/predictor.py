@@ -23,6 +23,7 @@ from ..export import META_FILE, MODEL_FILE, inference_network, read_model_meta
 from ..networks.factory import build_pixelcam
 from ..networks.pixelcam import foreground_map
 from ..networks.weights import load_checkpoint
+from ..precision import with_amp
 from ..transforms.array import NetworkInput
 
 __all__ = ["PixelCAMPredictor"]
@@ -67,6 +68,8 @@ class PixelCAMPredictor:
         batch_size: most images per forward pass in :meth:`predict`.
         mpp: microns per pixel of the network input (of an ``image_size`` input) the model was trained at, or
             None when unknown; slide inference reads slides at this scale.
+        amp: None (float32), ``"bf16"`` or ``"fp16"``: the forward's autocast dtype
+            (:func:`monai_pixelcam.precision.with_amp`); maps and probabilities are float32 either way.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class PixelCAMPredictor:
         stain_normalize: bool = False,
         batch_size: int = 16,
         mpp: float | None = None,
+        amp: str | None = None,
     ) -> None:
         classes = [str(c) for c in classes]
         if not classes:
@@ -104,7 +108,7 @@ class PixelCAMPredictor:
                 f"the network's image head has {k} outputs but {len(classes)} classes are named: {classes}"
             )
         self.device = torch.device(device)
-        self.network = network.to(self.device).eval()
+        self.network = with_amp(network.to(self.device).eval(), amp)
         self.classes = classes
         self.threshold = threshold
         self.image_size = int(image_size)

@@ -19,6 +19,7 @@ Settings (``--conf KEY VALUE``):
   :mod:`monai_pixelcam.data.slide_regions` for the annotation protocol.
 * ``slide_tile_mpp``: microns per pixel of the training tiles cut from annotated slides. Default: the
   trained model's input scale (``model_meta.json`` ``mpp``), else the slide's level 0.
+* ``amp``: ``bf16`` or ``fp16`` runs the model in mixed precision (default: float32).
 * ``wsi_backend``: ``openslide``, ``tifffile`` or ``cucim`` (installed separately). Default: OpenSlide, then
   tifffile for files OpenSlide does not open (:func:`monai_pixelcam.inference.wsi.open_slide`).
 * the limits of :class:`~monai_pixelcam.label.limits.ServerLimits`: ``max_wsi_tiles``, ``max_image_pixels``,
@@ -55,6 +56,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 
 import monai_pixelcam
 
+from ..precision import amp_dtype
 from .access import is_upload, removed_on_failure, resolve_image
 from .activelearning import STRATEGY_NAME, PixelCAMUncertainty
 from .datastore import PixelCAMDatastore
@@ -117,6 +119,8 @@ class PixelCAMApp(MONAILabelApp):
         self.roi_labels = _split(conf.get("roi_labels")) or [LABEL_NAME]
         self.slide_tile_mpp = _positive(conf.get("slide_tile_mpp"), "slide_tile_mpp")
         self.wsi_backend = conf.get("wsi_backend") or None
+        self.amp = conf.get("amp") or None
+        amp_dtype(self.amp)  # a bad value stops the server at start, named
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -156,6 +160,7 @@ class PixelCAMApp(MONAILabelApp):
             labels={LABEL_NAME: 1},
             wsi_backend=self.wsi_backend,
             max_image_pixels=self.limits.max_image_pixels,
+            amp=self.amp,
         )
         return {"pixelcam": self.infer_task}
 

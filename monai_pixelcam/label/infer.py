@@ -340,6 +340,7 @@ class PixelCAMInferTask(BasicInferTask):
             (:func:`~monai_pixelcam.inference.wsi.open_slide`: OpenSlide, then tifffile).
         max_image_pixels: largest image or region decoded for one request (413 beyond; the server's
             ``max_image_pixels``).
+        amp: None (float32), ``"bf16"`` or ``"fp16"``: the model's autocast dtype (the server's ``amp``).
     """
 
     def __init__(
@@ -350,8 +351,10 @@ class PixelCAMInferTask(BasicInferTask):
         description: str = "PixelCAM: region of interest of a histology image from image-level supervision",
         wsi_backend: str | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
+        amp: str | None = None,
     ):
         self.model_dir = Path(model_dir)
+        self.amp = amp
         super().__init__(
             path=str(self.model_dir / MODEL_FILE),
             network=None,
@@ -392,7 +395,7 @@ class PixelCAMInferTask(BasicInferTask):
                 if self._loaded is not None and self._loaded[0] == key:
                     return self._loaded[1]
                 try:
-                    predictor = PixelCAMPredictor.from_model_dir(self.model_dir, device=device)
+                    predictor = PixelCAMPredictor.from_model_dir(self.model_dir, device=device, amp=self.amp)
                 except FileNotFoundError as e:
                     raise RequestError(503, f"{e}, or with this server: POST /train/pixelcam") from None
                 except ValueError as e:

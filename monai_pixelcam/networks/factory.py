@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from monai.utils import look_up_option
 
+from ..precision import with_amp
 from .encoders import VGG16Encoder, ViTTinyEncoder, resnet18, resnet18_slim, resnet50
 from .evidence import PositiveEvidenceHead
 from .heads import CAMHead, DeepMILHead, PixelHead
@@ -99,11 +100,13 @@ def build_classifier(
     init_seed: int | None = None,
     encoder_snapshot: str | os.PathLike | None = None,
     trainable_blocks: int | None = None,
+    amp: str | None = None,
     **encoder_kwargs,
 ) -> WSOLClassifier:
     """WSOL source classifier: encoder ``encoder`` (kwargs ``encoder_kwargs``, optional torchvision
     ``pretrained`` file; or the local Hugging Face ``encoder_snapshot`` with ``trainable_blocks``, see
     :func:`build_encoder`) and image head ``head`` (kwargs ``head_kwargs``) with ``num_classes`` outputs.
+    ``amp``: None, ``"bf16"`` or ``"fp16"``, the forward's autocast dtype (:func:`monai_pixelcam.precision.with_amp`).
 
     ``init_seed``: draw the initial weights from torch's generator seeded with it (forked, so the global stream
     is left as it was); None draws from the global stream, whose state depends on what used it before (every
@@ -113,7 +116,8 @@ def build_classifier(
             encoder, pretrained=pretrained, snapshot=encoder_snapshot, trainable_blocks=trainable_blocks,
             **encoder_kwargs,
         )
-        return WSOLClassifier(enc, build_head(head, enc.out_channels, num_classes, **(head_kwargs or {})))
+        net = WSOLClassifier(enc, build_head(head, enc.out_channels, num_classes, **(head_kwargs or {})))
+    return with_amp(net, amp)
 
 
 def build_pixelcam(
@@ -127,6 +131,7 @@ def build_pixelcam(
     init_seed: int | None = None,
     encoder_snapshot: str | os.PathLike | None = None,
     trainable_blocks: int | None = None,
+    amp: str | None = None,
     **encoder_kwargs,
 ) -> PixelCAMNet:
     """PixelCAM network with the architecture of ``build_classifier(encoder, head, num_classes, ...)``.
@@ -134,7 +139,8 @@ def build_pixelcam(
     Encoder and image head start from ``pretrained`` or scratch, the pixel head is fresh; start them from a
     trained source classifier with :meth:`PixelCAMNet.load_source` (``build_pixelcam(...).load_source(path)``).
     ``pixel_hidden_channels`` selects the MLP pixel head; ``freeze_backbone`` the two-step variant (only the
-    pixel head trains). ``init_seed``, ``encoder_snapshot``, ``trainable_blocks``: as :func:`build_classifier`.
+    pixel head trains). ``init_seed``, ``encoder_snapshot``, ``trainable_blocks``, ``amp``: as
+    :func:`build_classifier`.
     """
     with _seeded(init_seed):
         source = build_classifier(
@@ -142,7 +148,7 @@ def build_pixelcam(
             encoder_snapshot=encoder_snapshot, trainable_blocks=trainable_blocks, **encoder_kwargs,
         )
         pixel_head = PixelHead(source.encoder.out_channels, hidden_channels=pixel_hidden_channels)
-    return PixelCAMNet(source.encoder, source.image_head, pixel_head, freeze_backbone=freeze_backbone)
+    return with_amp(PixelCAMNet(source.encoder, source.image_head, pixel_head, freeze_backbone=freeze_backbone), amp)
 
 
 @contextmanager

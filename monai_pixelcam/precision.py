@@ -1,0 +1,77 @@
+"""Mixed precision for every path a network runs on: training, evaluation, CAM storage and inference.
+
+The bundle setting ``amp`` is ``null`` (float32), ``"bf16"`` or ``"fp16"``. :func:`with_amp` makes a network's
+``forward`` (and ``outputs``, where it has one) run under ``torch.autocast`` on the input's device with that
+dtype, and hands back float32 outputs, so that losses, metrics and maps downstream stay float32. It is a
+wrapper on the instance, not a module around it: the state dict, checkpoints and exported models are the same
+as in float32.
+
+Why not MONAI's own switch: ``SupervisedTrainer(amp=True)`` enters ``torch.autocast("cuda")`` only, so it does
+nothing on a CPU, and its evaluators and our inference paths would need it each. MONAI's switch still gives the
+fp16 loss scaling on a GPU (its ``GradScaler``); the bundle turns it on for ``fp16`` there.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["AMP_DTYPES", "amp_dtype", "with_amp"]
+
+#: the values of the ``amp`` setting and their dtypes
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(amp: str | None) -> torch.dtype | None:
+    """The autocast dtype of an ``amp`` setting (None: float32, no autocast).
+
+    Raises:
+        ValueError: a value other than None, ``"bf16"`` and ``"fp16"`` (the message lists them).
+    """
+    if amp is None:
+        return None
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be null, 'bf16' or 'fp16', got {amp!r}")
+    return AMP_DTYPES[amp]
+
+
+def _float32(out: Any) -> Any:
+    """Floating tensors of an output (a tensor, or a dict / tuple / list of them) as float32."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {k: _float32(v) for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return type(out)(_float32(v) for v in out)
+    return out
+
+
+def _autocast(method: Callable, dtype: torch.dtype) -> Callable:
+    @functools.wraps(method)
+    def run(x: torch.Tensor, *args, **kwargs):
+        with torch.autocast(device_type=x.device.type, dtype=dtype):
+            out = method(x, *args, **kwargs)
+        return _float32(out)
+
+    run.amp_dtype = dtype  # what tests and logs read
+    return run
+
+
+def with_amp(network: nn.Module, amp: str | None) -> nn.Module:
+    """``network`` whose ``forward`` (and ``outputs``) run under autocast with the dtype of ``amp`` and return
+    float32; ``network`` itself unchanged when ``amp`` is None. Returns ``network``.
+
+    Raises:
+        ValueError: an unknown ``amp`` value.
+    """
+    dtype = amp_dtype(amp)
+    if dtype is None or getattr(network.forward, "amp_dtype", None) == dtype:
+        return network
+    network.forward = _autocast(network.forward, dtype)
+    if callable(getattr(network, "outputs", None)):
+        network.outputs = _autocast(network.outputs, dtype)
+    return network
