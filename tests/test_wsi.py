@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_inference import CLASSES, DarknessNet, one_torch_thread  # noqa: F401 - the autouse fixture
+from test_inference import CLASSES, DarknessNet
 
 from monai_pixelcam.data.synthetic import render_tile
 from monai_pixelcam.inference import (
@@ -39,6 +39,8 @@ from monai_pixelcam.inference import (
 )
 from monai_pixelcam.networks import build_pixelcam
 from monai_pixelcam.transforms import NetworkInput
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CELL = 256  # level-0 side of a tissue cell
 TISSUE_CELLS = {(0, 0): 1.0, (1, 2): 0.45, (2, 1): 0.9, (3, 0): 0.5, (3, 2): 0.95}  # (row, col) -> brightness
