@@ -113,7 +113,8 @@ def read_asap_xml(path: str | os.PathLike, name: str | None = None) -> list[Poly
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError) as e:
-        raise DatalistError(f"{shown}: cannot read the ASAP XML annotations ({str(e).replace(str(path), shown)})") from None
+        reason = str(e).replace(str(path), shown)
+        raise DatalistError(f"{shown}: cannot read the ASAP XML annotations ({reason})") from None
     polygons, problems = [], []
     for k, annotation in enumerate(root.iter("Annotation")):
         name = annotation.get("Name") or f"annotation {k}"
@@ -159,7 +160,8 @@ def _dsa_polygons(document: dict, path: str, problems: list[str]) -> list[Polygo
                 problems.append(f"{path}: {name}: a rectangle needs a center, width and height ({e})")
                 continue
             cos, sin = math.cos(angle), math.sin(angle)
-            points = [(cx + dx * cos - dy * sin, cy + dx * sin + dy * cos) for dx, dy in ((-w, -h), (w, -h), (w, h), (-w, h))]
+            corners = ((-w, -h), (w, -h), (w, h), (-w, h))
+            points = [(cx + dx * cos - dy * sin, cy + dx * sin + dy * cos) for dx, dy in corners]
         elif kind == "polyline":
             if element.get("closed") is False:
                 continue  # an open line bounds no region
@@ -243,28 +245,34 @@ def read_annotations(path: str | os.PathLike, name: str | None = None) -> list[P
     return polygons
 
 
+def _orientation(p: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Sign of the turn p -> q -> r (1 left, -1 right, 0 collinear); ``r`` may be ``M x 2``."""
+    (px, py), (qx, qy) = (p[..., 0], p[..., 1]), (q[..., 0], q[..., 1])
+    return np.sign((qx - px) * (r[..., 1] - py) - (qy - py) * (r[..., 0] - px))
+
+
+def _boxes_meet(p: np.ndarray, q: np.ndarray, r: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Whether the bounding box of segment p-q meets those of the segments r-s (``M x 2`` each)."""
+    low = np.maximum(np.minimum(p, q), np.minimum(r, s))
+    high = np.minimum(np.maximum(p, q), np.maximum(r, s))
+    return (low <= high).all(axis=-1)
+
+
 def _self_intersects(ring: np.ndarray) -> bool:
-    """Whether two non-adjacent edges of a closed ring cross or touch (vectorised per edge; quadratic in
-    the vertex count, bounded by :data:`MAX_RING_POINTS`)."""
+    """Whether two non-adjacent edges of a closed ring cross, or overlap along a line (a ring folding back on
+    itself). Written out because scikit-image has no polygon validity test and shapely is not a dependency;
+    vectorised per edge, quadratic in the vertex count, which :data:`MAX_RING_POINTS` bounds."""
     a, b = ring, np.roll(ring, -1, axis=0)
     n = len(ring)
-
-    def orient(p, q, r):
-        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
-
     for i in range(n - 2):
-        j = np.arange(i + 2, n if i > 0 else n - 1)  # edge i and i+1 share a vertex, as do edge 0 and n-1
+        j = np.arange(i + 2, n if i > 0 else n - 1)  # edges i and i+1 share a vertex, as do edges 0 and n-1
         if not len(j):
             continue
         p, q, r, s = a[i], b[i], a[j], b[j]
-        o1, o2, o3, o4 = orient(p, q, r), orient(p, q, s), orient(r, s, p), orient(r, s, q)
-        crossing = (o1 * o2 < 0) & (o3 * o4 < 0)
-        # collinear overlaps (a ring folding back on itself)
-        collinear = (o1 == 0) & (o2 == 0) & (
-            (np.maximum(np.minimum(p[0], q[0]), np.minimum(r[:, 0], s[:, 0])) <= np.minimum(np.maximum(p[0], q[0]), np.maximum(r[:, 0], s[:, 0])))
-            & (np.maximum(np.minimum(p[1], q[1]), np.minimum(r[:, 1], s[:, 1])) <= np.minimum(np.maximum(p[1], q[1]), np.maximum(r[:, 1], s[:, 1])))
-        )
-        if crossing.any() or collinear.any():
+        o1, o2 = _orientation(p, q, r), _orientation(p, q, s)
+        crossing = (o1 * o2 < 0) & (_orientation(r, s, p) * _orientation(r, s, q) < 0)
+        overlapping = (o1 == 0) & (o2 == 0) & _boxes_meet(p, q, r, s)
+        if crossing.any() or overlapping.any():
             return True
     return False
 

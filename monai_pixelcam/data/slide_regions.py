@@ -106,8 +106,8 @@ def _tile_grid(region: Polygon, footprint: float, tile_size: int, min_inside: fl
     for k in range(max(1, math.floor((y1 - y0) / footprint))):
         for j in range(max(1, math.floor((x1 - x0) / footprint))):
             origin = (x0 + j * footprint, y0 + k * footprint)
-            share = rasterize([region], origin, (tile_size, tile_size), [region.group], downsample=footprint / tile_size)
-            if share.mean() >= min_inside:
+            inside = rasterize([region], origin, (tile_size, tile_size), [region.group], footprint / tile_size)
+            if inside.mean() >= min_inside:
                 corners.append(origin)
     return corners
 

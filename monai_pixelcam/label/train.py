@@ -185,7 +185,9 @@ def datastore_items(
     return items, unlabelled
 
 
-def annotation_classes(datastore: Datastore, roi_labels: Sequence[str], mask_tag: str = DefaultLabelTag.FINAL) -> list[str]:
+def annotation_classes(
+    datastore: Datastore, roi_labels: Sequence[str], mask_tag: str = DefaultLabelTag.FINAL
+) -> list[str]:
     """The group names of the datastore's slide annotations that are not region-of-interest labels: the class
     names the annotators used (for :func:`resolve_classes` when no class is configured or published)."""
     roi = {r.lower() for r in roi_labels}
