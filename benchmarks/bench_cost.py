@@ -167,11 +167,14 @@ class Workload:
         seed: int = 0,
         seeder: PixelSeeder | None = None,
         seed_resolution: str = "feature",
+        network_kwargs: dict | None = None,
     ) -> None:
         torch.manual_seed(seed)
         self.device = torch.device(device)
-        self.classifier = build_classifier(encoder, "cam", num_classes).to(self.device)
-        self.pixelcam = build_pixelcam(encoder, "cam", num_classes).load_source(self.classifier).to(self.device)
+        kwargs = dict(network_kwargs or {})  # e.g. encoder_snapshot and trainable_blocks (bench_encoders.py)
+        self.classifier = build_classifier(encoder, "cam", num_classes, **kwargs).to(self.device)
+        self.pixelcam = build_pixelcam(encoder, "cam", num_classes, **kwargs).load_source(self.classifier)
+        self.pixelcam = self.pixelcam.to(self.device)
         self.opt_classifier = sgd_optimizer(self.classifier, lr=0.01)
         self.opt_pixelcam = sgd_optimizer(self.pixelcam, lr=0.01)
         seeder = DEFAULT_SEEDING["seeder"]() if seeder is None else seeder

@@ -1,0 +1,20 @@
+"""The encoder cost benchmark runs its whole path (ResNets, a DINOv2 snapshot fine-tuned, frozen and with cached
+features) on tiny sizes, and its ratios are to the ResNet50 fine-tune of the same run."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import load_benchmark
+
+pytest.importorskip("transformers")
+
+
+def test_smoke_run_gives_every_row(tmp_path):
+    result = load_benchmark("bench_encoders").main(["--smoke", "--rounds", "1", "--out", str(tmp_path / "b.json")])
+    rows = result["rows"]
+    assert list(rows) == ["resnet50 fine-tuned", "resnet18_slim fine-tuned", "dinov2 ViT-B/16 fine-tuned",
+                          "dinov2 ViT-B/16 frozen", "dinov2 ViT-B/16 frozen, features cached"]
+    assert rows["resnet50 fine-tuned"]["train_ratio"] == rows["resnet50 fine-tuned"]["infer_ratio"] == 1.0
+    assert all(r["train_ms_per_image"] > 0 for r in rows.values())
+    assert "infer_ratio" not in rows["dinov2 ViT-B/16 frozen, features cached"]  # inference runs the encoder
