@@ -332,7 +332,8 @@ class SaveLocalizationd(MapTransform):
             try:
                 if pred["kind"] == "slide":
                     pred["paths"] = write_slide(
-                        pred["slide"], out, stem, self.predictor.threshold, self.predictor.classes, save_nifti=self.save_nifti
+                        pred["slide"], out, stem, self.predictor.threshold, self.predictor.classes,
+                        save_nifti=self.save_nifti,
                     )
                 else:
                     pred["paths"] = write_localization(
