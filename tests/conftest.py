@@ -6,7 +6,9 @@ The tests that train again do so because training is what they check, each on th
 steps one by one with other options (``test_options_...``), a command-line override (``train_source``), 2 data
 workers against the shared bundle, a killed and resumed run (``test_engines.py``), the input definition with
 non-default settings (``test_round_trip.py``), the two-process run (``test_bundle_ddp.py``), the MONAI Label
-train task and server, and, on a larger set of its own, that training learns (``test_learning.py``)."""
+train task and server (tiles and slide annotations), a foundation-model snapshot encoder
+(``test_foundation_bundle.py``), a bf16 run (``test_precision.py``), the GPU benchmark's CPU smoke run, and, on a
+larger set of its own, that training learns (``test_learning.py``)."""
 
 from __future__ import annotations
 
