@@ -100,6 +100,10 @@ SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     }, ()),
     # the ceiling: seeds from the ground-truth masks, same seeder and schedule
     "glas_oracle": ("glas", {"seed_maps": "oracle"}, ()),
+    # the paper's claim that the pixel head sits on a transformer unchanged: our ViT-tiny, and a small DINOv2
+    # loaded from a local snapshot (both randomly initialised: no weights can be downloaded here)
+    "glas_vit_tiny": ("glas", {"encoder": "vit_tiny"}, ()),
+    "glas_snapshot": ("glas", {"encoder_snapshot": "<small-dinov2-snapshot>"}, ()),
     "glas_oracle_erosion0": ("glas", {"seed_maps": "oracle", **NO_EROSION}, ()),
     # ablations on the CAM-seeded pipeline (glas_cam): each switch changed on its own
     "glas_precise_bn": ("glas", {"precise_bn": True, "seed_maps": "cam", **NO_EROSION}, ()),
@@ -109,7 +113,23 @@ SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
         "head": "deepmil", "bloc_accuracy_margin": None, "seed_maps": "cam", **NO_EROSION,
     }, ()),
 }
+#: a setting's value that main() replaces by a small random-init DINOv2 snapshot it writes (hidden 192, 6 blocks,
+#: 3 heads, patch 16: ViT-tiny's width, half its depth)
+SNAPSHOT = "<small-dinov2-snapshot>"
 EXTERNAL_NAMES = {"camelyon": "camelyon_ood", "glas": "glas_ood", "glas_stain": "glas_stain_shifted"}
+
+
+def _small_snapshot(folder: Path) -> Path:
+    """The small DINOv2 of :data:`SNAPSHOT`, random init (seed 0), written as a local snapshot once."""
+    if not (folder / "config.json").is_file():
+        import torch
+        import transformers
+
+        torch.manual_seed(0)
+        config = transformers.Dinov2Config(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, patch_size=16,
+                                           image_size=224, mlp_ratio=4)  # fmt: skip
+        transformers.Dinov2Model(config).save_pretrained(folder, safe_serialization=True)
+    return folder
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -411,6 +431,8 @@ def main(argv=None) -> int:
     for setting in args.settings:
         data_name, extra, externals = SETTINGS[setting]
         results["settings"][setting] = extra
+        if SNAPSHOT in extra.values():
+            extra = {k: str(_small_snapshot(args.out / "small_dinov2")) if v == SNAPSHOT else v for k, v in extra.items()}
         results["constant_map"][data_name] = constant_map_pxap(data[data_name])
         for name in externals:
             results["constant_map"][EXTERNAL_NAMES[name]] = constant_map_pxap(data[name])
