@@ -168,6 +168,13 @@ def test_asap_labels_at_the_datastore_door(slide, tmp_path):
     assert store.get_label_by_image_id("slide", "final") in ("", None)  # a refused label is not stored
     regions = [("benign", slide.rectangle((0, 1), (0, 2))), ("benign", slide.rectangle((1, 2), (0, 2))),
                ("malignant", slide.rectangle((0, 2), (2, 4)))]
+    # QuPath's GeoJSON export of the same regions is taken too, and replaces the label
+    features = [{"type": "Feature", "properties": {"classification": {"name": group}},
+                 "geometry": {"type": "Polygon", "coordinates": [[*ring.tolist(), ring[0].tolist()]]}}
+                for group, ring in regions]
+    (tmp_path / "qupath.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    store.save_label("slide", str(tmp_path / "qupath.geojson"), "final", {})
+    assert store.get_label_uri(store.get_label_by_image_id("slide", "final"), "final").endswith(".geojson")
     submit("good.xml", regions + [("gland", ring) for ring in slide.roi_rings((1, 2), (0, 2))])
     assert store.get_label_uri(store.get_label_by_image_id("slide", "final"), "final").endswith(".xml")
 
