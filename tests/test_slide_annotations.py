@@ -187,3 +187,29 @@ def test_asap_labels_at_the_datastore_door(slide, tmp_path):
     weak = [it for s in ("train", "valcl") for it in datalist[s]]
     assert len(masked) == 2 and all(it["mask"] and it["label"] == 0 for it in masked)
     assert sorted(it["label"] for it in weak) == [0, 0, 1, 1, 1, 1] and not any(it["mask"] for it in weak)
+
+
+def test_an_annotation_the_door_could_not_judge_fails_the_job_naming_it(slide, tmp_path):
+    """Submitted while no class was known (no setting, no trained model: the door checks the polygons only),
+    then trained with classes that do not include one of its groups: the job stops with the annotation named
+    and leaves no run folder behind."""
+    pytest.importorskip("monailabel")
+    import shutil
+
+    from conftest import CONFIGS
+    from monai_pixelcam.label.datastore import PixelCAMDatastore
+    from monai_pixelcam.label.train import RUNS_DIR, PixelCAMTrainTask, TrainError
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "slide.svs").write_bytes(slide.path.read_bytes())
+    store = PixelCAMDatastore(str(studies), extensions=("*.svs",), classes=lambda: None, roi_labels=["gland"])
+    label = _asap(tmp_path / "qupath.xml", [("benign", slide.rectangle((0, 2), (0, 2))),
+                                            ("tumour", slide.rectangle((0, 2), (2, 4)))])
+    store.save_label("slide", str(label), "final", {})
+    bundle = tmp_path / "bundle"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    task = PixelCAMTrainTask(bundle, classes=CLASSES, roi_labels=["gland"])
+    with pytest.raises(TrainError, match="label of image 'slide': tumour 1: unknown class 'tumour'"):
+        task({"image_size": BLOCK, "crop_size": BLOCK, "num_workers": 0, "device": "cpu"}, store)
+    assert not (bundle / "models" / RUNS_DIR).exists() or not list((bundle / "models" / RUNS_DIR).iterdir())
