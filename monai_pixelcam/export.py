@@ -41,6 +41,7 @@ __all__ = [
     "read_model_meta",
     "publish_model",
     "network_mpp",
+    "image_size_at_mpp",
     "network_kwargs",
     "inference_network",
     "source_checkpoint_from_model",
@@ -129,6 +130,28 @@ def export_model(
     return model_dir / MODEL_FILE
 
 
+def _scale_and_side(datalist: Mapping, split: str, max_images: int) -> tuple[float | None, float]:
+    """``(the images' mpp, their median side in pixels)``: the side of a non-square image is ``sqrt(H W)``, over up
+    to ``max_images`` images of ``split`` (read from the file headers); the mpp is None when the datalist gives
+    none (and the side is then not read)."""
+    from PIL import Image
+
+    from monai_pixelcam.data.datalist import DatalistError, datalist_mpp
+
+    mpp = datalist_mpp(dict(datalist), split)
+    if mpp is None:
+        return None, 0.0
+    sides = []
+    for item in list(datalist[split])[:max_images]:
+        try:
+            with Image.open(item["image"]) as img:
+                width, height = img.size
+        except OSError as e:
+            raise DatalistError(f"{item['image']}: cannot read the image size ({e})") from None
+        sides.append(math.sqrt(width * height))
+    return mpp, float(np.median(sides))
+
+
 def network_mpp(datalist: Mapping, image_size: int, split: str = "train", max_images: int = 32) -> float | None:
     """Microns per pixel of the network's input when a model trained on ``datalist`` sees a whole image
     resized to ``image_size`` x ``image_size`` (as evaluation and inference do): the images' own scale
@@ -140,22 +163,28 @@ def network_mpp(datalist: Mapping, image_size: int, split: str = "train", max_im
         DatalistError: the split's scales are invalid or disagree (see ``datalist_mpp``), or an image cannot
             be opened (names the file).
     """
-    from PIL import Image
+    mpp, side = _scale_and_side(datalist, split, max_images)
+    return None if mpp is None else float(mpp * side / int(image_size))
 
-    from monai_pixelcam.data.datalist import DatalistError, datalist_mpp
 
-    mpp = datalist_mpp(dict(datalist), split)
-    if mpp is None:
-        return None
-    sides = []
-    for item in list(datalist[split])[:max_images]:
-        try:
-            with Image.open(item["image"]) as img:
-                width, height = img.size
-        except OSError as e:
-            raise DatalistError(f"{item['image']}: cannot read the image size ({e})") from None
-        sides.append(math.sqrt(width * height))
-    return float(mpp * np.median(sides) / int(image_size))
+def image_size_at_mpp(
+    datalist: Mapping, mpp: float, multiple: int = 1, default: int = 224, split: str = "train", max_images: int = 32
+) -> int:
+    """The input side ``S`` that puts the network at ``mpp`` microns per pixel (e.g. a foundation model's
+    pretraining scale, 0.5) for the whole images of ``datalist``: their scale times their side over ``mpp``
+    (the inverse of :func:`network_mpp`), rounded to the nearest multiple of ``multiple`` (a patch size, or a
+    common multiple of several), at least ``multiple``; ``default`` when the datalist gives no scale.
+
+    Raises:
+        ValueError: ``mpp`` or ``multiple`` not positive.
+        DatalistError: as :func:`network_mpp`.
+    """
+    if not float(mpp) > 0 or int(multiple) < 1:
+        raise ValueError(f"image_size_at_mpp needs mpp > 0 and multiple >= 1, got {mpp} and {multiple}")
+    scale, side = _scale_and_side(datalist, split, max_images)
+    if scale is None:
+        return int(default)
+    return max(int(multiple), int(multiple) * round(scale * side / float(mpp) / int(multiple)))
 
 
 def network_kwargs(model_dir: str | os.PathLike, defaults: Mapping) -> dict:

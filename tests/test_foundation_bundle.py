@@ -26,6 +26,25 @@ def snapshot(tmp_path_factory):
     return _write_snapshot(tmp_path_factory.mktemp("phikon-v2-like") / "dinov2-tiny", "dinov2")
 
 
+def test_the_input_puts_the_network_at_the_pretraining_scale(tmp_path, tiny_glas, snapshot):
+    """``foundation.json``: the input side is the one that puts the network at the snapshot's pretraining scale
+    (``pretraining_mpp``, 0.5 µm/px), a multiple of both 14 and 16, and model_meta's mpp follows from it."""
+    from monai_pixelcam.data import load_datalist
+    from monai_pixelcam.export import image_size_at_mpp, network_mpp
+
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "foundation.json")], logging_file=False,
+        workflow_type="train", bundle_root=str(tmp_path), datalist=str(tiny_glas), encoder_snapshot=str(snapshot),
+    )
+    workflow.initialize()
+    data = load_datalist(tiny_glas)
+    size = workflow.parser.get_parsed_content("image_size")
+    assert size == workflow.parser.get_parsed_content("crop_size") == image_size_at_mpp(data, 0.5, 112)
+    assert size % 112 == 0 and abs(network_mpp(data, size) - 0.5) <= 0.5 * 56 / size  # within half a step
+    # the tiny images are 64 px at 7.44 µm/px: 952 px at 0.5, 8.5 multiples of 112, rounded to 9
+    assert data["mpp"] * 64 / 0.5 == pytest.approx(952.3, abs=0.1) and size == 1008
+
+
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # expected: the trace fixes Python-side checks
 def test_bundle_trains_and_exports_with_a_frozen_snapshot_encoder(tmp_path, tiny_glas, snapshot):
     overrides = {**TINY_BUNDLE, "image_size": 56, "crop_size": 48, "trainable_blocks": 0}
