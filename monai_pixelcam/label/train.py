@@ -42,7 +42,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import name_to_device
 
 from ..atomic import write_json_atomic
-from ..data.annotations import ANNOTATION_SUFFIXES, read_annotations
+from ..data.annotations import ANNOTATION_SUFFIXES, Polygon, read_annotations
 from ..data.datalist import DatalistError, make_splits, save_datalist
 from ..data.slide_regions import classify_annotations, cut_region_tiles
 from ..export import META_FILE, MODEL_FILE, publish_model, source_checkpoint_from_model
@@ -58,6 +58,7 @@ __all__ = [
     "parse_label",
     "resolve_classes",
     "datastore_items",
+    "slide_annotations",
     "annotation_classes",
     "is_annotation",
     "split_items",
@@ -185,19 +186,29 @@ def datastore_items(
     return items, unlabelled
 
 
-def annotation_classes(
-    datastore: Datastore, roi_labels: Sequence[str], mask_tag: str = DefaultLabelTag.FINAL
-) -> list[str]:
-    """The group names of the datastore's slide annotations that are not region-of-interest labels: the class
-    names the annotators used (for :func:`resolve_classes` when no class is configured or published)."""
+def slide_annotations(
+    datastore: Datastore, mask_tag: str = DefaultLabelTag.FINAL
+) -> dict[str, list[Polygon]]:
+    """``{image_id: polygons}`` of every datastore image whose label of tag ``mask_tag`` is polygon annotations,
+    each file read once (a job needs them twice: their class names, then their tiles).
+
+    Raises:
+        DatalistError: an annotation file that cannot be read (named by its image).
+    """
+    return {
+        image_id: read_annotations(label, name=f"label of image {image_id!r}")
+        for image_id in sorted(datastore.list_images())
+        if is_annotation(label := _final_label(datastore, image_id, mask_tag))
+    }
+
+
+def annotation_classes(annotations: Mapping[str, Sequence[Polygon]], roi_labels: Sequence[str]) -> list[str]:
+    """The group names of slide ``annotations`` (:func:`slide_annotations`) that are not region-of-interest
+    labels: the class names the annotators used (for :func:`resolve_classes` when no class is configured or
+    published)."""
     roi = {r.lower() for r in roi_labels}
-    names = set()
-    for image_id in datastore.list_images():
-        label = _final_label(datastore, image_id, mask_tag)
-        if is_annotation(label):
-            names |= {p.group.strip() for p in read_annotations(label, name=f"label of image {image_id!r}")
-                      if p.group.strip().lower() not in roi}
-    return sorted(names)
+    return sorted({p.group.strip() for polygons in annotations.values() for p in polygons
+                   if p.group.strip().lower() not in roi})
 
 
 def split_items(
@@ -379,15 +390,17 @@ class PixelCAMTrainTask(TrainTask):
         return {**network, **NetworkInput.from_settings(published).settings()}, ""
 
     def _slide_tiles(
-        self, classes: Sequence[str], tiles_dir: Path, tile_size: int, published: Mapping | None
+        self, annotations: Mapping[str, Sequence[Polygon]], classes: Sequence[str], tiles_dir: Path, tile_size: int,
+        published: Mapping | None,
     ) -> Callable[[str, str, str], list[dict]]:
-        """What :func:`datastore_items` calls for an annotated slide: its class regions' tiles of ``tile_size``
-        pixels at ``slide_tile_mpp`` (else the published model's input scale, else level 0), in ``tiles_dir``."""
+        """What :func:`datastore_items` calls for an annotated slide: the tiles of its class regions (its polygons
+        from ``annotations``, read once per job) of ``tile_size`` pixels at ``slide_tile_mpp`` (else the published
+        model's input scale, else level 0), in ``tiles_dir``."""
         tile_mpp = self.slide_tile_mpp or (published or {}).get("mpp")
 
-        def tiles(image_id: str, slide: str, annotations: str) -> list[dict]:
+        def tiles(image_id: str, slide: str, annotation_file: str) -> list[dict]:
             name = f"label of image {image_id!r}"
-            regions = classify_annotations(read_annotations(annotations, name=name), classes, self.roi_labels, name)
+            regions = classify_annotations(annotations[image_id], classes, self.roi_labels, name)
             return cut_region_tiles(slide, regions, tiles_dir, image_id, tile_size, tile_mpp, backend=self.wsi_backend)
 
         return tiles
@@ -448,10 +461,11 @@ class PixelCAMTrainTask(TrainTask):
         raw_labels = [
             (datastore.get_image_info(i) or {}).get(self.label_key) for i in datastore.list_images()
         ]
+        annotations = slide_annotations(datastore)
         classes = resolve_classes(
             self.classes,
             (published or {}).get("classes", []),
-            [v for v in raw_labels if v not in (None, "")] + annotation_classes(datastore, self.roi_labels),
+            [v for v in raw_labels if v not in (None, "")] + annotation_classes(annotations, self.roi_labels),
         )
         negative = self._negative_indices(classes, published)
         network, why_not = self._finetune_overrides(published, classes)
@@ -478,7 +492,7 @@ class PixelCAMTrainTask(TrainTask):
                 valcl_fraction=opts["valcl_fraction"],
                 valpx_per_class=opts["valpx_per_class"],
                 seed=opts.get("seed", 0),
-                slide_tiles=self._slide_tiles(classes, run_dir / "tiles", int(tile_size), published),
+                slide_tiles=self._slide_tiles(annotations, classes, run_dir / "tiles", int(tile_size), published),
             )
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)  # a job refused for its data leaves no run behind
