@@ -22,7 +22,7 @@ import numpy as np
 from skimage.transform import resize
 
 from ..atomic import write_png_atomic
-from ..inference.wsi import close_slide, open_slide, read_rgb_region, slide_mpp
+from ..inference.wsi import choose_scale, close_slide, open_slide, read_rgb_region, slide_mpp
 from .annotations import Polygon, polygon_problems, rasterize
 from .datalist import DatalistError
 
@@ -153,18 +153,22 @@ def cut_region_tiles(
         height0, width0 = reader.get_size(wsi, 0)
         polygons = [region for _, region in annotations.regions] + list(annotations.rois)
         problems = [f"{stem}: {p}" for poly in polygons for p in polygon_problems(poly, (width0, height0))]
-        if problems:  # annotations put into the datastore by hand were not checked at the door
+        if problems:  # the datastore checks at its door; a direct caller gets the same checks here
             raise DatalistError(problems)
         mpp0 = slide_mpp(reader, wsi)
-        level0 = min(mpp0) if mpp0 else None
-        factor = float(tile_mpp) / level0 if tile_mpp and level0 else 1.0  # level-0 pixels per tile pixel
         downsamples = [reader.get_downsample_ratio(wsi, lv) for lv in range(reader.get_level_count(wsi))]
-        level = max((i for i, d in enumerate(downsamples) if d <= factor * 1.01), default=0)
+        if tile_mpp:  # the pyramid level and resize by slide inference's rule, warnings included
+            scale = choose_scale(downsamples, mpp0, float(tile_mpp), tile_size, name=stem)
+            level, factor = scale.level, max(scale.frame_scale)  # factor: level-0 pixels per tile pixel
+        else:
+            level, factor = 0, 1.0
         footprint = tile_size * factor
+        mpp = float(tile_mpp) if tile_mpp else (min(mpp0) if mpp0 else None)  # of the tiles as written
         read = max(1, round(footprint / downsamples[level]))
         items = []
         for k, (label, region) in enumerate(annotations.regions):
             rois = [p for p, owner in zip(annotations.rois, annotations.roi_region) if owner == k]
+            roi_groups = sorted({p.group for p in rois})
             corners = _tile_grid(region, footprint, tile_size, 1.0 if rois else min_inside)
             if not corners:
                 problems.append(
@@ -180,11 +184,10 @@ def cut_region_tiles(
                 image = write_png_atomic(out_dir / f"{tile_id}.png", rgb.astype(np.uint8))
                 mask = None
                 if rois:
-                    groups = sorted({p.group for p in rois})
-                    pixels = rasterize(rois, (x, y), (tile_size, tile_size), groups, downsample=factor)
+                    pixels = rasterize(rois, (x, y), (tile_size, tile_size), roi_groups, downsample=factor)
                     mask = str(write_png_atomic(out_dir / f"{tile_id}_mask.png", pixels))
                 items.append({"image": str(image), "mask": mask, "label": int(label), "id": tile_id,
-                              "mpp": float(tile_mpp) if tile_mpp else level0})
+                              "mpp": mpp})
     finally:
         close_slide(wsi)
     if problems:
