@@ -190,32 +190,40 @@ def _map(function, jobs: list[tuple], workers: int):
         yield from pool.map(function, *zip(*jobs))
 
 
-def _written(root: Path, *names: str) -> bool:
+def _written(root: Path, *names: str | None) -> bool:
+    """Whether every named file (empty or None names left out) is under ``root``: files are written atomically,
+    so one that exists is whole."""
     return all((root / n).is_file() for n in names if n)
+
+
+def _write_patch(reader, wsi, image: Path, mask: Path | None, lesion: np.ndarray, x: int, y: int) -> None:
+    """A patch's level-0 pixels at ``(x, y)``, of ``lesion``'s size, and, when ``mask`` is named, ``lesion`` as
+    its 0/255 mask."""
+    write_png_atomic(image, read_rgb_region(reader, wsi, (y, x), lesion.shape, 0))
+    if mask is not None:
+        write_png_atomic(mask, lesion.astype(np.uint8) * 255)
 
 
 def _rebuild_slide(
     slide: str, polygons: list[Polygon], patches: list[tuple[str, str, PatchName]], out_root: str, tolerance: float
 ) -> tuple[list[str], list[str], int]:
     """One slide's patches (a worker's job): ``(disagreements, problems, patches done)``. Patches already
-    written are not cut again; their fraction is recomputed from the polygons alone."""
+    written are not cut again (the slide is opened only when one is missing); their fraction is recomputed
+    from the polygons alone."""
     out_root, name0 = Path(out_root), Path(slide).stem
     disagreements, problems = [], []
-    todo = [p for p in patches if not _written(out_root, p[0], p[1])]
     reader = wsi = None
     try:
-        if todo:
-            reader, wsi = open_slide(slide)
-            height0, width0 = reader.get_size(wsi, 0)
         for image, mask, name in patches:
             lesion = rasterize(polygons, (name.x, name.y), (name.h, name.w), TUMOUR_GROUPS, EXCLUDED_GROUPS)
-            if reader is not None and (image, mask, name) in todo:
+            if not _written(out_root, image, mask):
+                if reader is None:
+                    reader, wsi = open_slide(slide)
+                    height0, width0 = reader.get_size(wsi, 0)
                 if name.x + name.w > width0 or name.y + name.h > height0:
                     problems.append(f"{image}: the patch reaches past {name0} ({width0} x {height0})")
                     continue
-                write_png_atomic(out_root / image, read_rgb_region(reader, wsi, (name.y, name.x), (name.h, name.w), 0))
-                if mask:
-                    write_png_atomic(out_root / mask, lesion.astype(np.uint8) * 255)
+                _write_patch(reader, wsi, out_root / image, out_root / mask if mask else None, lesion, name.x, name.y)
             fraction = float(lesion.mean())
             if abs(fraction - name.metastatic) > tolerance:
                 disagreements.append(
@@ -271,10 +279,8 @@ def _sample_slide(
             metastatic = float(mask.mean())
             image = _patch_name(name, x, y, t, metastatic, patch_size)
             mask_name = image.replace("Patch_file", "mask_file") if metastatic > 0 else None
-            if not _written(out_root, image, mask_name or ""):
-                write_png_atomic(out_root / image, read_rgb_region(reader, wsi, (y, x), (patch_size, patch_size), 0))
-                if mask_name:
-                    write_png_atomic(out_root / mask_name, mask.astype(np.uint8) * 255)
+            if not _written(out_root, image, mask_name):
+                _write_patch(reader, wsi, out_root / image, out_root / mask_name if mask_name else None, mask, x, y)
             items.append({"image": str(out_root / image), "mask": str(out_root / mask_name) if mask_name else None,
                           "label": int(metastatic > 0), "id": Path(image).stem, "slide": name})
         return items
