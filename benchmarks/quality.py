@@ -122,13 +122,10 @@ EXTERNAL_NAMES = {"camelyon": "camelyon_ood", "glas": "glas_ood", "glas_stain": 
 def _small_snapshot(folder: Path) -> Path:
     """The small DINOv2 of :data:`SNAPSHOT`, random init (seed 0), written as a local snapshot once."""
     if not (folder / "config.json").is_file():
-        import torch
-        import transformers
+        from bench_encoders import write_snapshot  # a sibling script, as bench_encoders imports bench_cost
 
-        torch.manual_seed(0)
-        config = transformers.Dinov2Config(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, patch_size=16,
-                                           image_size=224, mlp_ratio=4)  # fmt: skip
-        transformers.Dinov2Model(config).save_pretrained(folder, safe_serialization=True)
+        write_snapshot(folder, dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, patch_size=16,
+                                    image_size=224, mlp_ratio=4))  # fmt: skip
     return folder
 
 
