@@ -153,6 +153,38 @@ def test_the_upload_folder_is_swept_when_no_request_is_in_flight(guard_factory, 
     assert sorted(p.name for p in uploads.iterdir()) == ["other.png"]
 
 
+def test_the_upload_folder_goes_when_the_app_shuts_down(guard_factory):
+    """uvicorn ends the process with the SIGTERM it stopped on, so ``atexit`` never runs: the folder goes with
+    the ASGI lifespan's shutdown, after the app's own."""
+
+    async def lifespan_app(scope, receive, send):
+        while True:
+            message = await receive()
+            kind = message["type"].rsplit(".", 1)[-1]  # startup / shutdown
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
+
+    guard = guard_factory(lifespan_app)
+    uploads = Path(guard.upload_dir)
+    (uploads / "tmpabcdefgh.png").write_bytes(b"an upload")
+    seen = []
+
+    async def scenario():
+        queue = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+        async def receive():
+            return queue.pop(0)
+
+        async def send(message):
+            seen.append((message["type"], uploads.exists()))
+
+        await guard({"type": "lifespan"}, receive, send)
+
+    asyncio.run(scenario())
+    assert seen == [("lifespan.startup.complete", True), ("lifespan.shutdown.complete", False)]
+
+
 @pytest.mark.parametrize(
     "request_, key",
     [

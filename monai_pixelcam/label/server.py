@@ -90,7 +90,8 @@ class RequestGuard:
         inner: the ASGI application (MONAI Label's FastAPI app).
         limits: the bounds.
         upload_dir: where the private upload folder is made (a new ``pixelcam-server-*`` folder, made the
-            process's ``tempfile.tempdir`` and removed at exit); None: the system's temporary folder.
+            process's ``tempfile.tempdir`` and removed when the app shuts down, or at exit); None: the system's
+            temporary folder.
     """
 
     def __init__(self, inner: ASGIApp, limits: ServerLimits, upload_dir: str | None = None):
@@ -109,7 +110,21 @@ class RequestGuard:
         self.pending_infers = 0
         _GUARDS.append(self)
 
+    def _removing_uploads_at_shutdown(self, send):
+        """``send`` of the ASGI lifespan that removes the upload folder once the app has shut down: uvicorn
+        re-raises the SIGTERM it stopped on after the shutdown, so the process ends without running ``atexit``."""
+
+        async def sending(message: dict) -> None:
+            if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                shutil.rmtree(self.upload_dir, ignore_errors=True)
+            await send(message)
+
+        return sending
+
     async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self.inner(scope, receive, self._removing_uploads_at_shutdown(send))
+            return
         if scope["type"] != "http":
             await self.inner(scope, receive, send)
             return
