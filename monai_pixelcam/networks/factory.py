@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 from monai.utils import look_up_option
 
-from ..precision import with_amp
+from ..precision import with_amp, with_channels_last
 from .encoders import VGG16Encoder, ViTTinyEncoder, resnet18, resnet18_slim, resnet50
 from .evidence import PositiveEvidenceHead
 from .heads import CAMHead, DeepMILHead, PixelHead
@@ -69,14 +70,21 @@ def build_encoder(
 
     ``pretrained``: path of a local torchvision checkpoint to load (see
     :func:`~monai_pixelcam.networks.weights.load_torchvision_weights`); None or "" trains from scratch.
-    ``snapshot``: a local snapshot folder (:class:`~monai_pixelcam.networks.snapshot.SnapshotEncoder`, weights
-    included; ``name`` and ``pretrained`` are then unused) with ``trainable_blocks`` (None: all train, 0: frozen,
-    ``N``: the last ``N`` blocks).
+    ``snapshot``: a local snapshot folder, weights included (``name`` and ``pretrained`` are then unused): a
+    Hugging Face ``transformers`` one (:class:`~monai_pixelcam.networks.snapshot.SnapshotEncoder`) or a timm one
+    (:class:`~monai_pixelcam.networks.timm_snapshot.TimmSnapshotEncoder`, its ``config.json`` names an
+    ``architecture``), with ``trainable_blocks`` (None: all train, 0: frozen, ``N``: the last ``N`` blocks).
     """
     if snapshot:
-        from .snapshot import build_snapshot_encoder  # imports transformers, an optional dependency
+        # optional dependencies (transformers, timm), imported for snapshots only
+        from .snapshot import _check_folder, _read_json, build_snapshot_encoder
+        from .timm_snapshot import TimmSnapshotEncoder, is_timm_config
 
-        return build_snapshot_encoder(snapshot, trainable_blocks=trainable_blocks)
+        folder = Path(os.fspath(snapshot)).expanduser()
+        _check_folder(folder)
+        if is_timm_config(_read_json(folder / "config.json", "snapshot config")):
+            return TimmSnapshotEncoder(folder, trainable_blocks=trainable_blocks)
+        return build_snapshot_encoder(folder, trainable_blocks=trainable_blocks)
     if trainable_blocks is not None:
         raise ValueError(f"trainable_blocks is for snapshot encoders; encoder {name!r} trains whole or frozen "
                          "(freeze_backbone)")
@@ -101,12 +109,15 @@ def build_classifier(
     encoder_snapshot: str | os.PathLike | None = None,
     trainable_blocks: int | None = None,
     amp: str | None = None,
+    channels_last: bool = False,
     **encoder_kwargs,
 ) -> WSOLClassifier:
     """WSOL source classifier: encoder ``encoder`` (kwargs ``encoder_kwargs``, optional torchvision
     ``pretrained`` file; or the local Hugging Face ``encoder_snapshot`` with ``trainable_blocks``, see
     :func:`build_encoder`) and image head ``head`` (kwargs ``head_kwargs``) with ``num_classes`` outputs.
-    ``amp``: None, ``"bf16"`` or ``"fp16"``, the forward's autocast dtype (:func:`monai_pixelcam.precision.with_amp`).
+    ``amp``: None, ``"bf16"`` or ``"fp16"``, the forward's autocast dtype (:func:`monai_pixelcam.precision.with_amp`);
+    ``channels_last``: parameters and inputs in channels-last memory format
+    (:func:`monai_pixelcam.precision.with_channels_last`).
 
     ``init_seed``: draw the initial weights from torch's generator seeded with it (forked, so the global stream
     is left as it was); None draws from the global stream, whose state depends on what used it before (every
@@ -117,7 +128,7 @@ def build_classifier(
             **encoder_kwargs,
         )
         net = WSOLClassifier(enc, build_head(head, enc.out_channels, num_classes, **(head_kwargs or {})))
-    return with_amp(net, amp)
+    return with_amp(with_channels_last(net, channels_last), amp)
 
 
 def build_pixelcam(
@@ -132,6 +143,7 @@ def build_pixelcam(
     encoder_snapshot: str | os.PathLike | None = None,
     trainable_blocks: int | None = None,
     amp: str | None = None,
+    channels_last: bool = False,
     **encoder_kwargs,
 ) -> PixelCAMNet:
     """PixelCAM network with the architecture of ``build_classifier(encoder, head, num_classes, ...)``.
@@ -139,7 +151,7 @@ def build_pixelcam(
     Encoder and image head start from ``pretrained`` or scratch, the pixel head is fresh; start them from a
     trained source classifier with :meth:`PixelCAMNet.load_source` (``build_pixelcam(...).load_source(path)``).
     ``pixel_hidden_channels`` selects the MLP pixel head; ``freeze_backbone`` the two-step variant (only the
-    pixel head trains). ``init_seed``, ``encoder_snapshot``, ``trainable_blocks``, ``amp``: as
+    pixel head trains). ``init_seed``, ``encoder_snapshot``, ``trainable_blocks``, ``amp``, ``channels_last``: as
     :func:`build_classifier`.
     """
     with _seeded(init_seed):
@@ -148,7 +160,8 @@ def build_pixelcam(
             encoder_snapshot=encoder_snapshot, trainable_blocks=trainable_blocks, **encoder_kwargs,
         )
         pixel_head = PixelHead(source.encoder.out_channels, hidden_channels=pixel_hidden_channels)
-    return with_amp(PixelCAMNet(source.encoder, source.image_head, pixel_head, freeze_backbone=freeze_backbone), amp)
+    net = PixelCAMNet(source.encoder, source.image_head, pixel_head, freeze_backbone=freeze_backbone)
+    return with_amp(with_channels_last(net, channels_last), amp)
 
 
 @contextmanager

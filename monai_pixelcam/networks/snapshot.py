@@ -67,6 +67,7 @@ import torch
 import torch.nn as nn
 
 from . import tokens
+from .blockwise import BlockwiseTraining
 from .tokens import IMAGENET_MEAN, IMAGENET_STD, TokenGrid, _grid_size, _Normalize, _pair, _patch_side, _stats
 from .wsol import unwrap_parallel
 
@@ -137,8 +138,9 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _check_snapshot(folder: Path) -> dict:
-    """The snapshot's ``config.json`` as a dict, after checking the folder holds a config and safetensors weights."""
+def _check_folder(folder: Path) -> None:
+    """FileNotFoundError unless ``folder`` is a folder with a ``config.json`` (any snapshot, before any library
+    is asked to read it: a missing folder must never turn into a Hub lookup)."""
     if not folder.is_dir():
         raise FileNotFoundError(
             f"snapshot folder {folder} does not exist (or is not a folder); give the local folder of a Hugging Face "
@@ -147,13 +149,18 @@ def _check_snapshot(folder: Path) -> dict:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"snapshot folder {folder} has no config.json ({config_file})")
+
+
+def _check_snapshot(folder: Path) -> dict:
+    """The snapshot's ``config.json`` as a dict, after checking the folder holds a config and safetensors weights."""
+    _check_folder(folder)
     weights = [folder / "model.safetensors", folder / "model.safetensors.index.json"]
     if not any(w.is_file() for w in weights):
         raise FileNotFoundError(
             f"snapshot folder {folder} has no safetensors weights ({weights[0]} or {weights[1].name}); "
             "pickle checkpoints (pytorch_model.bin) are not loaded"
         )
-    return _read_json(config_file, "snapshot config")
+    return _read_json(folder / "config.json", "snapshot config")
 
 
 def _preprocessing(folder: Path, config) -> tuple[tuple[float, ...], tuple[float, ...], tuple[int, int]]:
@@ -199,7 +206,7 @@ def _find_layers(backbone: nn.Module, num_layers: int, folder: Path) -> str:
     return found[0]
 
 
-class SnapshotEncoder(nn.Module):
+class SnapshotEncoder(BlockwiseTraining, nn.Module):
     """A local Hugging Face ViT / DeiT / DINOv2 snapshot as a feature-map encoder (see the module docstring).
 
     ``forward(x: B x 3 x H x W) -> B x hidden_size x H/p x W/p``: the final (layer-normed) patch tokens of the
@@ -295,96 +302,9 @@ class SnapshotEncoder(nn.Module):
         self.block_grids = bool(block_grids)
         self._forward_kwargs: Dict[str, Any] = dict(family.forward_kwargs)
         self._layers_name = _find_layers(backbone, self.num_blocks, folder)
+        self._embedding_names = ("embeddings",)
         self.blocks = nn.ModuleList(TokenGrid(self.num_prefix_tokens) for _ in range(self.num_blocks))
         self.trainable_blocks = self._freeze(trainable_blocks)
-
-    # ------------------------------------------------------------------------------------- parameter layout
-
-    def _group_of(self, name: str) -> int:
-        """Depth of backbone parameter ``name``: 0 embeddings, ``j + 1`` block ``j``, ``L + 1`` the rest (final
-        norm; anything after the blocks)."""
-        if name.startswith("embeddings."):
-            return 0
-        prefix = self._layers_name + "."
-        if name.startswith(prefix):
-            return int(name[len(prefix):].split(".", 1)[0]) + 1
-        return self.num_blocks + 1
-
-    def _freeze(self, trainable_blocks: int | None) -> int | None:
-        n_layers = self.num_blocks
-        if trainable_blocks is not None:
-            if isinstance(trainable_blocks, bool) or int(trainable_blocks) != trainable_blocks:
-                raise ValueError(f"trainable_blocks must be None or an int, got {trainable_blocks!r}")
-            trainable_blocks = int(trainable_blocks)
-            if not 0 <= trainable_blocks <= n_layers:
-                raise ValueError(
-                    f"trainable_blocks must be None or in 0..{n_layers} (the model has {n_layers} blocks), "
-                    f"got {trainable_blocks}"
-                )
-        # depths below `first` are frozen: 0 = nothing frozen; L + 2 = everything
-        if trainable_blocks is None:
-            first = 0
-        elif trainable_blocks == 0:
-            first = n_layers + 2
-        else:
-            first = n_layers - trainable_blocks + 1
-        self._first_trainable_depth = first
-        for name, p in self.backbone.named_parameters():
-            unused = name.split(".")[-1] == "mask_token"  # masked-image pretraining only, never in our forward
-            p.requires_grad_(not unused and self._group_of(name) >= first)
-        self.train(self.training)
-        return trainable_blocks
-
-    def _frozen_modules(self) -> list[nn.Module]:
-        first = self._first_trainable_depth
-        if first == 0:
-            return []
-        if first > self.num_blocks + 1:
-            return [self.backbone]
-        layers = self.backbone.get_submodule(self._layers_name)
-        return [self.backbone.get_submodule("embeddings"), *(layers[j] for j in range(first - 1))]
-
-    def train(self, mode: bool = True) -> SnapshotEncoder:
-        """Train/eval as usual, except that the frozen part (``trainable_blocks``) stays in eval mode: a frozen
-        block with dropout or drop-path active would feed noise to the blocks that do learn."""
-        super().train(mode)
-        for module in self._frozen_modules():
-            module.eval()
-        return self
-
-    def param_groups(self, lr: float, layer_decay: float = 1.0) -> list[dict]:
-        """Optimiser groups with layer-wise learning-rate decay (BEiT / MAE style), trainable parameters only.
-
-        With ``L`` blocks, numbered ``i = 1..L`` from the input (``blocks.<i-1>``): the embeddings (patch
-        projection, class/register tokens, position embeddings) get ``lr * layer_decay ** L``, block ``i`` gets
-        ``lr * layer_decay ** (L - i)`` and the final norm ``lr``. (MAE puts the embeddings one step further, at
-        ``layer_decay ** (L + 1)``, and the last block at ``lr * layer_decay``.) Empty groups (frozen parts) are
-        left out.
-
-        Each group has ``"name"`` (``"encoder.embeddings"``, ``"encoder.blocks.<j>"``, ``"encoder.norm"``),
-        ``"params"`` and ``"lr"``; :func:`layer_decay_param_groups` splices them into a network's groups.
-
-        Args:
-            lr: the learning rate of the top of the encoder (> 0).
-            layer_decay: in (0, 1]; 1 gives every group ``lr``.
-        """
-        if not lr > 0 or not 0 < layer_decay <= 1:
-            raise ValueError(f"lr must be > 0 and layer_decay in (0, 1], got {lr}, {layer_decay}")
-        n_layers = self.num_blocks
-        by_depth: dict[int, list[nn.Parameter]] = {}
-        for name, p in self.backbone.named_parameters():
-            if p.requires_grad:
-                by_depth.setdefault(self._group_of(name), []).append(p)
-        groups = []
-        for depth in sorted(by_depth):
-            if depth == 0:
-                label, exponent = "encoder.embeddings", n_layers
-            elif depth <= n_layers:
-                label, exponent = f"encoder.blocks.{depth - 1}", n_layers - depth
-            else:
-                label, exponent = "encoder.norm", 0
-            groups.append({"name": label, "params": by_depth[depth], "lr": float(lr) * float(layer_decay) ** exponent})
-        return groups
 
     # ---------------------------------------------------------------------------------------------- forward
 
