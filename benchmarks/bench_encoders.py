@@ -5,6 +5,8 @@ backward, SGD step; :class:`bench_cost.Workload`) and PixelCAM inference (class 
 
 - ``resnet50`` fine-tuned: the denominator of every ratio;
 - ``resnet18_slim`` fine-tuned: the bundle's CPU default;
+- both ResNets again with ``channels_last`` (:func:`monai_pixelcam.precision.with_channels_last`): on a CPU,
+  what oneDNN's channels-last convolutions save (on a GPU, ``bench_gpu_amp.py``'s business);
 - a ViT-B/16-sized DINOv2 (hidden 768, 12 blocks, 12 heads, patch 16; random init, written as a local snapshot
   the way a download leaves one) fine-tuned (``trainable_blocks`` null) and frozen (0);
 - the same frozen encoder with its features cached once per training image (no spatial augmentation): a
@@ -76,6 +78,8 @@ def main(argv=None) -> dict:
     rows = {
         "resnet50 fine-tuned": ("resnet50", {}),
         "resnet18_slim fine-tuned": ("resnet18_slim", {}),
+        "resnet50 fine-tuned, channels_last": ("resnet50", {"channels_last": True}),
+        "resnet18_slim fine-tuned, channels_last": ("resnet18_slim", {"channels_last": True}),
         "dinov2 ViT-B/16 fine-tuned": ("dinov2", {"encoder_snapshot": str(snapshot)}),
         "dinov2 ViT-B/16 frozen": ("dinov2", {"encoder_snapshot": str(snapshot), "trainable_blocks": 0}),
     }

@@ -1,4 +1,5 @@
-"""Mixed precision for every path a network runs on: training, evaluation, CAM storage and inference.
+"""Mixed precision and memory format for every path a network runs on: training, evaluation, CAM storage and
+inference.
 
 The bundle setting ``amp`` is ``null`` (float32), ``"bf16"`` or ``"fp16"``. :func:`with_amp` makes a network's
 ``forward`` (and ``outputs``, where it has one) run under ``torch.autocast`` on the input's device with that
@@ -9,6 +10,11 @@ as in float32.
 Why not MONAI's own switch: ``SupervisedTrainer(amp=True)`` enters ``torch.autocast("cuda")`` only, so it does
 nothing on a CPU, and its evaluators and our inference paths would need it each. MONAI's switch still gives the
 fp16 loss scaling on a GPU (its ``GradScaler``); the bundle turns it on for ``fp16`` there.
+
+The bundle setting ``channels_last`` (default false) stores a network's parameters, and hands its 4-D inputs,
+in channels-last memory format (:func:`with_channels_last`), which convolutions run faster in on GPUs with
+mixed precision and on CPUs with oneDNN (``benchmarks/bench_encoders.py`` measures it). Values are the same;
+only the order of floating-point sums changes.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["AMP_DTYPES", "amp_dtype", "with_amp"]
+__all__ = ["AMP_DTYPES", "amp_dtype", "with_amp", "with_channels_last"]
 
 #: the values of the ``amp`` setting and their dtypes
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -74,4 +80,29 @@ def with_amp(network: nn.Module, amp: str | None) -> nn.Module:
     network.forward = _autocast(network.forward, dtype)
     if callable(getattr(network, "outputs", None)):
         network.outputs = _autocast(network.outputs, dtype)
+    return network
+
+
+def _channels_last_inputs(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def run(x: torch.Tensor, *args, **kwargs):
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return method(x, *args, **kwargs)
+
+    run.channels_last = True
+    return run
+
+
+def with_channels_last(network: nn.Module, channels_last: bool) -> nn.Module:
+    """``network`` with its parameters in channels-last memory format and its ``forward`` (and ``outputs``)
+    giving 4-D inputs (``B x C x H x W``) to it in that format; ``network`` itself unchanged when
+    ``channels_last`` is false. Returns ``network``; outputs, state dict values and checkpoints are the same
+    tensors (loading a checkpoint copies into the channels-last parameters)."""
+    if not channels_last or getattr(network.forward, "channels_last", False):
+        return network
+    network.to(memory_format=torch.channels_last)
+    network.forward = _channels_last_inputs(network.forward)
+    if callable(getattr(network, "outputs", None)):
+        network.outputs = _channels_last_inputs(network.outputs)
     return network

@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 def test_smoke_run_gives_every_row(tmp_path):
     result = load_benchmark("bench_encoders").main(["--smoke", "--rounds", "1", "--out", str(tmp_path / "b.json")])
     rows = result["rows"]
-    assert list(rows) == ["resnet50 fine-tuned", "resnet18_slim fine-tuned", "dinov2 ViT-B/16 fine-tuned",
+    assert list(rows) == ["resnet50 fine-tuned", "resnet18_slim fine-tuned", "resnet50 fine-tuned, channels_last",
+                          "resnet18_slim fine-tuned, channels_last", "dinov2 ViT-B/16 fine-tuned",
                           "dinov2 ViT-B/16 frozen", "dinov2 ViT-B/16 frozen, features cached"]
     assert rows["resnet50 fine-tuned"]["train_ratio"] == rows["resnet50 fine-tuned"]["infer_ratio"] == 1.0
     assert all(r["train_ms_per_image"] > 0 for r in rows.values())

@@ -212,6 +212,20 @@ def test_app_info_infer_and_missing_image_id(bundle_dir, png, tmp_path, monkeypa
         PixelCAMApp(str(tmp_path / "app"), str(studies), {"bundle_dir": str(tmp_path)})
 
 
+def test_channels_last_setting_reaches_the_model(bundle_dir, png, tmp_path, monkeypatch):
+    monkeypatch.setattr(settings, "MONAI_LABEL_SESSIONS", False)
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(png[0], studies / "tile_a.png")
+    conf = {"bundle_dir": str(bundle_dir), "channels_last": "true"}
+    app = PixelCAMApp(str(tmp_path / "app"), str(studies), conf)
+    result = app.infer({"model": "pixelcam", "image": "tile_a", "device": "cpu"})
+    os.remove(result["file"])
+    assert app.infer_task.predictor("cpu").network.forward.channels_last
+    with pytest.raises(ValueError, match="--conf channels_last must be true or false, got 'maybe'"):
+        PixelCAMApp(str(tmp_path / "app"), str(studies), {**conf, "channels_last": "maybe"})
+
+
 # --- train task ----------------------------------------------------------------------------------------
 def test_parse_label_and_resolve_classes():
     assert [parse_label(v, CLASSES) for v in ("benign", " Malignant ", 1, "0", np.int64(1))] == [0, 1, 1, 0, 1]

@@ -1,5 +1,6 @@
 """Mixed precision (``amp``): a network's forward under autocast with float32 outputs, the same state dict;
-a bundle run in bf16 on the CPU; and bf16 inference within a stated distance of float32."""
+a bundle run in bf16 (and channels-last) on the CPU; and bf16 inference within a stated distance of float32.
+Channels-last memory format (``channels_last``): the same values in another memory layout."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from monai_pixelcam.data.io import read_mask, read_rgb
 from monai_pixelcam.inference import PixelCAMPredictor
 from monai_pixelcam.metrics.localization import PxAPMetric
 from monai_pixelcam.networks import build_pixelcam
-from monai_pixelcam.precision import with_amp
+from monai_pixelcam.precision import with_amp, with_channels_last
+
+CL = torch.channels_last
 
 
 def test_forward_runs_in_the_amp_dtype_and_returns_float32():
@@ -35,6 +38,37 @@ def test_forward_runs_in_the_amp_dtype_and_returns_float32():
     assert (out["cls"] - plain["cls"]).abs().max() < 0.1
     with pytest.raises(ValueError, match="amp must be null, 'bf16' or 'fp16', got 'fp8'"):
         with_amp(net, "fp8")
+
+
+def test_channels_last_changes_the_layout_not_the_values():
+    plain = build_pixelcam(encoder="resnet18_slim", num_classes=2, init_seed=0).eval()
+    net = build_pixelcam(encoder="resnet18_slim", num_classes=2, init_seed=0).eval()
+    net.load_state_dict(plain.state_dict())
+    assert with_channels_last(net, False) is net and not hasattr(net.forward, "channels_last")
+    net = with_channels_last(net, True)
+    seen = []
+    net.encoder.conv1.register_forward_pre_hook(lambda m, i: seen.append(i[0].is_contiguous(memory_format=CL)))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        a, b = plain(x), net(x)
+    assert seen == [True] and net.encoder.conv1.weight.is_contiguous(memory_format=CL)
+    # the same products summed in another order: float32 rounding only (|logits| ~ 1, 1e-4 is 1000 ulps)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    net.load_state_dict(plain.state_dict())  # copies into the channels-last parameters
+    assert net.encoder.conv1.weight.is_contiguous(memory_format=CL)
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in net.state_dict().items())
+
+
+def test_channels_last_inference_gives_the_same_maps(trained_bundle, tiny_glas):
+    models = trained_bundle / "models"
+    data = load_datalist(tiny_glas)
+    images = [read_rgb(it["image"]) for it in data["test"]][:4]
+    plain = PixelCAMPredictor.from_model_dir(models, device="cpu").predict(images)
+    cl = PixelCAMPredictor.from_model_dir(models, device="cpu", channels_last=True)
+    assert cl.network.forward.channels_last
+    for p, q in zip(plain, cl.predict(images)):
+        # maps in [0, 1] from the same float32 sums in another order
+        assert np.abs(p["map"] - q["map"]).max() < 1e-4 and p["class_name"] == q["class_name"]
 
 
 def test_bf16_inference_is_within_a_stated_distance_of_float32(trained_bundle, tiny_glas):
@@ -64,11 +98,14 @@ def test_a_bundle_run_in_bf16_on_the_cpu(tiny_glas, tmp_path):
 
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
-        workflow_type="train", bundle_root=str(tmp_path), datalist=str(tiny_glas), amp="bf16", **TINY_BUNDLE,
+        workflow_type="train", bundle_root=str(tmp_path), datalist=str(tiny_glas), amp="bf16", channels_last=True,
+        **TINY_BUNDLE,
     )
     workflow.initialize()
     for key in ("source#network", "network"):
-        assert workflow.parser.get_parsed_content(key).forward.amp_dtype == torch.bfloat16, key
+        network = workflow.parser.get_parsed_content(key)
+        assert network.forward.amp_dtype == torch.bfloat16 and network.forward.channels_last, key
+        assert network.encoder.conv1.weight.is_contiguous(memory_format=CL), key
     assert workflow.parser.get_parsed_content("amp_loss_scaling") is False  # GradScaler: fp16 on a GPU only
     workflow.run()
     workflow.finalize()

@@ -23,7 +23,7 @@ from ..export import META_FILE, MODEL_FILE, inference_network, read_model_meta
 from ..networks.factory import build_pixelcam
 from ..networks.pixelcam import foreground_map
 from ..networks.weights import load_checkpoint
-from ..precision import with_amp
+from ..precision import with_amp, with_channels_last
 from ..transforms.array import NetworkInput
 
 __all__ = ["PixelCAMPredictor"]
@@ -70,6 +70,8 @@ class PixelCAMPredictor:
             None when unknown; slide inference reads slides at this scale.
         amp: None (float32), ``"bf16"`` or ``"fp16"``: the forward's autocast dtype
             (:func:`monai_pixelcam.precision.with_amp`); maps and probabilities are float32 either way.
+        channels_last: run the network in channels-last memory format
+            (:func:`monai_pixelcam.precision.with_channels_last`).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class PixelCAMPredictor:
         batch_size: int = 16,
         mpp: float | None = None,
         amp: str | None = None,
+        channels_last: bool = False,
     ) -> None:
         classes = [str(c) for c in classes]
         if not classes:
@@ -108,7 +111,7 @@ class PixelCAMPredictor:
                 f"the network's image head has {k} outputs but {len(classes)} classes are named: {classes}"
             )
         self.device = torch.device(device)
-        self.network = with_amp(network.to(self.device).eval(), amp)
+        self.network = with_amp(with_channels_last(network.to(self.device).eval(), channels_last), amp)
         self.classes = classes
         self.threshold = threshold
         self.image_size = int(image_size)

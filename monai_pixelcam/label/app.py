@@ -20,6 +20,8 @@ Settings (``--conf KEY VALUE``):
 * ``slide_tile_mpp``: microns per pixel of the training tiles cut from annotated slides. Default: the
   trained model's input scale (``model_meta.json`` ``mpp``), else the slide's level 0.
 * ``amp``: ``bf16`` or ``fp16`` runs the model in mixed precision (default: float32).
+* ``channels_last``: ``true`` runs the model in channels-last memory format (default ``false``; see
+  :func:`monai_pixelcam.precision.with_channels_last`).
 * ``wsi_backend``: ``openslide``, ``tifffile`` or ``cucim`` (installed separately). Default: OpenSlide, then
   tifffile for files OpenSlide does not open (:func:`monai_pixelcam.inference.wsi.open_slide`).
 * the limits of :class:`~monai_pixelcam.label.limits.ServerLimits`: ``max_wsi_tiles``, ``max_image_pixels``,
@@ -98,6 +100,14 @@ def _positive(value: str | None, key: str) -> float | None:
     return number
 
 
+def _flag(value: str | None, key: str) -> bool:
+    """A true/false setting (``true``/``false``, ``1``/``0``, ``yes``/``no``; unset: false); ValueError names it."""
+    text = str(value or "false").strip().lower()
+    if text not in ("true", "1", "yes", "false", "0", "no"):
+        raise ValueError(f"--conf {key} must be true or false, got {value!r}")
+    return text in ("true", "1", "yes")
+
+
 class PixelCAMApp(MONAILabelApp):
     """PixelCAM annotation assistant: proposes the region of interest of a histology image (infer) and
     learns from image-level labels plus a few masks (train). See the module docstring for the settings."""
@@ -121,6 +131,7 @@ class PixelCAMApp(MONAILabelApp):
         self.wsi_backend = conf.get("wsi_backend") or None
         self.amp = conf.get("amp") or None
         amp_dtype(self.amp)  # a bad value stops the server at start, named
+        self.channels_last = _flag(conf.get("channels_last"), "channels_last")
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -161,6 +172,7 @@ class PixelCAMApp(MONAILabelApp):
             wsi_backend=self.wsi_backend,
             max_image_pixels=self.limits.max_image_pixels,
             amp=self.amp,
+            channels_last=self.channels_last,
         )
         return {"pixelcam": self.infer_task}
 

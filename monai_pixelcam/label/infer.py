@@ -341,6 +341,7 @@ class PixelCAMInferTask(BasicInferTask):
         max_image_pixels: largest image or region decoded for one request (413 beyond; the server's
             ``max_image_pixels``).
         amp: None (float32), ``"bf16"`` or ``"fp16"``: the model's autocast dtype (the server's ``amp``).
+        channels_last: run the model in channels-last memory format (the server's ``channels_last``).
     """
 
     def __init__(
@@ -352,9 +353,11 @@ class PixelCAMInferTask(BasicInferTask):
         wsi_backend: str | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         amp: str | None = None,
+        channels_last: bool = False,
     ):
         self.model_dir = Path(model_dir)
         self.amp = amp
+        self.channels_last = channels_last
         super().__init__(
             path=str(self.model_dir / MODEL_FILE),
             network=None,
@@ -395,7 +398,9 @@ class PixelCAMInferTask(BasicInferTask):
                 if self._loaded is not None and self._loaded[0] == key:
                     return self._loaded[1]
                 try:
-                    predictor = PixelCAMPredictor.from_model_dir(self.model_dir, device=device, amp=self.amp)
+                    predictor = PixelCAMPredictor.from_model_dir(
+                        self.model_dir, device=device, amp=self.amp, channels_last=self.channels_last
+                    )
                 except FileNotFoundError as e:
                     raise RequestError(503, f"{e}, or with this server: POST /train/pixelcam") from None
                 except ValueError as e:
