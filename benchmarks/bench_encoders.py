@@ -6,7 +6,8 @@ backward, SGD step; :class:`bench_cost.Workload`) and PixelCAM inference (class 
 - ``resnet50`` fine-tuned: the denominator of every ratio;
 - ``resnet18_slim`` fine-tuned: the bundle's CPU default;
 - both ResNets again with ``channels_last`` (:func:`monai_pixelcam.precision.with_channels_last`): on a CPU,
-  what oneDNN's channels-last convolutions save (on a GPU, ``bench_gpu_amp.py``'s business);
+  what oneDNN's channels-last convolutions save; these rows also give their ratio to the same encoder in the
+  default memory format;
 - a ViT-B/16-sized DINOv2 (hidden 768, 12 blocks, 12 heads, patch 16; random init, written as a local snapshot
   the way a download leaves one) fine-tuned (``trainable_blocks`` null) and frozen (0);
 - the same frozen encoder with its features cached once per training image (no spatial augmentation): a
@@ -102,11 +103,18 @@ def main(argv=None) -> dict:
         row = {"train_ms_per_image": per_image_ms(times), "train_ratio": per_image_ms(times) / base_train}
         if name in infer:  # the cache saves training steps only: inference runs the encoder
             row |= {"infer_ms_per_image": per_image_ms(infer[name]), "infer_ratio": per_image_ms(infer[name]) / base_infer}
+        plain = name.removesuffix(", channels_last")
+        if plain != name:  # the same encoder in the default memory format, from the same run
+            row |= {"train_ratio_to_contiguous": per_image_ms(times) / per_image_ms(train[plain]),
+                    "infer_ratio_to_contiguous": per_image_ms(infer[name]) / per_image_ms(infer[plain])}  # fmt: skip
         table[name] = row
     result = {"settings": vars(args) | {"out": str(args.out), "vit": vit}, "rows": table}
     write_json_atomic(result, args.out, indent=1)
     for name, row in table.items():
         infer_text = f"infer {row['infer_ratio']:.2f}x" if "infer_ratio" in row else "infer -"
+        if "train_ratio_to_contiguous" in row:
+            infer_text += (f"  (to contiguous: train {row['train_ratio_to_contiguous']:.2f}x, "
+                           f"infer {row['infer_ratio_to_contiguous']:.2f}x)")  # fmt: skip
         print(f"{name:42s} train {row['train_ms_per_image']:8.1f} ms/img ({row['train_ratio']:.2f}x)  {infer_text}")
     print(f"written to {args.out}")
     return result

@@ -19,3 +19,5 @@ def test_smoke_run_gives_every_row(tmp_path):
     assert rows["resnet50 fine-tuned"]["train_ratio"] == rows["resnet50 fine-tuned"]["infer_ratio"] == 1.0
     assert all(r["train_ms_per_image"] > 0 for r in rows.values())
     assert "infer_ratio" not in rows["dinov2 ViT-B/16 frozen, features cached"]  # inference runs the encoder
+    cl, plain = rows["resnet50 fine-tuned, channels_last"], rows["resnet50 fine-tuned"]
+    assert cl["train_ratio_to_contiguous"] == pytest.approx(cl["train_ms_per_image"] / plain["train_ms_per_image"])
