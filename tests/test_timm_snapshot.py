@@ -40,25 +40,26 @@ class _PatchEmbed(nn.Module):
 
 
 class _Block(nn.Module):
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, act_layer: type[nn.Module]) -> None:
         super().__init__()
         self.norm1, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.act = act_layer()
 
     def forward(self, x):
-        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm1(x))))
+        return x + self.fc2(self.act(self.fc1(self.norm1(x))))
 
 
 class StandInViT(nn.Module):
     """A timm ViT's layout and forward; ``num_classes=0, global_pool=""`` give the normed tokens."""
 
     def __init__(self, embed_dim=16, depth=3, patch_size=4, num_classes=1000, global_pool="token",
-                 dynamic_img_size=False, pos_drop=0.0):  # fmt: skip
+                 dynamic_img_size=False, pos_drop=0.0, act_layer=nn.GELU, note=None):  # fmt: skip
         super().__init__()
         self.patch_embed = _PatchEmbed(patch_size, embed_dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 1, embed_dim))  # broadcast: any grid size
         self.pos_drop = nn.Dropout(pos_drop)
-        self.blocks = nn.Sequential(*(_Block(embed_dim) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(_Block(embed_dim, act_layer) for _ in range(depth)))
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
         self.num_prefix_tokens, self.num_features, self.global_pool = 1, embed_dim, global_pool
@@ -92,7 +93,7 @@ def _write(folder, depth=3, weights="model.safetensors", **model_args):
     """A timm snapshot as the Hub leaves one: config.json (timm's keys) and the weights with a 1000-class head."""
     folder.mkdir(parents=True)
     torch.manual_seed(0)
-    state = StandInViT(depth=depth, **model_args).state_dict()
+    state = StandInViT(depth=depth, pos_drop=model_args.get("pos_drop", 0.0)).state_dict()
     if weights.endswith(".safetensors"):
         safetensors_torch.save_file(state, str(folder / weights))
     else:
@@ -128,6 +129,20 @@ def test_the_encoder_snapshot_route_builds_it_with_the_files_weights(tmp_path, t
         tokens = enc.backbone(_normalized(x))
     assert grid.shape == (2, 16, 5, 7)
     torch.testing.assert_close(grid, tokens_to_grid(tokens, 1, (5, 7)))
+
+
+def test_model_args_naming_torch_or_timm_layers_become_them_and_nothing_else(tmp_path, timm):
+    """Virchow2's config names its layers as strings; only ``timm.layers.*`` and ``torch.nn.*`` resolve."""
+    folder, _ = _write(tmp_path / "virchow-like", act_layer="torch.nn.SiLU", note="os.system")
+    enc = build_encoder("", snapshot=folder)
+    kwargs = timm.calls[-1][2]
+    assert kwargs["act_layer"] is nn.SiLU and kwargs["note"] == "os.system"
+    assert isinstance(enc.backbone.blocks[0].act, nn.SiLU)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"]["act_layer"] = "torch.nn.NoSuchLayer"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="model_args 'act_layer' names 'torch.nn.NoSuchLayer', which does not exist"):
+        build_encoder("", snapshot=folder)
 
 
 def test_block_taps_give_each_blocks_tokens_as_a_grid(tmp_path, timm):

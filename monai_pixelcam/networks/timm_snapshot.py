@@ -17,13 +17,16 @@ is an optional dependency that these machines cannot import (its torchvision nee
 run this module with a stand-in ``timm`` whose model returns timm-shaped tokens.
 
 ``model_args`` values that name Python objects (Virchow2's ``mlp_layer: "timm.layers.SwiGLUPacked"``,
-``act_layer: "torch.nn.SiLU"``) are strings in the JSON that ``timm.create_model`` does not resolve; give them as
-objects through ``model_args`` (in Python, or a bundle ``_target_`` of this class).
+``act_layer: "torch.nn.SiLU"``) are strings in the JSON, which ``timm.create_model`` does not resolve: a string
+that is the dotted name of an object in ``timm.layers`` or ``torch.nn`` becomes that object (nothing else is
+imported: the config is data). Other objects go through ``model_args`` (in Python, or a ``_target_`` of this
+class in a config).
 """
 
 from __future__ import annotations
 
 import os
+import pydoc
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,12 +45,27 @@ __all__ = ["TimmSnapshotEncoder", "is_timm_config"]
 _TIMM_EMBEDDINGS = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_embed", "pos_drop", "patch_drop",
                     "norm_pre")  # fmt: skip
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+#: the modules whose objects a ``model_args`` string may name
+_RESOLVABLE = ("timm.layers.", "torch.nn.")
 
 
 def is_timm_config(config: Mapping) -> bool:
     """Whether a snapshot's ``config.json`` describes a timm model (``architecture``) rather than a
     ``transformers`` one (``model_type``)."""
     return "architecture" in config and "model_type" not in config
+
+
+def _resolve(model_args: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """``model_args`` with each string that names a layer of ``timm.layers`` or ``torch.nn`` replaced by it."""
+    out = {}
+    for key, value in model_args.items():
+        if isinstance(value, str) and value.startswith(_RESOLVABLE):
+            found = pydoc.locate(value)
+            if found is None:
+                raise ValueError(f"timm snapshot {folder}: model_args {key!r} names {value!r}, which does not exist")
+            value = found
+        out[key] = value
+    return out
 
 
 def _require_timm():
@@ -113,7 +131,7 @@ class TimmSnapshotEncoder(BlockwiseTraining, TokenGridAdapter):
         config = _read_json(folder / "config.json", "snapshot config")
         architecture = str(config.get("architecture"))
         timm = _require_timm()
-        kwargs = {"dynamic_img_size": True, **(config.get("model_args") or {}), **dict(model_args or {})}
+        kwargs = {"dynamic_img_size": True, **_resolve(config.get("model_args") or {}, folder), **dict(model_args or {})}
         kwargs.update(num_classes=0, global_pool="")  # tokens out: no head, no pooling
         try:
             model = timm.create_model(architecture, pretrained=False, **kwargs)
