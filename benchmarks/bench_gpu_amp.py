@@ -1,7 +1,9 @@
 """Mixed precision on a GPU, prepared for a machine that has one: the paper-scale bundle trained for a few epochs
 in float32 and in each ``amp`` dtype, and slide inference, in one run of at most about 10 minutes.
 
-For each precision (``fp32``, then ``--amp``, default ``bf16 fp16``), on the same synthetic data and seed:
+For each precision (``fp32``, then ``--amp``, default ``bf16 fp16``; then each of ``--channels-last-with``,
+default ``bf16``, again with the ``channels_last`` memory format, named e.g. ``bf16+channels_last``), on the
+same synthetic data and seed:
 
 - training: ``configs/train.json`` + ``configs/paper.json`` (resnet50, 256 -> 224 px, batch 32) with
   ``--epochs`` epochs per stage, the stages run one by one as the bundle lists them; seconds and training
@@ -58,7 +60,7 @@ def _peak_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def train(datalist: Path, root: Path, amp: str | None, args, device: torch.device) -> dict:
+def train(datalist: Path, root: Path, amp: str | None, channels_last: bool, args, device: torch.device) -> dict:
     """One bundle run in ``root``: per stage seconds (and images/s for the two training stages), peak memory,
     PixelCAM test PxAP."""
     from monai.bundle import ConfigWorkflow
@@ -67,7 +69,7 @@ def train(datalist: Path, root: Path, amp: str | None, args, device: torch.devic
     files = [str(CONFIGS / "train.json")] + ([] if args.smoke else [str(CONFIGS / "paper.json")])
     workflow = ConfigWorkflow(
         config_file=files, logging_file=False, workflow_type=None, run_id="training", bundle_root=str(root),
-        datalist=str(datalist), device=device, amp=amp, seed=args.seed, **overrides,
+        datalist=str(datalist), device=device, amp=amp, channels_last=channels_last, seed=args.seed, **overrides,
     )
     workflow.initialize()
     n_train = len(workflow.parser.get_parsed_content("data#datalist")["train"])
@@ -91,11 +93,13 @@ def train(datalist: Path, root: Path, amp: str | None, args, device: torch.devic
     return {"stages": stages, "peak_memory_gb": peak, "pixelcam_test_pxap": metrics["pixelcam"]["bloc"]["pxap"]}
 
 
-def slide(model_dir: Path, slide_path: Path, out: Path, amp: str | None, device: torch.device) -> dict:
+def slide(
+    model_dir: Path, slide_path: Path, out: Path, amp: str | None, channels_last: bool, device: torch.device
+) -> dict:
     """Slide inference with the bundle's settings: windows/s and peak memory."""
     from monai_pixelcam.inference import PixelCAMPredictor, SlideSettings, localize_slide
 
-    predictor = PixelCAMPredictor.from_model_dir(model_dir, device=device, amp=amp)
+    predictor = PixelCAMPredictor.from_model_dir(model_dir, device=device, amp=amp, channels_last=channels_last)
     _peak_reset(device)
     start = time.perf_counter()
     result = localize_slide(slide_path, predictor, out, SlideSettings(num_workers=2), progress=False)
@@ -118,6 +122,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--amp", nargs="*", default=["bf16", "fp16"], choices=["bf16", "fp16"])
+    parser.add_argument("--channels-last-with", nargs="*", default=["bf16"], choices=["fp32", "bf16", "fp16"],
+                        help="precisions to run once more with the channels_last memory format")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per training stage")
     parser.add_argument("--images", type=int, default=200, help="synthetic training-set size")
     parser.add_argument("--seed", type=int, default=0)
@@ -138,11 +144,12 @@ def main(argv=None) -> int:
     grid = [[(r + c) % 2 for c in range(3 if args.smoke else 16)] for r in range(2 if args.smoke else 16)]
     slide_path = synthetic_slide(work / "slide.svs", grid, block=64 if args.smoke else 256, seed=args.seed).path
     runs = {}
-    for amp in [None, *args.amp]:
-        name = amp or "fp32"
+    variants = [(amp or "fp32", amp, False) for amp in [None, *args.amp]]
+    variants += [(f"{p}+channels_last", None if p == "fp32" else p, True) for p in args.channels_last_with]
+    for name, amp, channels_last in variants:
         root = work / name
-        runs[name] = {"train": train(datalist, root, amp, args, device)}
-        runs[name]["slide"] = slide(root / "models", slide_path, root / "slide_out", amp, device)
+        runs[name] = {"train": train(datalist, root, amp, channels_last, args, device)}
+        runs[name]["slide"] = slide(root / "models", slide_path, root / "slide_out", amp, channels_last, device)
         print(f"{name}: {json.dumps(runs[name], indent=None)}", flush=True)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

@@ -13,15 +13,16 @@ from conftest import load_benchmark
 def test_smoke_run_writes_every_figure(tmp_path):
     bench = load_benchmark("bench_gpu_amp")
     out = tmp_path / "bench.json"
-    assert bench.main(["--smoke", "--device", "cpu", "--amp", "bf16", "--epochs", "1", "--images", "24",
-                       "--out", str(out)]) == 0
+    assert bench.main(["--smoke", "--device", "cpu", "--amp", "bf16", "--channels-last-with", "fp32", "--epochs",
+                       "1", "--images", "24", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["runs"]) == {"fp32", "bf16"} and set(result["ratio_to_fp32"]) == {"bf16"}
+    assert set(result["runs"]) == {"fp32", "bf16", "fp32+channels_last"}
+    assert set(result["ratio_to_fp32"]) == {"bf16", "fp32+channels_last"}
     for run in result["runs"].values():
         assert set(run["train"]["stages"]) == set(bench.STAGES)
         assert run["train"]["stages"]["train_pixelcam"]["train_images_per_s"] > 0
         assert run["slide"]["windows"] > 0 and 0 <= run["train"]["pixelcam_test_pxap"] <= 100
-    assert set(result["ratio_to_fp32"]["bf16"]) == {
+    assert set(result["ratio_to_fp32"]["fp32+channels_last"]) == {
         "peak_memory", "slide_windows_per_s", "train_source_images_per_s", "train_pixelcam_images_per_s"}
     if not torch.cuda.is_available():  # without a GPU the real run says so and stops
         assert bench.main(["--device", "cuda", "--out", str(tmp_path / "x.json")]) == 2
