@@ -333,18 +333,25 @@ def test_one_token_to_grid_function(monkeypatch, snapshots):
     assert calls == [2] + [1 + REGISTERS] * 3  # two block taps and the output
 
 
+def check_maps_on_the_grid(net, grid: int, channels: int, distinct_layer: str, method: str = "gradcam+distinct"):
+    """CAM, GradCAM, LayerCAM and a distinct-map method of ``net`` on 32 px inputs: maps ``4 x 1 x grid x grid``
+    in [0, 1], the distinctiveness bank of ``channels`` features (the tapped block's width)."""
+    x, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+    for cam in ("cam", "gradcam", "layercam"):
+        maps = build_cam(cam, net)(x, labels=labels)
+        assert maps.shape == (4, 1, grid, grid) and maps.min() >= 0 and maps.max() <= 1
+    distinct = build_distinct(method, net, distinct_layer=distinct_layer, k=2, bank_size=64)
+    distinct.fit([(x, labels)])
+    maps = distinct(x, labels)
+    assert maps.shape == (4, 1, grid, grid) and maps.min() >= 0 and maps.max() <= 1
+    assert distinct.distinct.banks[0].shape[1] == channels
+    return x, labels
+
+
 @pytest.mark.parametrize("family", ["vit", "dinov2_with_registers"])
 def test_cams_and_distinct_maps_on_a_snapshot_encoder(snapshots, family):
     net = WSOLClassifier(build_snapshot_encoder(snapshots[family]), CAMHead(32, 2))
-    x, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
-    for method in ("cam", "gradcam", "layercam"):
-        maps = build_cam(method, net)(x, labels=labels)
-        assert maps.shape == (4, 1, 4, 4) and maps.min() >= 0 and maps.max() <= 1
-    distinct = build_distinct("gradcam+distinct", net, distinct_layer="encoder.blocks.0", k=2, bank_size=64)
-    distinct.fit([(x, labels)])
-    maps = distinct(x, labels)
-    assert maps.shape == (4, 1, 4, 4) and maps.min() >= 0 and maps.max() <= 1
-    assert distinct.distinct.banks[0].shape[1] == 32  # the middle block's 32 channels
+    x, labels = check_maps_on_the_grid(net, 4, 32, "encoder.blocks.0")
     assert net.training  # the extractors leave the modes as they were
 
     # the taps only observe: a gradient CAM on one finds no path to the logits and says so

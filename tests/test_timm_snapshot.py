@@ -18,13 +18,13 @@ import torch.nn as nn
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from monai_pixelcam.cams import build_cam, build_distinct  # noqa: E402
 from monai_pixelcam.export import META_FILE, MODEL_FILE  # noqa: E402
 from monai_pixelcam.inference import PixelCAMPredictor  # noqa: E402
 from monai_pixelcam.networks import build_pixelcam  # noqa: E402
 from monai_pixelcam.networks.factory import build_encoder  # noqa: E402
 from monai_pixelcam.networks.timm_snapshot import TimmSnapshotEncoder  # noqa: E402
 from monai_pixelcam.networks.tokens import tokens_to_grid  # noqa: E402
+from test_snapshot_encoders import check_maps_on_the_grid  # noqa: E402
 
 MEAN, STD = (0.7, 0.6, 0.5), (0.2, 0.25, 0.3)
 
@@ -199,13 +199,7 @@ def test_cams_distinct_maps_and_inference_from_model_meta(tmp_path, timm):
     block, and a model folder (``model.pt`` + ``model_meta.json`` naming the snapshot) that inference rebuilds."""
     folder, _ = _write(tmp_path / "s")
     net = build_pixelcam(encoder_snapshot=str(folder), num_classes=2, init_seed=0)
-    x, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
-    for method in ("cam", "gradcam", "layercam"):
-        maps = build_cam(method, net)(x, labels=labels)
-        assert maps.shape == (4, 1, 8, 8) and maps.min() >= 0 and maps.max() <= 1
-    distinct = build_distinct("cam+distinct", net, distinct_layer="encoder.blocks.1", k=2, bank_size=64)
-    distinct.fit([(x, labels)])
-    assert distinct(x, labels).shape == (4, 1, 8, 8) and distinct.distinct.banks[0].shape[1] == 16
+    check_maps_on_the_grid(net, 8, 16, "encoder.blocks.1", method="cam+distinct")
 
     models = tmp_path / "models"
     models.mkdir()
