@@ -322,6 +322,7 @@ def render(results: dict) -> str:
                              f"{per_class or '-'} | {_summary([f['dice'] for f in figs])} | {acc} |")
     if results.get("settings"):
         lines += ["", *render_comparison(results)]
+    lines += render_per_seed(results)
     choices = {key: run["seed_map_choice"] for key, run in results["runs"].items() if "seed_map_choice" in run}
     if choices:
         lines += ["", "Seed maps chosen on valpx (`seed_maps: auto`), per run: " + "; ".join(
@@ -366,6 +367,34 @@ def render_comparison(results: dict) -> list[str]:
             f"{_summary([f['accuracy'] for f in pixelcam])} (min {min(f['accuracy'] for f in pixelcam):.1f}) | "
             f"{_summary([f['valpx_pxap'] for f in pixelcam])} |"
         )
+    return lines
+
+
+def render_per_seed(results: dict) -> list[str]:
+    """Markdown lines: for every data set with both a defaults setting (``glas``, ``liver``) and its reference
+    (``<name>_reference``), one row per seed: the source CAM (test PxAP, accuracy), PixelCAM with the reference's
+    seeds and with the defaults, the defaults' margins over both, the defaults' PxAP per class and accuracy."""
+    lines = []
+    for setting in dict.fromkeys(k.split("/")[0] for k in results["runs"]):
+        reference = f"{setting}_reference"
+        seeds = [s for s in results["seeds"]
+                 if f"{setting}/seed{s}" in results["runs"] and f"{reference}/seed{s}" in results["runs"]]  # fmt: skip
+        if not seeds:
+            continue
+        lines += ["", f"Per seed, `{setting}` (the defaults) against `{reference}` (the reference's seeds), test "
+                  "split:", "", "| seed | source CAM PxAP (accuracy) | PixelCAM, reference's seeds | PixelCAM, "
+                  "defaults | defaults - reference | defaults - source CAM | defaults per class | accuracy |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for s in seeds:
+            mine, ref = results["runs"][f"{setting}/seed{s}"]["test"], results["runs"][f"{reference}/seed{s}"]["test"]
+            source, pixelcam = mine["source cam"], mine["PixelCAM"]
+            per_class = ", ".join(f"{k[5:]} {v:.1f}" for k, v in sorted(pixelcam.items())
+                                  if k.startswith("pxap_") and v is not None)  # fmt: skip
+            lines.append(
+                f"| {s} | {source['pxap']:.1f} ({source['accuracy']:.1f}) | {ref['PixelCAM']['pxap']:.1f} | "
+                f"{pixelcam['pxap']:.1f} | {pixelcam['pxap'] - ref['PixelCAM']['pxap']:+.1f} | "
+                f"{pixelcam['pxap'] - source['pxap']:+.1f} | {per_class} | {pixelcam['accuracy']:.1f} |"
+            )
     return lines
 
 

@@ -55,6 +55,12 @@ def test_full_tables_list_identical_methods_once(quality, results):
     assert "| source gradcam |" not in text and "| glas | test | source layercam | 43.0 ± 2.8 |" in text
 
 
+def test_per_seed_table_gives_the_margins_of_every_seed(quality, results):
+    lines = [line for line in quality.render(results).splitlines() if line.startswith("| 1 |")]
+    # seed 1: source 44, reference 64, defaults 84 (benign 76, malignant 84), accuracy 100
+    assert lines == ["| 1 | 44.0 (100.0) | 64.0 | 84.0 | +20.0 | +40.0 | benign 76.0, malignant 84.0 | 100.0 |"]
+
+
 def test_update_docs_writes_headline_and_full_tables(quality, results, tmp_path):
     docs, full = tmp_path / "README.md", tmp_path / "quality.md"
     docs.write_text("intro\n<!-- quality:begin -->\nold\n<!-- quality:end -->\nafter\n")
