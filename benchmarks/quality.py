@@ -393,7 +393,7 @@ def render_per_seed(results: dict) -> list[str]:
             lines.append(
                 f"| {s} | {source['pxap']:.1f} ({source['accuracy']:.1f}) | {ref['PixelCAM']['pxap']:.1f} | "
                 f"{pixelcam['pxap']:.1f} | {pixelcam['pxap'] - ref['PixelCAM']['pxap']:+.1f} | "
-                f"{pixelcam['pxap'] - source['pxap']:+.1f} | {per_class} | {pixelcam['accuracy']:.1f} |"
+                f"{pixelcam['pxap'] - source['pxap']:+.1f} | {per_class or '-'} | {pixelcam['accuracy']:.1f} |"
             )
     return lines
 
