@@ -1,0 +1,21 @@
+"""``benchmarks/distinct_sensitivity.py`` computes the seed-map candidates of a finished run again, as the
+bundle's CAM writer did: with the run's own settings it finds the valpx PxAP the run's CAM store recorded."""
+
+from __future__ import annotations
+
+from conftest import TINY_BUNDLE, load_benchmark
+from monai_pixelcam.cams import CAMStore
+
+
+def test_the_runs_own_settings_give_the_scores_its_store_recorded(trained_bundle, tiny_glas, tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "glas_seed0").symlink_to(trained_bundle)
+    overrides = [f"{k}={v}" for k, v in TINY_BUNDLE.items()]
+    runs = load_benchmark("distinct_sensitivity").main([
+        "--out", str(tmp_path), "--datalist", str(tiny_glas), "--seeds", "0", "--layers", "encoder.layer2",
+        "--ks", "50", "10", "--set", *overrides,
+    ])
+    recorded = CAMStore(trained_bundle / "models" / "cams").manifest["selection"]["valpx_pxap"]
+    assert runs[0]["encoder.layer2 k=50"] == {"benign": recorded["0"], "malignant": recorded["1"]}
+    assert set(runs[0]) == {"encoder.layer2 k=50", "encoder.layer2 k=10"}
+    assert (tmp_path / "distinct_sensitivity_glas.json").is_file()
