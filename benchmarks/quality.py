@@ -83,6 +83,9 @@ SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "camelyon": ("camelyon", {}, ("glas",)),
     "liver": ("liver", {}, ()),
     "liver_reference": ("liver", {"seed_maps": "cam"}, ()),
+    # the distinctiveness maps from the first residual stage, k 10 (benchmarks/distinct_sensitivity.py)
+    "glas_distinct_layer1": ("glas", {"distinct_layer": "encoder.layer1", "distinct_k": 10}, ("camelyon", "glas_stain")),
+    "liver_distinct_layer1": ("liver", {"distinct_layer": "encoder.layer1", "distinct_k": 10}, ()),
     # foreground seeds from the Otsu region eroded by 1 cell of the seed grid (default), 0 or 2 cells
     "glas_erosion0": ("glas", NO_EROSION, ("camelyon", "glas_stain")),
     "camelyon_erosion0": ("camelyon", NO_EROSION, ("glas",)),
