@@ -221,7 +221,7 @@ def test_bundle_stores_distinct_seed_maps(trained_bundle, tiny_glas, tmp_path, s
 
 @pytest.mark.parametrize("encoder", ["resnet18_slim", "resnet50", "vgg16", "vit_tiny"])
 def test_bundle_distinct_layer_fits_every_encoder(encoder):
-    """The default distinctiveness layer exists for every encoder the bundle offers (ResNet: layer2; the others:
+    """The default distinctiveness layer exists for every encoder the bundle offers (ResNet: layer1; the others:
     the encoder's output) and gives ``B x C x h x w`` features at the encoder's output size."""
     from monai.bundle import ConfigParser
 
@@ -231,7 +231,7 @@ def test_bundle_distinct_layer_fits_every_encoder(encoder):
     parser.read_config(str(CONFIGS / "train.json"))
     parser["encoder"] = encoder
     layer = parser.get_parsed_content("distinct_layer")
-    assert layer == ("encoder.layer2" if encoder.startswith("resnet") else None)
+    assert layer == ("encoder.layer1" if encoder.startswith("resnet") else None)
     if encoder in ("resnet50", "vgg16"):
         return  # large to build; resnet18_slim shares their layer names, vit_tiny the encoder-output fallback
     model = build_classifier(encoder, "cam", 2).eval()

@@ -12,10 +12,11 @@ def test_the_runs_own_settings_give_the_scores_its_store_recorded(trained_bundle
     (tmp_path / "runs" / "glas_seed0").symlink_to(trained_bundle)
     overrides = [f"{k}={v}" for k, v in TINY_BUNDLE.items()]
     runs = load_benchmark("distinct_sensitivity").main([
-        "--out", str(tmp_path), "--datalist", str(tiny_glas), "--seeds", "0", "--layers", "encoder.layer2",
-        "--ks", "50", "10", "--set", *overrides,
+        "--out", str(tmp_path), "--datalist", str(tiny_glas), "--seeds", "0", "--layers", "encoder.layer1",
+        "encoder.layer2", "--ks", "10", "--set", *overrides,
     ])
     recorded = CAMStore(trained_bundle / "models" / "cams").manifest["selection"]["valpx_pxap"]
-    assert runs[0]["encoder.layer2 k=50"] == {"benign": recorded["0"], "malignant": recorded["1"]}
-    assert set(runs[0]) == {"encoder.layer2 k=50", "encoder.layer2 k=10"}
+    # the bundle's defaults (distinct_layer encoder.layer1, distinct_k 10) give what the run's store recorded
+    assert runs[0]["encoder.layer1 k=10"] == {"benign": recorded["0"], "malignant": recorded["1"]}
+    assert set(runs[0]) == {"encoder.layer1 k=10", "encoder.layer2 k=10"}
     assert (tmp_path / "distinct_sensitivity_glas.json").is_file()
