@@ -12,7 +12,9 @@ For each seed, through the bundle (the same pipeline users run):
   ablation that shows what the augmentation is worth);
 - ``camelyon``: train on synthetic CAMELYON16, test on it and on synthetic GlaS (the reverse OOD direction);
 - ``liver`` / ``liver_reference``: the defaults and the reference's seeding on the liver-like tissue of
-  ``benchmarks/unseen_tissue.py``, a tissue model no default was chosen on (reported, never used to choose).
+  ``benchmarks/unseen_tissue.py``, a tissue model no default was chosen on (reported, never used to choose);
+- ``glas_distinct_layer1`` / ``liver_distinct_layer1``: the distinctiveness maps from ``encoder.layer1`` with
+  k 10, the candidate that became bundle 0.4.0's default (the same runs as ``glas`` / ``liver`` since then).
 
 The seed maps PixelCAM learns from (the default ``seed_maps: auto`` chooses them per class on valpx among the
 source's CAM, cross-class distinctiveness and their geometric mean): ``glas_cam`` / ``camelyon_cam`` (the
