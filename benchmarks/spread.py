@@ -31,7 +31,7 @@ from monai_pixelcam.cams import CAMStore
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float | None:
-    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
+    if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:  # a constant has no correlation
         return None
     return statistics.correlation(xs, ys)
 
@@ -60,7 +60,7 @@ def seed_record(models: Path, last: int) -> dict:
 
 
 def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "worst": min(values)}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values), "worst": min(values)}  # as quality.py
 
 
 def summarize(records: dict[int, dict], reference: dict[int, dict]) -> dict:
