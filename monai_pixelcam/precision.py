@@ -12,9 +12,9 @@ nothing on a CPU, and its evaluators and our inference paths would need it each.
 fp16 loss scaling on a GPU (its ``GradScaler``); the bundle turns it on for ``fp16`` there.
 
 The bundle setting ``channels_last`` (default false) stores a network's parameters, and hands its 4-D inputs,
-in channels-last memory format (:func:`with_channels_last`), which convolutions run faster in on GPUs with
-mixed precision and on CPUs with oneDNN (``benchmarks/bench_encoders.py`` measures it). Values are the same;
-only the order of floating-point sums changes.
+in channels-last memory format (:func:`with_channels_last`), which convolutions can run faster in on GPUs
+with mixed precision (``benchmarks/bench_gpu_amp.py``); on our 2-core CPU it showed no gain that held from run
+to run (``benchmarks/bench_encoders.py``). Values are the same; only the order of floating-point sums changes.
 """
 
 from __future__ import annotations
@@ -56,6 +56,14 @@ def _float32(out: Any) -> Any:
     return out
 
 
+def _wrap_entry_points(network: nn.Module, wrap: Callable[[Callable], Callable]) -> nn.Module:
+    """``network`` with ``forward``, and ``outputs`` where it has one, replaced by ``wrap`` of them."""
+    network.forward = wrap(network.forward)
+    if callable(getattr(network, "outputs", None)):
+        network.outputs = wrap(network.outputs)
+    return network
+
+
 def _autocast(method: Callable, dtype: torch.dtype) -> Callable:
     @functools.wraps(method)
     def run(x: torch.Tensor, *args, **kwargs):
@@ -77,10 +85,7 @@ def with_amp(network: nn.Module, amp: str | None) -> nn.Module:
     dtype = amp_dtype(amp)
     if dtype is None or getattr(network.forward, "amp_dtype", None) == dtype:
         return network
-    network.forward = _autocast(network.forward, dtype)
-    if callable(getattr(network, "outputs", None)):
-        network.outputs = _autocast(network.outputs, dtype)
-    return network
+    return _wrap_entry_points(network, lambda method: _autocast(method, dtype))
 
 
 def _channels_last_inputs(method: Callable) -> Callable:
@@ -102,7 +107,4 @@ def with_channels_last(network: nn.Module, channels_last: bool) -> nn.Module:
     if not channels_last or getattr(network.forward, "channels_last", False):
         return network
     network.to(memory_format=torch.channels_last)
-    network.forward = _channels_last_inputs(network.forward)
-    if callable(getattr(network, "outputs", None)):
-        network.outputs = _channels_last_inputs(network.outputs)
-    return network
+    return _wrap_entry_points(network, _channels_last_inputs)
