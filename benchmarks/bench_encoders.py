@@ -75,16 +75,18 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     size, vit = (32, SMOKE_VIT) if args.smoke else (args.size, VIT_B)
-    snapshot = write_snapshot(Path(tempfile.mkdtemp(prefix="vit_b_dinov2_")), vit)
-    rows = {
-        "resnet50 fine-tuned": ("resnet50", {}),
-        "resnet18_slim fine-tuned": ("resnet18_slim", {}),
-        "resnet50 fine-tuned, channels_last": ("resnet50", {"channels_last": True}),
-        "resnet18_slim fine-tuned, channels_last": ("resnet18_slim", {"channels_last": True}),
-        "dinov2 ViT-B/16 fine-tuned": ("dinov2", {"encoder_snapshot": str(snapshot)}),
-        "dinov2 ViT-B/16 frozen": ("dinov2", {"encoder_snapshot": str(snapshot), "trainable_blocks": 0}),
-    }
-    works = {name: Workload(enc, size, args.batch, network_kwargs=kw) for name, (enc, kw) in rows.items()}
+    # the snapshot is read once, when the networks are built; it is scratch after that
+    with tempfile.TemporaryDirectory(prefix="vit_b_dinov2_") as scratch:
+        snapshot = write_snapshot(Path(scratch), vit)
+        rows = {
+            "resnet50 fine-tuned": ("resnet50", {}),
+            "resnet18_slim fine-tuned": ("resnet18_slim", {}),
+            "resnet50 fine-tuned, channels_last": ("resnet50", {"channels_last": True}),
+            "resnet18_slim fine-tuned, channels_last": ("resnet18_slim", {"channels_last": True}),
+            "dinov2 ViT-B/16 fine-tuned": ("dinov2", {"encoder_snapshot": str(snapshot)}),
+            "dinov2 ViT-B/16 frozen": ("dinov2", {"encoder_snapshot": str(snapshot), "trainable_blocks": 0}),
+        }
+        works = {name: Workload(enc, size, args.batch, network_kwargs=kw) for name, (enc, kw) in rows.items()}
     for work in works.values():
         work.train(True)
     cached = CachedFeatures(works["dinov2 ViT-B/16 frozen"])

@@ -138,19 +138,21 @@ def main(argv=None) -> int:
     from monai_pixelcam.data.synthetic import synthesize
     from monai_pixelcam.data.synthetic.slides import synthetic_slide
 
-    work = Path(tempfile.mkdtemp(prefix="bench_gpu_amp_"))
-    size = 64 if args.smoke else 256
-    datalist = synthesize("glas", work / "data", n_images=args.images, image_size=size, seed=args.seed, progress=False)
-    grid = [[(r + c) % 2 for c in range(3 if args.smoke else 16)] for r in range(2 if args.smoke else 16)]
-    slide_path = synthetic_slide(work / "slide.svs", grid, block=64 if args.smoke else 256, seed=args.seed).path
-    runs = {}
-    variants = [(amp or "fp32", amp, False) for amp in [None, *args.amp]]
-    variants += [(f"{p}+channels_last", None if p == "fp32" else p, True) for p in args.channels_last_with]
-    for name, amp, channels_last in variants:
-        root = work / name
-        runs[name] = {"train": train(datalist, root, amp, channels_last, args, device)}
-        runs[name]["slide"] = slide(root / "models", slide_path, root / "slide_out", amp, channels_last, device)
-        print(f"{name}: {json.dumps(runs[name], indent=None)}", flush=True)
+    # the datasets, bundles and slide outputs are scratch: only the JSON figures are kept
+    with tempfile.TemporaryDirectory(prefix="bench_gpu_amp_") as scratch:
+        work = Path(scratch)
+        size = 64 if args.smoke else 256
+        datalist = synthesize("glas", work / "data", n_images=args.images, image_size=size, seed=args.seed, progress=False)
+        grid = [[(r + c) % 2 for c in range(3 if args.smoke else 16)] for r in range(2 if args.smoke else 16)]
+        slide_path = synthetic_slide(work / "slide.svs", grid, block=64 if args.smoke else 256, seed=args.seed).path
+        runs = {}
+        variants = [(amp or "fp32", amp, False) for amp in [None, *args.amp]]
+        variants += [(f"{p}+channels_last", None if p == "fp32" else p, True) for p in args.channels_last_with]
+        for name, amp, channels_last in variants:
+            root = work / name
+            runs[name] = {"train": train(datalist, root, amp, channels_last, args, device)}
+            runs[name]["slide"] = slide(root / "models", slide_path, root / "slide_out", amp, channels_last, device)
+            print(f"{name}: {json.dumps(runs[name], indent=None)}", flush=True)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "settings": vars(args) | {"out": str(args.out)}, "runs": runs,

@@ -3,6 +3,8 @@ features) on tiny sizes, and its ratios are to the ResNet50 fine-tune of the sam
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 
 from conftest import load_benchmark
@@ -10,8 +12,12 @@ from conftest import load_benchmark
 pytest.importorskip("transformers")
 
 
-def test_smoke_run_gives_every_row(tmp_path):
+def test_smoke_run_gives_every_row(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the run's snapshot goes
     result = load_benchmark("bench_encoders").main(["--smoke", "--rounds", "1", "--out", str(tmp_path / "b.json")])
+    assert not list(scratch.glob("vit_b_dinov2_*"))  # the snapshot is not left behind
     rows = result["rows"]
     assert list(rows) == ["resnet50 fine-tuned", "resnet18_slim fine-tuned", "resnet50 fine-tuned, channels_last",
                           "resnet18_slim fine-tuned, channels_last", "dinov2 ViT-B/16 fine-tuned",
