@@ -13,6 +13,8 @@ For each seed, through the bundle (the same pipeline users run):
 - ``camelyon``: train on synthetic CAMELYON16, test on it and on synthetic GlaS (the reverse OOD direction);
 - ``liver`` / ``liver_reference``: the defaults and the reference's seeding on the liver-like tissue of
   ``benchmarks/unseen_tissue.py``, a tissue model no default was chosen on (reported, never used to choose);
+  ``liver_oracle``, PixelCAM from ground-truth seeds there (as ``glas_oracle`` below), bounds what any
+  seeding can reach on it;
 - ``glas_distinct_layer1`` / ``liver_distinct_layer1``: the distinctiveness maps from ``encoder.layer1`` with
   k 10, the candidate that became bundle 0.4.0's default (the same runs as ``glas`` / ``liver`` since then).
 
@@ -85,6 +87,7 @@ SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "camelyon": ("camelyon", {}, ("glas",)),
     "liver": ("liver", {}, ()),
     "liver_reference": ("liver", {"seed_maps": "cam"}, ()),
+    "liver_oracle": ("liver", {"seed_maps": "oracle"}, ()),
     # the distinctiveness maps from the first residual stage, k 10 (benchmarks/distinct_sensitivity.py)
     "glas_distinct_layer1": ("glas", {"distinct_layer": "encoder.layer1", "distinct_k": 10}, ("camelyon", "glas_stain")),
     "liver_distinct_layer1": ("liver", {"distinct_layer": "encoder.layer1", "distinct_k": 10}, ()),
