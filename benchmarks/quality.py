@@ -15,6 +15,8 @@ For each seed, through the bundle (the same pipeline users run):
   ``benchmarks/unseen_tissue.py``, a tissue model no default was chosen on (reported, never used to choose);
   ``liver_oracle``, PixelCAM from ground-truth seeds there (as ``glas_oracle`` below), bounds what any
   seeding can reach on it;
+- ``breast`` / ``breast_reference`` / ``breast_oracle``: the same three on the breast-like tissue of the same
+  script (two classes, each with its own region of interest, as GlaS);
 - ``glas_distinct_layer1`` / ``liver_distinct_layer1``: the distinctiveness maps from ``encoder.layer1`` with
   k 10, the candidate that became bundle 0.4.0's default (the same runs as ``glas`` / ``liver`` since then).
 
@@ -88,6 +90,9 @@ SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "liver": ("liver", {}, ()),
     "liver_reference": ("liver", {"seed_maps": "cam"}, ()),
     "liver_oracle": ("liver", {"seed_maps": "oracle"}, ()),
+    "breast": ("breast", {}, ()),
+    "breast_reference": ("breast", {"seed_maps": "cam"}, ()),
+    "breast_oracle": ("breast", {"seed_maps": "oracle"}, ()),
     # the distinctiveness maps from the first residual stage, k 10 (benchmarks/distinct_sensitivity.py)
     "glas_distinct_layer1": ("glas", {"distinct_layer": "encoder.layer1", "distinct_k": 10}, ("camelyon", "glas_stain")),
     "liver_distinct_layer1": ("liver", {"distinct_layer": "encoder.layer1", "distinct_k": 10}, ()),
@@ -161,11 +166,12 @@ def _datasets(data_dir: Path, seed: int) -> dict[str, Path]:
         paths[name] = out / "datalist.json" if (out / "datalist.json").exists() else synthesize(
             kind, out, seed=seed, stain=stain, progress=False
         )
-    if not (data_dir / "liver" / "datalist.json").exists():
-        from unseen_tissue import generate  # a sibling script, as bench_encoders below
+    from unseen_tissue import TISSUES, generate  # a sibling script, as bench_encoders below
 
-        generate(data_dir / "liver", seed=seed)
-    paths["liver"] = data_dir / "liver" / "datalist.json"
+    for tissue in TISSUES:
+        if not (data_dir / tissue / "datalist.json").exists():
+            generate(data_dir / tissue, seed=seed, tissue=tissue)
+        paths[tissue] = data_dir / tissue / "datalist.json"
     return {k: Path(v) for k, v in paths.items()}
 
 

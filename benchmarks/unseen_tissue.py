@@ -1,8 +1,13 @@
-"""A histology-like dataset from a tissue model the bundle's defaults were never chosen on: liver-like
-parenchyma with and without tumour, for checking what the defaults do on data nobody tuned them on.
+"""Histology-like datasets from tissue models the bundle's defaults were never chosen on, for checking what the
+defaults do on data nobody tuned them on. Two models, one per kind of the paper's benchmarks:
 
-Not a setting of the package's generator (``monai_pixelcam.data.synthetic``, colon glands and lymph node):
-another tissue, other structures, another stain and another scale, drawn here from scratch.
+- ``liver`` (as CAMELYON16: a negative class without a region of interest, and tumour);
+- ``breast`` (as GlaS: two classes, each with its own structures as the region of interest).
+
+Neither is a setting of the package's generator (``monai_pixelcam.data.synthetic``, colon glands and lymph
+node): other tissues, other structures, other stains and other scales, drawn here from scratch.
+
+**Liver** (cells about 22 px across at 192 px):
 
 - **Normal liver** (class ``normal``, a negative class: no region of interest): hepatocyte plates, polygonal
   cells (a Voronoi tessellation of jittered seeds, about 22 px across) with pale eosinophilic cytoplasm, a
@@ -14,10 +19,24 @@ another tissue, other structures, another stain and another scale, drawn here fr
 - **Stain**: Beer-Lambert with hematoxylin (0.55, 0.74, 0.39) and eosin (0.10, 0.79, 0.60) optical densities
   (different vectors from the package's generator), per-tile intensity jitter of +-15 %, a faint blur.
 
-Splits as the issue that asked for it (96 train, 24 valcl, 6 valpx, 48 test), balanced classes, valpx and
-test tumours with masks. Usage: ``python benchmarks/unseen_tissue.py --out DIR [--seed 0] [--size 192]``;
-then ``python -m monai.bundle run training --config_file bundles/pixelcam/configs/train.json
---bundle_root RUN --datalist DIR/datalist.json``.
+**Breast** (luminal nuclei radius 2.4-3.2 px at 192 px, a finer scale than the liver's):
+
+- **Stroma**, in both classes: collagen as fibres (noise stretched along a random direction per tile), sparse
+  spindle-shaped fibroblast nuclei along the fibres, scattered lymphocytes (small round dark nuclei) and, in
+  some tiles, a fat lobule (large empty polygonal adipocytes with thin walls).
+- **Benign** (class ``benign``): three to five ducts (ellipses, semi-axes 20-36 px) or lobules (clusters of five
+  to ten small acini), each with an open lumen, a luminal layer of uniform round nuclei along the lumen and an
+  outer myoepithelial layer of flat nuclei lying along the duct's outline; the mask is the ducts and acini,
+  lumens included.
+- **Carcinoma** (class ``carcinoma``): four to eight irregular solid nests (ellipses with a noisy outline),
+  crowded pleomorphic nuclei (radius 3-5.5 px, varied darkness, some with a nucleolus), no lumen and no
+  myoepithelial layer, in a desmoplastic stroma (more fibroblasts, paler collagen); the mask is the nests.
+- **Stain**: hematoxylin (0.60, 0.76, 0.25) and eosin (0.18, 0.86, 0.47), the liver's jitter and blur.
+
+Splits as the issue that asked for it (96 train, 24 valcl, 6 valpx, 48 test), balanced classes; valpx and test
+images of every class with a region of interest have masks. Usage: ``python benchmarks/unseen_tissue.py --out
+DIR [--tissue liver|breast] [--seed 0] [--size 192]``; then ``python -m monai.bundle run training
+--config_file bundles/pixelcam/configs/train.json --bundle_root RUN --datalist DIR/datalist.json``.
 """
 
 from __future__ import annotations
@@ -32,10 +51,9 @@ from scipy import ndimage
 from monai_pixelcam.atomic import write_png_atomic
 from monai_pixelcam.data.datalist import save_datalist
 
-CLASSES = ["normal", "tumour"]
 SPLIT_SIZES = {"train": 96, "valcl": 24, "valpx": 6, "test": 48}
-_H = np.array([0.55, 0.74, 0.39])  # hematoxylin optical density per RGB channel
-_E = np.array([0.10, 0.79, 0.60])  # eosin
+LIVER_STAIN = (np.array([0.55, 0.74, 0.39]), np.array([0.10, 0.79, 0.60]))  # hematoxylin, eosin OD per channel
+BREAST_STAIN = (np.array([0.60, 0.76, 0.25]), np.array([0.18, 0.86, 0.47]))
 
 
 def _voronoi(shape: tuple[int, int], spacing: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +93,42 @@ def _blob(shape: tuple[int, int], rng: np.random.Generator, coverage: float) -> 
     return noise >= np.quantile(noise, 1.0 - coverage)
 
 
-def render(label: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One tile: ``uint8 size x size x 3`` and its ``uint8`` {0, 1} tumour mask."""
+def _ellipses(shape: tuple[int, int], centres: np.ndarray, axes: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """Soft-edged filled ellipses (``axes`` rows: semi-axes along and across ``angles``), ``float32`` in [0, 1]."""
+    out = np.zeros(shape, np.float32)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    for (cy, cx), (a, b), t in zip(centres, axes, angles):
+        r = int(max(a, b)) + 2
+        y0, y1, x0, x1 = max(int(cy) - r, 0), min(int(cy) + r + 1, shape[0]), max(int(cx) - r, 0), min(int(cx) + r + 1, shape[1])
+        if y0 >= y1 or x0 >= x1:
+            continue
+        dy, dx = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
+        u, v = np.cos(t) * dx + np.sin(t) * dy, -np.sin(t) * dx + np.cos(t) * dy
+        # distance outside the outline, in pixels along the minor axis: a half-pixel soft edge as _disks'
+        d = (np.sqrt((u / a) ** 2 + (v / b) ** 2) - 1.0) * b
+        out[y0:y1, x0:x1] = np.maximum(out[y0:y1, x0:x1], np.clip(0.5 - d, 0, 1))
+    return out
+
+
+def _radius(shape: tuple[int, int], centre: np.ndarray, axes: np.ndarray, angle: float) -> np.ndarray:
+    """Every pixel's elliptical radius about ``centre``: 1 on the outline of the ellipse ``axes``, ``angle``."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    dy, dx = yy - centre[0], xx - centre[1]
+    u, v = np.cos(angle) * dx + np.sin(angle) * dy, -np.sin(angle) * dx + np.cos(angle) * dy
+    return np.sqrt((u / axes[0]) ** 2 + (v / axes[1]) ** 2)
+
+
+def _stained(h: np.ndarray, e: np.ndarray, stain: tuple[np.ndarray, np.ndarray], rng) -> np.ndarray:
+    """Beer-Lambert RGB ``uint8 H x W x 3`` of hematoxylin and eosin densities, with per-tile jitter and noise."""
+    scale = rng.uniform(0.85, 1.15, 2)
+    od = scale[0] * h[..., None] * stain[0] + scale[1] * e[..., None] * stain[1]
+    rgb = 255.0 * np.exp(-ndimage.gaussian_filter(od, sigma=(0.6, 0.6, 0)))
+    rgb += rng.normal(0, 3.0, rgb.shape)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+def render_liver(label: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One liver tile: ``uint8 size x size x 3`` and its ``uint8`` {0, 1} tumour mask (label 1) or zeros."""
     shape = (size, size)
     cells, seeds = _voronoi(shape, 22.0 * size / 192, rng)
     border = _borders(cells)
@@ -103,25 +155,114 @@ def render(label: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray,
         apoptotic = _disks(shape, centres[rng.random(len(centres)) < 0.03], np.full(len(centres), 1.5))
         h_density = np.where(mask, 0.35 + 1.3 * tumour_nuclei + 0.8 * apoptotic, h_density)
         e_density = np.where(mask, 0.25 + 0.1 * rng.random(shape), e_density)
-    scale = rng.uniform(0.85, 1.15, 2)
-    od = scale[0] * h_density[..., None] * _H + scale[1] * e_density[..., None] * _E
-    rgb = 255.0 * np.exp(-ndimage.gaussian_filter(od, sigma=(0.6, 0.6, 0)))
-    rgb += rng.normal(0, 3.0, rgb.shape)
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8), mask.astype(np.uint8)
+    return _stained(h_density, e_density, LIVER_STAIN, rng), mask.astype(np.uint8)
 
 
-def generate(out: Path, seed: int = 0, size: int = 192, sizes: dict[str, int] = SPLIT_SIZES) -> Path:
-    """Write the images, masks and ``datalist.json`` under ``out``; returns the datalist path."""
+def _stroma(shape: tuple[int, int], f: float, rng: np.random.Generator, desmoplastic: bool):
+    """Breast stroma's hematoxylin and eosin densities (``float`` H x W each); ``f`` is the size / 192 scale."""
+    angle = rng.uniform(0, np.pi)
+    fibres = ndimage.rotate(ndimage.gaussian_filter(rng.normal(size=shape), sigma=(0.8 * f, 6 * f)),
+                            np.degrees(angle), reshape=False, mode="reflect")  # fmt: skip
+    fibres = (fibres - fibres.mean()) / (fibres.std() + 1e-6)
+    e = np.clip((0.32 if desmoplastic else 0.45) + 0.12 * fibres, 0.05, None)
+    h = np.full(shape, 0.03)
+    n = int((2.5 if desmoplastic else 1.5) * shape[0] * shape[1] / (30 * f) ** 2)
+    centres = rng.uniform(0, shape[0], (n, 2))
+    axes = np.stack([rng.uniform(4, 6.5, n), rng.uniform(1.1, 1.7, n)], 1) * f
+    h += 1.0 * _ellipses(shape, centres, axes, -angle + rng.normal(0, 0.2, n))  # fibroblasts lie along the fibres
+    n = int(rng.integers(0, 40))
+    h += 1.4 * _disks(shape, rng.uniform(0, shape[0], (n, 2)), rng.uniform(1.8, 2.3, n) * f)  # lymphocytes
+    if rng.random() < 0.35:  # a fat lobule: empty adipocytes with thin walls
+        fat = _blob(shape, rng, rng.uniform(0.1, 0.3))
+        cells, _ = _voronoi(shape, 30.0 * f, rng)
+        e = np.where(fat, np.where(_borders(cells), 0.35, 0.02), e)
+        h = np.where(fat, 0.0, h)
+    return h, e
+
+
+def _duct(shape, centre, axes, angle, f, rng, h, e) -> np.ndarray:
+    """Draw a benign duct or acinus into ``h``, ``e`` (in place): lumen, luminal and myoepithelial layers; its
+    ``bool`` mask (lumen included)."""
+    r = _radius(shape, centre, axes, angle)
+    lumen, luminal = rng.uniform(0.4, 0.6), 0.84
+    e[r < 1.0] = 0.16  # the myoepithelial layer's clear cytoplasm
+    e[r < luminal] = 0.40
+    h[r < 1.0] = 0.08
+    in_lumen = r < lumen
+    e[in_lumen], h[in_lumen] = (0.12 if rng.random() < 0.3 else 0.02), 0.0  # some lumens hold pale secretion
+    for rho, spacing, layer in ((0.5 * (lumen + luminal), 6.5, "luminal"), (0.92, 11.0, "myoepithelial")):
+        perimeter = np.pi * rho * (axes[0] + axes[1])
+        t = np.linspace(0, 2 * np.pi, max(int(perimeter / (spacing * f)), 4), endpoint=False)
+        t += rng.uniform(0, 2 * np.pi) + rng.normal(0, 0.05, len(t))
+        u, v = rho * axes[0] * np.cos(t), rho * axes[1] * np.sin(t)
+        centres = np.stack([centre[0] + np.sin(angle) * u + np.cos(angle) * v,
+                            centre[1] + np.cos(angle) * u - np.sin(angle) * v], 1)  # fmt: skip
+        if layer == "luminal":
+            h += 1.0 * _disks(shape, centres, rng.uniform(2.4, 3.2, len(t)) * f)
+        else:  # flat nuclei along the outline: their long axis is the outline's tangent
+            du, dv = -rho * axes[0] * np.sin(t), rho * axes[1] * np.cos(t)
+            tangent = np.arctan2(np.sin(angle) * du + np.cos(angle) * dv, np.cos(angle) * du - np.sin(angle) * dv)
+            h += 1.2 * _ellipses(shape, centres, np.tile(np.array([3.6, 1.2]) * f, (len(t), 1)), tangent)
+    return r < 1.0
+
+
+def render_breast(label: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One breast tile: ``uint8 size x size x 3`` and its ``uint8`` {0, 1} mask of ducts (label 0) or
+    carcinoma nests (label 1)."""
+    shape, f = (size, size), size / 192
+    h, e = _stroma(shape, f, rng, desmoplastic=label == 1)
+    mask = np.zeros(shape, bool)
+    if label == 0:
+        for _ in range(int(rng.integers(3, 6))):
+            centre = rng.uniform(0.15, 0.85, 2) * size
+            if rng.random() < 0.4:  # a lobule: a cluster of small acini
+                for _ in range(int(rng.integers(5, 11))):
+                    acinus = centre + rng.normal(0, 18 * f, 2)
+                    mask |= _duct(shape, acinus, rng.uniform(8, 13, 2) * f, rng.uniform(0, np.pi), f, rng, h, e)
+            else:
+                mask |= _duct(shape, centre, rng.uniform(20, 36, 2) * f, rng.uniform(0, np.pi), f, rng, h, e)
+    else:
+        outline = ndimage.gaussian_filter(rng.normal(size=shape), sigma=4 * f)
+        outline /= outline.std() + 1e-6
+        for _ in range(int(rng.integers(4, 9))):
+            centre = rng.uniform(0.1, 0.9, 2) * size
+            mask |= _radius(shape, centre, rng.uniform(12, 30, 2) * f, rng.uniform(0, np.pi)) + 0.25 * outline < 1.0
+        e = np.where(mask, 0.30 + 0.1 * rng.random(shape), e)
+        ys, xs = np.meshgrid(np.arange(0, size, 8.5 * f), np.arange(0, size, 8.5 * f))
+        centres = np.stack([ys.ravel(), xs.ravel()], 1) + rng.uniform(-2.5, 2.5, (ys.size, 2)) * f
+        inside = mask[np.clip(centres[:, 0].astype(int), 0, size - 1), np.clip(centres[:, 1].astype(int), 0, size - 1)]
+        centres = centres[inside]
+        nuclei = np.zeros(shape, np.float32)
+        for darkness in (1.1, 1.4, 1.7):  # pleomorphic: sizes and darkness vary from nucleus to nucleus
+            pick = rng.random(len(centres)) < 1 / 3
+            nuclei += darkness * _disks(shape, centres[pick], rng.uniform(3.0, 5.5, int(pick.sum())) * f)
+        nucleoli = centres[rng.random(len(centres)) < 0.4] + rng.normal(0, 1.0 * f, (1, 2))
+        h = np.where(mask, 0.22 + nuclei + 0.8 * _disks(shape, nucleoli, np.full(len(nucleoli), 1.0 * f)), h)
+    return _stained(h, e, BREAST_STAIN, rng), mask.astype(np.uint8)
+
+
+TISSUES = {  # name: (one tile, class names, negative classes)
+    "liver": (render_liver, ["normal", "tumour"], [0]),
+    "breast": (render_breast, ["benign", "carcinoma"], []),
+}
+
+
+def generate(
+    out: Path, seed: int = 0, size: int = 192, sizes: dict[str, int] = SPLIT_SIZES, tissue: str = "liver"
+) -> Path:
+    """Write ``tissue``'s images, masks and ``datalist.json`` under ``out``; returns the datalist path."""
+    render, classes, negatives = TISSUES[tissue]
     rng = np.random.default_rng(seed)
-    datalist: dict = {"classes": CLASSES, "negative_classes": [0]}
+    datalist: dict = {"classes": classes, "negative_classes": negatives}
     k = 0
     for split, n in sizes.items():
         datalist[split] = []
         for label in rng.permutation(np.arange(n) % 2):
             image, mask = render(int(label), size, rng)
-            item_id = f"liver_{k:04d}"
+            item_id = f"{tissue}_{k:04d}"
             image_path = write_png_atomic(out / "images" / f"{item_id}.png", image)
-            mask_path = write_png_atomic(out / "masks" / f"{item_id}.png", mask * 255) if label == 1 else None
+            has_region = int(label) not in negatives
+            mask_path = write_png_atomic(out / "masks" / f"{item_id}.png", mask * 255) if has_region else None
             datalist[split].append({"image": str(image_path), "mask": mask_path and str(mask_path),
                                     "label": int(label), "id": item_id})  # fmt: skip
             k += 1
@@ -133,8 +274,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--tissue", choices=sorted(TISSUES), default="liver")
     args = parser.parse_args(argv)
-    path = generate(args.out, args.seed, args.size)
+    path = generate(args.out, args.seed, args.size, tissue=args.tissue)
     print(path)
     return path
 

@@ -173,24 +173,27 @@ def test_cli_rejects_too_few_images(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_unseen_tissue_generator_writes_a_valid_datalist(tmp_path):
-    """benchmarks/unseen_tissue.py (another tissue model, for checking the defaults on data they were never
-    chosen on): a valid datalist, both classes in every split, tumour masks only on tumour images and each
-    covering part of its tile, normal images without a mask."""
+@pytest.mark.parametrize("tissue, classes, negatives", [("liver", ["normal", "tumour"], [0]),
+                                                       ("breast", ["benign", "carcinoma"], [])])
+def test_unseen_tissue_generator_writes_a_valid_datalist(tmp_path, tissue, classes, negatives):
+    """benchmarks/unseen_tissue.py (other tissue models, for checking the defaults on data they were never
+    chosen on): a valid datalist, both classes in every split, a mask on every image of a class with a region
+    of interest and each covering part of its tile, images of a negative class without a mask."""
     from conftest import load_benchmark
 
     from monai_pixelcam.data import load_datalist, validate_datalist
     from monai_pixelcam.data.io import read_mask
 
     module = load_benchmark("unseen_tissue")
-    path = module.generate(tmp_path, seed=1, size=64, sizes={"train": 4, "valcl": 2, "valpx": 2, "test": 2})
+    path = module.generate(tmp_path, seed=1, size=64, sizes={"train": 4, "valcl": 2, "valpx": 2, "test": 2},
+                           tissue=tissue)  # fmt: skip
     validate_datalist(path)
     data = load_datalist(path)
-    assert data["classes"] == ["normal", "tumour"] and data["negative_classes"] == [0]
+    assert data["classes"] == classes and data["negative_classes"] == negatives
     for split in ("train", "valcl", "valpx", "test"):
         assert sorted(it["label"] for it in data[split]) == sorted([0, 1] * (len(data[split]) // 2))
         for it in data[split]:
-            assert (it["mask"] is None) == (it["label"] == 0)
+            assert (it["mask"] is None) == (it["label"] in negatives)
             if it["mask"]:
                 fraction = read_mask(it["mask"]).mean()
                 assert 0.05 < fraction < 0.8, fraction
