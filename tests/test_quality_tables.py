@@ -56,9 +56,11 @@ def test_full_tables_list_identical_methods_once(quality, results):
 
 
 def test_per_seed_table_gives_the_margins_of_every_seed(quality, results):
-    lines = [line for line in quality.render(results).splitlines() if line.startswith("| 1 |")]
-    # seed 1: source 44, reference 64, defaults 84 (benign 76, malignant 84), accuracy 100
-    assert lines == ["| 1 | 44.0 (100.0) | 64.0 | 84.0 | +20.0 | +40.0 | benign 76.0, malignant 84.0 | 100.0 |"]
+    results["runs"]["glas_oracle/seed1"] = _run(44, 90, 88)  # a ceiling for seed 1 only
+    lines = [line for line in quality.render(results).splitlines() if line.startswith(("| 0 |", "| 1 |"))]
+    # seed 1: source 44, reference 64, defaults 84 (benign 76, malignant 84), ceiling 90, accuracy 100
+    assert lines == ["| 0 | 40.0 (100.0) | 60.0 | 80.0 | - | +20.0 | +40.0 | benign 70.0, malignant 80.0 | 100.0 |",
+                     "| 1 | 44.0 (100.0) | 64.0 | 84.0 | 90.0 | +20.0 | +40.0 | benign 76.0, malignant 84.0 | 100.0 |"]
 
 
 def test_update_docs_writes_headline_and_full_tables(quality, results, tmp_path):
