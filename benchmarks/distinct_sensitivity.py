@@ -7,18 +7,21 @@ scores), once for every ``distinct_layer`` x ``distinct_k`` of the grid. The val
 class is what ``seed_maps: auto`` would choose from. No PixelCAM is trained: this isolates the maps.
 
 Usage: ``python benchmarks/distinct_sensitivity.py --out benchmarks/results/quality --setting glas --seeds 0 1 2
-3 4 --layers encoder.layer2 encoder.layer3 --ks 10 50 200`` (``--datalist`` the runs' datalist); writes ``OUT/distinct_sensitivity_<setting>.json``
-and prints a table (markdown).
+3 4 --layers encoder.layer2 encoder.layer3 --ks 10 50 200`` (``--datalist``: the runs' datalist, by default the
+setting's data set under ``OUT/data``; a datalist of other classes than the runs' is refused); writes
+``OUT/distinct_sensitivity_<setting>.json`` and prints a table (markdown).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
 
 from monai_pixelcam.atomic import write_json_atomic
+from monai_pixelcam.data import load_datalist
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundles" / "pixelcam" / "configs"
@@ -61,22 +64,29 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
     parser.add_argument("--setting", default="glas")
-    parser.add_argument("--datalist", type=Path, help="the runs' datalist (default OUT/data/glas/datalist.json)")
+    parser.add_argument("--datalist", type=Path,
+                        help="the runs' datalist (default: OUT/data/<the setting's data set>/datalist.json)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--layers", nargs="+", default=["encoder.layer2", "encoder.layer3"])
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 50, 200])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="the runs' bundle overrides")
     args = parser.parse_args(argv)
-    from quality import _parse_set  # a sibling script: the same KEY=VALUE parsing as the runs it reads
+    from quality import SETTINGS, _parse_set  # a sibling script: the runs' data sets and KEY=VALUE parsing
 
     overrides = _parse_set(args.set)
+    if args.datalist is None and args.setting not in SETTINGS:
+        raise SystemExit(f"--setting {args.setting!r} is not a quality.py setting: give its runs' --datalist")
+    datalist = args.datalist or args.out / "data" / SETTINGS[args.setting][0] / "datalist.json"
     grid = [(layer, k) for layer in args.layers for k in args.ks]
     runs = {}
     for seed in args.seeds:
         run_dir = args.out / "runs" / f"{args.setting}_seed{seed}"
         if not (run_dir / "models" / "source_bloc.pt").is_file():
             raise FileNotFoundError(f"no finished run at {run_dir} (models/source_bloc.pt)")
-        datalist = args.datalist or args.out / "data" / "glas" / "datalist.json"
+        trained_on = json.loads((run_dir / "models" / "metrics.json").read_text())["classes"]
+        classes = load_datalist(datalist)["classes"]
+        if trained_on != classes:  # another data set's maps would be scored against the wrong masks
+            raise SystemExit(f"{datalist}: classes {classes}, but {run_dir} was trained on {trained_on}")
         runs[seed] = candidate_scores(run_dir, datalist, seed, grid, overrides)
         print(f"seed {seed} done", flush=True)
     write_json_atomic(runs, args.out / f"distinct_sensitivity_{args.setting}.json", indent=1)
