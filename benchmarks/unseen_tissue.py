@@ -99,7 +99,8 @@ def _ellipses(shape: tuple[int, int], centres: np.ndarray, axes: np.ndarray, ang
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     for (cy, cx), (a, b), t in zip(centres, axes, angles):
         r = int(max(a, b)) + 2
-        y0, y1, x0, x1 = max(int(cy) - r, 0), min(int(cy) + r + 1, shape[0]), max(int(cx) - r, 0), min(int(cx) + r + 1, shape[1])
+        y0, y1 = max(int(cy) - r, 0), min(int(cy) + r + 1, shape[0])
+        x0, x1 = max(int(cx) - r, 0), min(int(cx) + r + 1, shape[1])
         if y0 >= y1 or x0 >= x1:
             continue
         dy, dx = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
@@ -251,6 +252,8 @@ def generate(
     out: Path, seed: int = 0, size: int = 192, sizes: dict[str, int] = SPLIT_SIZES, tissue: str = "liver"
 ) -> Path:
     """Write ``tissue``'s images, masks and ``datalist.json`` under ``out``; returns the datalist path."""
+    if tissue not in TISSUES:
+        raise ValueError(f"tissue {tissue!r}: not one of {sorted(TISSUES)}")
     render, classes, negatives = TISSUES[tissue]
     rng = np.random.default_rng(seed)
     datalist: dict = {"classes": classes, "negative_classes": negatives}

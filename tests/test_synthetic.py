@@ -197,3 +197,11 @@ def test_unseen_tissue_generator_writes_a_valid_datalist(tmp_path, tissue, class
             if it["mask"]:
                 fraction = read_mask(it["mask"]).mean()
                 assert 0.05 < fraction < 0.8, fraction
+
+
+def test_unseen_tissue_generator_names_an_unknown_tissue(tmp_path):
+    from conftest import load_benchmark
+
+    with pytest.raises(ValueError, match=r"tissue 'kidney': not one of \['breast', 'liver'\]"):
+        load_benchmark("unseen_tissue").generate(tmp_path, tissue="kidney")
+    assert not any(tmp_path.iterdir())
