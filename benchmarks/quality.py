@@ -18,7 +18,9 @@ For each seed, through the bundle (the same pipeline users run):
 - ``breast`` / ``breast_reference`` / ``breast_oracle``: the same three on the breast-like tissue of the same
   script (two classes, each with its own region of interest, as GlaS);
 - ``glas_distinct_layer1`` / ``liver_distinct_layer1``: the distinctiveness maps from ``encoder.layer1`` with
-  k 10, the candidate that became bundle 0.4.0's default (the same runs as ``glas`` / ``liver`` since then).
+  k 10, the candidate that became bundle 0.4.0's default (the same runs as ``glas`` / ``liver`` since then);
+  ``glas_distinct_layers12`` / ``breast_distinct_layers12`` / ``liver_distinct_layers12``: ``auto`` tries every
+  distinct candidate from ``encoder.layer1`` and ``encoder.layer2`` and chooses the layer on valpx too.
 
 The seed maps PixelCAM learns from (the default ``seed_maps: auto`` chooses them per class on valpx among the
 source's CAM, cross-class distinctiveness and their geometric mean): ``glas_cam`` / ``camelyon_cam`` (the
@@ -82,6 +84,8 @@ STAIN_SHIFT = {"h_scale": 1.3, "e_scale": 0.7, "hue_shift": 0.04}
 #: it keep it, so that their runs stay valid
 NO_EROSION = {"seeder#erosion": 0}
 #: setting -> (training data, bundle overrides, external test sets); data names are those of ``_datasets``
+#: ``auto`` choosing the distinctiveness layer on valpx too, among the ResNets' first two stages
+LAYERS12 = ["encoder.layer1", "encoder.layer2"]
 SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "glas": ("glas", {}, ("camelyon", "glas_stain")),
     "glas_reference": ("glas", {"seed_maps": "cam"}, ("camelyon", "glas_stain")),
@@ -96,6 +100,9 @@ SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     # the distinctiveness maps from the first residual stage, k 10 (benchmarks/distinct_sensitivity.py)
     "glas_distinct_layer1": ("glas", {"distinct_layer": "encoder.layer1", "distinct_k": 10}, ("camelyon", "glas_stain")),
     "liver_distinct_layer1": ("liver", {"distinct_layer": "encoder.layer1", "distinct_k": 10}, ()),
+    "glas_distinct_layers12": ("glas", {"distinct_layer": LAYERS12}, ()),
+    "breast_distinct_layers12": ("breast", {"distinct_layer": LAYERS12}, ()),
+    "liver_distinct_layers12": ("liver", {"distinct_layer": LAYERS12}, ()),
     # foreground seeds from the Otsu region eroded by 1 cell of the seed grid (default), 0 or 2 cells
     "glas_erosion0": ("glas", NO_EROSION, ("camelyon", "glas_stain")),
     "camelyon_erosion0": ("camelyon", NO_EROSION, ("glas",)),

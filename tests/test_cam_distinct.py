@@ -15,6 +15,7 @@ from monai.bundle import ConfigWorkflow
 from monai_pixelcam.cams import CAMStore, normalize_maps, store_method_name
 from monai_pixelcam.cams.auto import ValpxSelectedMaps
 from monai_pixelcam.cams.distinct import CrossClassDistinctiveness, DistinctCAM
+from monai_pixelcam.cams.seed_maps import prepare_seed_maps
 from monai_pixelcam.networks.heads import CAMHead
 
 from conftest import CONFIGS, TINY_BUNDLE, build_store
@@ -178,6 +179,29 @@ def test_auto_chooses_per_class_on_valpx(data):
         ValpxSelectedMaps(ColourNet(), candidates=("cam", "CAM"))
 
 
+def test_auto_also_chooses_the_distinct_layer_on_valpx(data):
+    """With several ``distinct_layer``, every distinct candidate is tried from each layer, and valpx chooses the
+    layer too: here ``encoder.layer3`` (and the CAM on top of it) sees nothing, ``encoder.layer2`` the colours."""
+    model = ColourNet().eval()
+    model.encoder = nn.Sequential(OrderedDict(layer2=nn.AvgPool2d(CELL), layer3=nn.Conv2d(3, 3, 1), layer4=nn.Identity()))
+    nn.init.zeros_(model.encoder.layer3.weight), nn.init.zeros_(model.encoder.layer3.bias)  # blind features
+    layers = ["encoder.layer3", "encoder.layer2"]
+    auto = ValpxSelectedMaps(model, candidates=("cam", "distinct"), distinct_layer=layers, k=5)
+    assert auto.candidates == ["cam", "distinct@encoder.layer3", "distinct@encoder.layer2"]
+    with pytest.raises(TypeError, match="several distinct layers need re-iterable training batches"):
+        auto.fit(batches(data))  # a generator: the second bank would see no batch
+    choice = auto.fit(list(batches(data))).select(valpx_batches(data[:4]))
+    scores = auto.report["valpx_pxap"]
+    assert choice == {0: "distinct@encoder.layer2", 1: "distinct@encoder.layer2"}, scores
+    assert scores["0"]["distinct@encoder.layer2"] > 95 > 60 > scores["0"]["distinct@encoder.layer3"]
+    x = data[4]["image"][None]
+    torch.testing.assert_close(auto(x, [0]), auto.extractors["distinct@encoder.layer2"](x, [0]))
+    with pytest.raises(ValueError, match="a layer or a list of different layers"):
+        ValpxSelectedMaps(model, candidates=("distinct",), distinct_layer=["encoder.layer2", "encoder.layer2"])
+    with pytest.raises(ValueError, match="seed maps 'distinct' take one distinct_layer; a list of layers is for 'auto'"):
+        prepare_seed_maps("distinct", model, [], distinct_kwargs={"distinct_layer": layers})
+
+
 def test_store_auto_records_its_choice(tmp_path, data):
     model = diffuse_class0_cam_model()
     checkpoint = tmp_path / "source.pt"
@@ -194,14 +218,15 @@ def test_store_auto_records_its_choice(tmp_path, data):
     assert store.manifest["selection"]["choice"] == {"0": "distinct", "1": "cam"}
 
 
-@pytest.mark.parametrize("seed_maps", ["cam+distinct", "auto"])
-def test_bundle_stores_distinct_seed_maps(trained_bundle, tiny_glas, tmp_path, seed_maps):
+@pytest.mark.parametrize("seed_maps, layers", [("cam+distinct", None), ("auto", None),
+                                               ("auto", ["encoder.layer1", "encoder.layer2"])])
+def test_bundle_stores_distinct_seed_maps(trained_bundle, tiny_glas, tmp_path, seed_maps, layers):
     """``--seed_maps cam+distinct`` and ``auto`` through the bundle's own CAM writer (``auto`` chooses on the
-    bundle's valpx), from its trained source model."""
+    bundle's valpx), from its trained source model; ``auto`` with a list of ``distinct_layer`` tries each."""
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"), workflow_type=None, logging_file=False,
         bundle_root=str(trained_bundle), datalist=str(tiny_glas), cam_store_dir=str(tmp_path / "cams"),
-        seed_maps=seed_maps, **TINY_BUNDLE,
+        seed_maps=seed_maps, **TINY_BUNDLE, **({"distinct_layer": layers} if layers else {}),
     )
     workflow.initialize()
     store = workflow.parser.get_parsed_content("cams#writer")()
@@ -216,7 +241,8 @@ def test_bundle_stores_distinct_seed_maps(trained_bundle, tiny_glas, tmp_path, s
         valpx_classes = {str(it["label"]) for it in json.loads(tiny_glas.read_text())["valpx"]}
         selection = store.manifest["selection"]
         assert set(selection["choice"]) == valpx_classes
-        assert set(selection["valpx_pxap"]["0"]) == {"cam", "distinct", "cam+distinct"}
+        tags = [f"@{layer}" for layer in layers] if layers else [""]
+        assert set(selection["valpx_pxap"]["0"]) == {"cam", *(f"{m}{t}" for m in ("distinct", "cam+distinct") for t in tags)}
 
 
 @pytest.mark.parametrize("encoder", ["resnet18_slim", "resnet50", "vgg16", "vit_tiny"])

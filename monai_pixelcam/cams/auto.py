@@ -37,8 +37,10 @@ class ValpxSelectedMaps:
             "<cam method>+distinct". The first is the fallback for a class that valpx cannot judge (a negative
             class, or none of its images in valpx); on a tie the earlier candidate wins.
         target_layer: the CAM methods' target layer (default ``model.encoder``).
-        distinct_layer, k, bank_size, seed: of the one :class:`~.distinct.CrossClassDistinctiveness` map that
-            the distinct candidates share.
+        distinct_layer, k, bank_size, seed: of the :class:`~.distinct.CrossClassDistinctiveness` map that the
+            distinct candidates share. ``distinct_layer`` may list several layers: then every distinct
+            candidate is tried from each, named ``"<candidate>@<layer>"`` (e.g. ``"distinct@encoder.layer2"``),
+            so that valpx also chooses the layer, whose best choice depends on the tissue's scale.
 
     Use: :meth:`fit` on the training batches (samples the distinctiveness banks), :meth:`select` on valpx
     batches, then call ``maps(x, class_idx)`` -> ``B x 1 x h x w`` float32 in [0, 1], each image's map from
@@ -52,32 +54,44 @@ class ValpxSelectedMaps:
         model: nn.Module,
         candidates: Sequence[str] = DEFAULT_CANDIDATES,
         target_layer: nn.Module | str | None = None,
-        distinct_layer: nn.Module | str | None = "encoder.layer2",
+        distinct_layer: nn.Module | str | Sequence[str] | None = "encoder.layer2",
         k: int = 50,
         bank_size: int = 65536,
         seed: int = 0,
     ) -> None:
-        names = [distinct_method_name(c) or canonical_method_name(c) for c in candidates]
-        if not names or len(set(names)) != len(names):
+        methods = [distinct_method_name(c) or canonical_method_name(c) for c in candidates]
+        if not methods or len(set(methods)) != len(methods):
             raise ValueError(f"candidates must be distinct method names, at least one, got {list(candidates)}.")
-        self.distinct = (
-            CrossClassDistinctiveness(model, distinct_layer, k=k, bank_size=bank_size, seed=seed)
-            if any(distinct_method_name(n) for n in names) else None
-        )
-        self.extractors = {
-            n: build_distinct(n, model, target_layer, distinct=self.distinct) if distinct_method_name(n)
-            else build_cam(n, model, target_layer)
-            for n in names
-        }
+        layers = list(distinct_layer) if isinstance(distinct_layer, (list, tuple)) else [distinct_layer]
+        if not layers or len(set(map(str, layers))) != len(layers):
+            raise ValueError(f"distinct_layer: a layer or a list of different layers, got {distinct_layer!r}.")
+        self.distincts = {  # one feature bank per layer, shared by that layer's distinct candidates
+            layer: CrossClassDistinctiveness(model, layer, k=k, bank_size=bank_size, seed=seed)
+            for layer in layers
+        } if any(distinct_method_name(m) for m in methods) else {}  # fmt: skip
+        self.extractors = {}
+        for method in methods:
+            if not distinct_method_name(method):
+                self.extractors[method] = build_cam(method, model, target_layer)
+                continue
+            for layer, distinct in self.distincts.items():
+                name = method if len(layers) == 1 else f"{method}@{layer}"
+                self.extractors[name] = build_distinct(method, model, target_layer, distinct=distinct)
+        names = list(self.extractors)
         self.candidates = names
         self.target_layer = _resolve_layer(model, target_layer)  # what the manifest names
         self.choice: dict[int, str] = {}
         self.report: dict = {}
 
     def fit(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> ValpxSelectedMaps:
-        """Sample the distinctiveness banks from the training batches (a no-op without distinct candidates)."""
-        if self.distinct is not None:
-            self.distinct.fit(batches)
+        """Sample the distinctiveness banks from the training batches (a no-op without distinct candidates).
+        With several layers each bank reads the batches once, so ``batches`` must be re-iterable (a loader,
+        not a generator): holding the training set in memory instead would not scale."""
+        if len(self.distincts) > 1 and iter(batches) is batches:
+            raise TypeError("several distinct layers need re-iterable training batches (one pass per layer's "
+                            "bank), not a one-pass iterator.")
+        for distinct in self.distincts.values():
+            distinct.fit(batches)
         return self
 
     def select(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[int, str]:

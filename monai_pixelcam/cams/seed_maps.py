@@ -74,6 +74,17 @@ def _images(batch: Mapping, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(batch[IMAGE]).to(device=device, dtype=torch.float32)
 
 
+class _TrainingBatches:
+    """``(images B x 3 x H x W, labels B)`` of a training loader, read again on every pass: each feature bank
+    samples the training set in a pass of its own (deterministic eval transforms give the same batches)."""
+
+    def __init__(self, loader: Iterable[Mapping], device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __iter__(self):
+        return ((_images(b, self.device), torch.as_tensor(b[LABEL])) for b in self.loader)
+
+
 @dataclass(frozen=True)
 class SeedMaps:
     """A ready map extractor and what a store's manifest records of it.
@@ -136,7 +147,8 @@ def prepare_seed_maps(
         device: where to compute; default the model's device.
         target_layer: passed to the extractor (default ``model.encoder``).
         distinct_kwargs: for a distinctiveness method or "auto", arguments of
-            :func:`~monai_pixelcam.cams.distinct.build_distinct` (``distinct_layer``, ``k``, ``bank_size``).
+            :func:`~monai_pixelcam.cams.distinct.build_distinct` (``distinct_layer``, ``k``, ``bank_size``);
+            for "auto" ``distinct_layer`` may list layers, each read in a pass over ``train_loader``.
         candidates, selection_loader: for "auto": the methods to choose from, and valpx batch dicts
             ``{image, mask, label}`` (deterministic eval transforms).
 
@@ -157,11 +169,14 @@ def prepare_seed_maps(
             raise ValueError("seed maps 'auto' are chosen on valpx; pass selection_loader.")
         extractor = ValpxSelectedMaps(model, candidates, target_layer, **(distinct_kwargs or {}))
     elif distinct_method_name(method):
+        if isinstance((distinct_kwargs or {}).get("distinct_layer"), (list, tuple)):
+            raise ValueError(f"seed maps {method!r} take one distinct_layer; a list of layers is for 'auto', "
+                             f"which chooses among them on valpx (got {distinct_kwargs['distinct_layer']}).")
         extractor = build_distinct(method, model, target_layer, **(distinct_kwargs or {}))
     else:
         extractor = build_cam(method, model, target_layer)
     if hasattr(extractor, "fit"):  # maps that need the training set first (feature banks)
-        extractor.fit((_images(b, device), torch.as_tensor(b[LABEL])) for b in train_loader)
+        extractor.fit(_TrainingBatches(train_loader, device))
     if method == AUTO:
         extractor.select(selection_batches(selection_loader, device))
         report = extractor.report
