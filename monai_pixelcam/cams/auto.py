@@ -77,8 +77,7 @@ class ValpxSelectedMaps:
             for layer, distinct in self.distincts.items():
                 name = method if len(layers) == 1 else f"{method}@{layer}"
                 self.extractors[name] = build_distinct(method, model, target_layer, distinct=distinct)
-        names = list(self.extractors)
-        self.candidates = names
+        self.candidates = list(self.extractors)
         self.target_layer = _resolve_layer(model, target_layer)  # what the manifest names
         self.choice: dict[int, str] = {}
         self.report: dict = {}
