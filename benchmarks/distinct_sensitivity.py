@@ -49,12 +49,12 @@ def candidate_scores(
     model.eval()
     train_loader = parser.get_parsed_content("cams#dataloader")
     valpx = parser.get_parsed_content("cams#selection_dataloader")
-    cam = parser.get_parsed_content("cam_method")
+    candidates = parser.get_parsed_content("seed_map_candidates")  # what the run's auto chose from
     out = {}
     for layer, k in grid:
         maps = prepare_seed_maps(
             "auto", model, train_loader, device="cpu", distinct_kwargs={"distinct_layer": layer, "k": k},
-            candidates=[cam, "distinct", f"{cam}+distinct"], selection_loader=valpx,
+            candidates=candidates, selection_loader=valpx,
         )
         out[f"{layer} k={k}"] = {classes[int(c)]: scores for c, scores in maps.report["valpx_pxap"].items()}
     return out
@@ -77,6 +77,7 @@ def main(argv=None) -> dict:
     if args.datalist is None and args.setting not in SETTINGS:
         raise SystemExit(f"--setting {args.setting!r} is not a quality.py setting: give its runs' --datalist")
     datalist = args.datalist or args.out / "data" / SETTINGS[args.setting][0] / "datalist.json"
+    classes = load_datalist(datalist)["classes"]
     grid = [(layer, k) for layer in args.layers for k in args.ks]
     runs = {}
     for seed in args.seeds:
@@ -84,7 +85,6 @@ def main(argv=None) -> dict:
         if not (run_dir / "models" / "source_bloc.pt").is_file():
             raise FileNotFoundError(f"no finished run at {run_dir} (models/source_bloc.pt)")
         trained_on = json.loads((run_dir / "models" / "metrics.json").read_text())["classes"]
-        classes = load_datalist(datalist)["classes"]
         if trained_on != classes:  # another data set's maps would be scored against the wrong masks
             raise SystemExit(f"{datalist}: classes {classes}, but {run_dir} was trained on {trained_on}")
         runs[seed] = candidate_scores(run_dir, datalist, seed, grid, overrides)
@@ -92,10 +92,10 @@ def main(argv=None) -> dict:
     write_json_atomic(runs, args.out / f"distinct_sensitivity_{args.setting}.json", indent=1)
     seeds = list(runs)
     setting_names = list(runs[seeds[0]])
-    classes = list(runs[seeds[0]][setting_names[0]])
+    scored = list(runs[seeds[0]][setting_names[0]])  # the classes valpx judged
     lines = ["| distinct settings | class | candidate | valpx PxAP per seed | mean | worst |", "|---|---|---|---|---|---|"]
     for name in setting_names:
-        for cls in classes:
+        for cls in scored:
             for cand in runs[seeds[0]][name][cls]:
                 values = [runs[s][name][cls][cand] for s in seeds]
                 lines.append(f"| {name} | {cls} | {cand} | {' / '.join(f'{v:.1f}' for v in values)} | "

@@ -83,9 +83,9 @@ STAIN_SHIFT = {"h_scale": 1.3, "e_scale": 0.7, "hue_shift": 0.04}
 #: the seeder's un-eroded Otsu region, the default before erosion 1 was chosen on valpx; the settings measured with
 #: it keep it, so that their runs stay valid
 NO_EROSION = {"seeder#erosion": 0}
-#: setting -> (training data, bundle overrides, external test sets); data names are those of ``_datasets``
 #: ``auto`` choosing the distinctiveness layer on valpx too, among the ResNets' first two stages
 LAYERS12 = ["encoder.layer1", "encoder.layer2"]
+#: setting -> (training data, bundle overrides, external test sets); data names are those of ``_datasets``
 SETTINGS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "glas": ("glas", {}, ("camelyon", "glas_stain")),
     "glas_reference": ("glas", {"seed_maps": "cam"}, ("camelyon", "glas_stain")),

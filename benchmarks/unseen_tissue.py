@@ -93,6 +93,11 @@ def _blob(shape: tuple[int, int], rng: np.random.Generator, coverage: float) -> 
     return noise >= np.quantile(noise, 1.0 - coverage)
 
 
+def _ellipse_frame(dy: np.ndarray, dx: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets from an ellipse's centre in its own frame: along (``u``) and across (``v``) its ``angle``."""
+    return np.cos(angle) * dx + np.sin(angle) * dy, -np.sin(angle) * dx + np.cos(angle) * dy
+
+
 def _ellipses(shape: tuple[int, int], centres: np.ndarray, axes: np.ndarray, angles: np.ndarray) -> np.ndarray:
     """Soft-edged filled ellipses (``axes`` rows: semi-axes along and across ``angles``), ``float32`` in [0, 1]."""
     out = np.zeros(shape, np.float32)
@@ -104,7 +109,7 @@ def _ellipses(shape: tuple[int, int], centres: np.ndarray, axes: np.ndarray, ang
         if y0 >= y1 or x0 >= x1:
             continue
         dy, dx = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
-        u, v = np.cos(t) * dx + np.sin(t) * dy, -np.sin(t) * dx + np.cos(t) * dy
+        u, v = _ellipse_frame(dy, dx, t)
         # distance outside the outline, in pixels along the minor axis: a half-pixel soft edge as _disks'
         d = (np.sqrt((u / a) ** 2 + (v / b) ** 2) - 1.0) * b
         out[y0:y1, x0:x1] = np.maximum(out[y0:y1, x0:x1], np.clip(0.5 - d, 0, 1))
@@ -115,7 +120,7 @@ def _radius(shape: tuple[int, int], centre: np.ndarray, axes: np.ndarray, angle:
     """Every pixel's elliptical radius about ``centre``: 1 on the outline of the ellipse ``axes``, ``angle``."""
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     dy, dx = yy - centre[0], xx - centre[1]
-    u, v = np.cos(angle) * dx + np.sin(angle) * dy, -np.sin(angle) * dx + np.cos(angle) * dy
+    u, v = _ellipse_frame(dy, dx, angle)
     return np.sqrt((u / axes[0]) ** 2 + (v / axes[1]) ** 2)
 
 
